@@ -1,0 +1,144 @@
+"""CacheConfig and size parsing: every knob of the engine in one validated place."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([KMGTP]?)(I?B)?\s*$", re.IGNORECASE)
+
+WRITE_MODES = ("writeback", "writethrough", "readonly")
+
+
+def parse_size(value: str | int | float | None, what: str = "size") -> int:
+    """Parse "512M", "1G", "1.5T", "4MiB", "1024" (bytes) into bytes; powers of 1024.
+
+    Raises ConfigError with the offending value for anything else.
+    """
+    if value is None:
+        raise ConfigError(f"{what}: a size is required (e.g. 512M, 16G)")
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: {value!r} is not a size (e.g. 512M, 16G)")
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ConfigError(f"{what}: {value!r} is not a size (e.g. 512M, 16G)")
+        return int(value)
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ConfigError(f"{what}: {value!r} is not a size (use a number with K, M, G, T or P, e.g. 512M, 1.5T)")
+    number, unit, _suffix = match.groups()
+    return int(float(number) * _UNITS[unit.upper()])
+
+
+def parse_ttl(value: str | float | None) -> float:
+    """Parse a metadata TTL: seconds, "0" (always revalidate) or "inf" (never)."""
+    if value is None:
+        return 60.0
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "forever"):
+        return math.inf
+    try:
+        ttl = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metadata TTL: {value!r} is not a number of seconds, 0 or inf") from None
+    if ttl < 0 or math.isnan(ttl):
+        raise ConfigError(f"metadata TTL: {value!r} must be 0, a positive number of seconds, or inf")
+    return ttl
+
+
+def default_cache_root() -> Path:
+    """Where cache dirs go when the user names none: $TIERCACHE_HOME or ~/.cache/tiercache."""
+    env = os.environ.get("TIERCACHE_HOME")
+    return Path(env) if env else Path.home() / ".cache" / "tiercache"
+
+
+@dataclass
+class CacheConfig:
+    """Validated settings of one TieredCache. Sizes are bytes; use ``CacheConfig.build`` from user strings."""
+
+    source: str
+    cache_dir: Path
+    ram_bytes: int = 1 << 30
+    ssd_bytes: int = 0
+    block_size: int = 4 << 20
+    region_size: int = 64 << 20
+    endpoint_url: str | None = None
+    threads: int = 16
+    metadata_ttl: float = 60.0
+    write_dir: Path | None = None
+    write_limit: int = 0
+    mode: str = "writeback"
+    policy: str = "default"
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        source: str,
+        *,
+        ram: str | int = "1G",
+        ssd: str | os.PathLike | None = None,
+        ssd_size: str | int | None = None,
+        block_size: str | int = "4M",
+        endpoint_url: str | None = None,
+        threads: int = 16,
+        metadata_ttl: str | float | None = 60.0,
+        write_dir: str | os.PathLike | None = None,
+        write_limit: str | int | None = None,
+        mode: str = "writeback",
+        policy: str = "default",
+    ) -> CacheConfig:
+        """Build a config from user-facing values (size strings, paths), validating each with a clear message."""
+        from .store import parse_source
+
+        parse_source(source)  # validates the URL early
+        ram_bytes = parse_size(ram, "ram")
+        block = parse_size(block_size, "block size")
+        if block < 4096 or block > (256 << 20):
+            raise ConfigError(f"block size: {block_size!r} must be between 4K and 256M")
+        if ssd is None:
+            cache_dir = default_cache_root() / _slug(source)
+            ssd_bytes = parse_size(ssd_size, "ssd size") if ssd_size is not None else 0
+        else:
+            cache_dir = Path(ssd).expanduser()
+            ssd_bytes = parse_size(ssd_size, "ssd size") if ssd_size is not None else _default_ssd_size(cache_dir)
+        if threads < 1 or threads > 512:
+            raise ConfigError(f"threads: {threads} must be between 1 and 512")
+        if mode not in WRITE_MODES:
+            raise ConfigError(f"mode: {mode!r} is not one of {', '.join(WRITE_MODES)}")
+        if policy not in ("default", "lru"):
+            raise ConfigError(f"policy: {policy!r} is not one of default, lru")
+        return cls(
+            source=source,
+            cache_dir=cache_dir,
+            ram_bytes=ram_bytes,
+            ssd_bytes=ssd_bytes,
+            block_size=block,
+            endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+            threads=threads,
+            metadata_ttl=parse_ttl(metadata_ttl),
+            write_dir=Path(write_dir).expanduser() if write_dir else None,
+            write_limit=parse_size(write_limit, "write limit") if write_limit is not None else 0,
+            mode=mode,
+            policy=policy,
+        )
+
+
+def _slug(source: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")[:120] or "default"
+
+
+def _default_ssd_size(cache_dir: Path) -> int:
+    """Half of the free space where the cache dir lives (or would live)."""
+    probe = cache_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    stat = os.statvfs(probe)
+    return stat.f_bavail * stat.f_frsize // 2

@@ -1,0 +1,135 @@
+"""A local S3 server (moto's ThreadedMotoServer, real HTTP on 127.0.0.1) for the demo, tests and benchmarks.
+
+Adds what those need on top of moto: a log of every request the server received (to count GETs and
+check their order), an optional latency before the first byte (real S3 is remote), and an optional
+fix for a moto trap — stock moto copies the whole object on every GET, ranged ones included, so a
+64 KiB range of a 256 MiB object costs as much as the whole object. With ``fast_ranges=True`` object
+bytes are kept in memory once and a ranged GET costs what the range costs, as on real S3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the server received."""
+
+    method: str
+    bucket: str
+    key: str
+    range: str | None
+    time: float
+
+
+class _Middleware:
+    """WSGI middleware: records requests and injects time-to-first-byte latency."""
+
+    def __init__(self, app, server: LocalS3):
+        self.app = app
+        self.server = server
+
+    def __call__(self, environ, start_response):
+        path = unquote(environ.get("PATH_INFO", "/")).lstrip("/")
+        bucket, _, key = path.partition("/")
+        req = Request(environ["REQUEST_METHOD"], bucket, key, environ.get("HTTP_RANGE"), time.monotonic())
+        with self.server._log_lock:
+            self.server.requests.append(req)
+        if self.server.latency:
+            time.sleep(self.server.latency)
+        return self.app(environ, start_response)
+
+
+def _enable_fast_ranges() -> None:
+    """Make moto's FakeKey.value return one cached bytes object instead of a fresh full copy."""
+    from moto.s3.models import FakeKey
+
+    if getattr(FakeKey, "_tiercache_fast", False):
+        return
+    original = FakeKey.value
+
+    def getter(self):
+        cached = self.__dict__.get("_tc_bytes")
+        if cached is None:
+            cached = original.fget(self)
+            self.__dict__["_tc_bytes"] = cached
+        return cached
+
+    def setter(self, new_value):
+        self.__dict__.pop("_tc_bytes", None)
+        original.fset(self, new_value)
+
+    FakeKey.value = property(getter, setter)
+    FakeKey._tiercache_fast = True
+
+
+class LocalS3:
+    """A moto S3 server on 127.0.0.1 with a request log; use as a context manager."""
+
+    def __init__(self, port: int = 0, fast_ranges: bool = False, latency: float = 0.0):
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        self.port = port
+        self.fast_ranges = fast_ranges
+        self.latency = latency
+        self.requests: list[Request] = []
+        self._log_lock = threading.Lock()
+        self._server = None
+
+    def start(self) -> LocalS3:
+        """Start serving; returns self once the port is bound."""
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        if self.fast_ranges:
+            _enable_fast_ranges()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        wsgi = self._server._server
+        wsgi.app = _Middleware(wsgi.app, self)
+        self.port = self._server.get_host_and_port()[1]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint URL clients should use."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self):
+        """A boto3 S3 client pointed at this server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def reset_log(self) -> None:
+        """Forget the requests seen so far."""
+        with self._log_lock:
+            self.requests.clear()
+
+    def gets(self, bucket: str | None = None, key: str | None = None) -> list[Request]:
+        """The GET requests on objects (not listings) seen so far, optionally for one bucket/key."""
+        with self._log_lock:
+            return [
+                r for r in self.requests
+                if r.method == "GET" and r.key and (bucket is None or r.bucket == bucket)
+                and (key is None or r.key == key)
+            ]

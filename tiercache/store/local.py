@@ -1,0 +1,121 @@
+"""A local directory as an object store: tests, demos and NFS-backed datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import BucketNotFound, ConfigError, NotFound
+from .base import ObjectInfo
+
+
+class LocalStore:
+    """Objects are the regular files under ``root``; the etag is derived from (size, mtime_ns, inode)."""
+
+    def __init__(self, root: str | os.PathLike, url: str | None = None):
+        self.root = Path(root)
+        self.url = url or f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise NotFound(f"no object {key!r}")
+        return self.root / key
+
+    @staticmethod
+    def _info(key: str, st: os.stat_result) -> ObjectInfo:
+        tag = hashlib.blake2b(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode(), digest_size=8).hexdigest()
+        return ObjectInfo(key=key, size=st.st_size, etag=tag, mtime=st.st_mtime)
+
+    def check(self) -> None:
+        """Raise BucketNotFound if the root directory is missing."""
+        if not self.root.is_dir():
+            raise BucketNotFound(f"{self.url}: no such directory")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every regular file under root whose key starts with ``prefix``, in key order."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                key = name if rel == "." else f"{rel}/{name}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                found.append(self._info(key, st))
+        yield from sorted(found, key=lambda info: info.key)
+
+    def head(self, key: str) -> ObjectInfo:
+        """Info of one file; NotFound if absent or a directory."""
+        try:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"no object {key!r}") from None
+        if not os.path.isfile(self._path(key)):
+            raise NotFound(f"no object {key!r}")
+        return self._info(key, st)
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes [start, end) of the file."""
+        try:
+            with open(self._path(key), "rb") as f:
+                if etag is not None and self._info(key, os.fstat(f.fileno())).etag != etag:
+                    raise NotFound(f"{key!r} changed while reading")
+                f.seek(start)
+                return f.read(max(0, end - start))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"no object {key!r}") from None
+
+    def put_file(self, key: str, path: str) -> ObjectInfo:
+        """Copy a file in atomically (temp file + rename)."""
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tc-upload-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, dest)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Write a small object atomically."""
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tc-upload-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, dest)
+        return self.head(key)
+
+    def delete(self, key: str) -> None:
+        """Remove the file if present."""
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        """Copy one file to another key."""
+        return self.put_file(dst_key, str(self._path(src_key)))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def local_store_from_url(url: str) -> LocalStore:
+    """``file:///abs/dir`` → LocalStore."""
+    path = url[len("file://"):]
+    if not path.startswith("/"):
+        raise ConfigError(f"{url!r}: file:// URLs need an absolute path, e.g. file:///data/train")
+    return LocalStore(path.rstrip("/") or "/", url=url)

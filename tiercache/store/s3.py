@@ -1,0 +1,226 @@
+"""S3 (and S3-compatible) object store on boto3.
+
+Retries: botocore's own retry modes handle throttling, 5xx and connection errors on the request;
+``tenacity`` additionally retries a ranged GET whose *body* breaks off mid-stream (connection reset,
+read timeout), which botocore does not. Large uploads go through boto3's transfer manager (parallel
+multipart above ``multipart_threshold``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import boto3
+import botocore.exceptions as bexc
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+from ..errors import AccessDenied, BucketNotFound, ConfigError, EndpointUnreachable, NotFound, StoreError
+from .base import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+_BODY_ERRORS = (
+    bexc.IncompleteReadError,
+    bexc.ReadTimeoutError,
+    bexc.ResponseStreamingError,
+    bexc.ConnectionClosedError,
+    ProtocolError,
+    ReadTimeoutError,
+    ConnectionError,
+)
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+_DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+
+
+class _BodyBroken(Exception):
+    """A GET whose response body broke off; retried by tenacity."""
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` → ("bucket", "some/prefix/") (prefix empty or ending in "/")."""
+    rest = url[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"{url!r}: expected s3://BUCKET[/PREFIX]")
+    prefix = prefix.strip("/")
+    return bucket, (prefix + "/") if prefix else ""
+
+
+class S3Store:
+    """Objects under ``s3://bucket/prefix``; keys given to and returned by methods are relative to the prefix."""
+
+    def __init__(
+        self,
+        url: str,
+        endpoint_url: str | None = None,
+        threads: int = 16,
+        multipart_threshold: int = 64 << 20,
+        multipart_chunksize: int = 16 << 20,
+        max_attempts: int = 6,
+    ):
+        self.url = url
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.endpoint_url = endpoint_url
+        config = Config(
+            max_pool_connections=max(10, threads + 4),
+            retries={"mode": "adaptive", "max_attempts": max_attempts},
+            connect_timeout=5,
+            read_timeout=60,
+            tcp_keepalive=True,
+        )
+        self.page_size = 1000
+        self._session = boto3.session.Session()
+        self.client = self._session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=max(2, min(threads, 16)),
+            use_threads=True,
+        )
+
+    def _full(self, key: str) -> str:
+        return self.prefix + key
+
+    def _translate(self, exc: Exception, what: str) -> Exception:
+        """Map a botocore failure to one clear tiercache error."""
+        where = f"s3://{self.bucket}/{self.prefix}"
+        if isinstance(exc, bexc.NoCredentialsError | bexc.PartialCredentialsError):
+            return AccessDenied(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_PROFILE)")
+        if isinstance(exc, bexc.EndpointConnectionError | bexc.ConnectTimeoutError):
+            return EndpointUnreachable(f"{where}: cannot reach endpoint {self.endpoint_url or 'AWS'} ({exc})")
+        if isinstance(exc, bexc.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket":
+                return BucketNotFound(f"bucket {self.bucket!r} does not exist")
+            if code in _NOT_FOUND_CODES:
+                return NotFound(f"{what}: not found")
+            if code in _DENIED_CODES:
+                return AccessDenied(f"{where}: access denied ({code}); check credentials and permissions")
+            if code in ("412", "PreconditionFailed"):
+                return NotFound(f"{what}: object changed")
+            return StoreError(f"{what}: S3 error {code}: {exc}")
+        return StoreError(f"{what}: {exc}")
+
+    def check(self) -> None:
+        """Fail fast with a clear error for a missing bucket, bad credentials or an unreachable endpoint."""
+        probe = self._session.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            config=Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=3, read_timeout=10),
+        )
+        try:
+            probe.head_bucket(Bucket=self.bucket)
+        except bexc.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise BucketNotFound(f"bucket {self.bucket!r} does not exist") from None
+            raise self._translate(exc, f"s3://{self.bucket}") from None
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
+            raise self._translate(exc, f"s3://{self.bucket}") from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Paginated listing of every object under the store prefix + ``prefix``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        skip = len(self.prefix)
+        try:
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self.page_size}
+            ):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        key=item["Key"][skip:],
+                        size=int(item["Size"]),
+                        etag=item["ETag"].strip('"'),
+                        mtime=item["LastModified"].timestamp(),
+                    )
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, f"list {self.url}") from None
+
+    def head(self, key: str) -> ObjectInfo:
+        """HEAD one object."""
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+        return ObjectInfo(
+            key=key, size=int(resp["ContentLength"]), etag=resp["ETag"].strip('"'),
+            mtime=resp["LastModified"].timestamp(),
+        )
+
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Ranged GET of [start, end); the body is retried if it breaks off mid-stream."""
+        if end <= start:
+            return b""
+        try:
+            return self._get_range(key, start, end, etag)
+        except _BodyBroken as exc:
+            raise StoreError(f"{key}: connection kept breaking while reading ({exc.__cause__})") from None
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+
+    @retry(
+        retry=retry_if_exception_type(_BodyBroken),
+        stop=stop_after_attempt(5),
+        wait=wait_random_exponential(multiplier=0.05, max=2.0),
+        reraise=True,
+    )
+    def _get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+        kwargs = {"Bucket": self.bucket, "Key": self._full(key), "Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        resp = self.client.get_object(**kwargs)
+        try:
+            data = resp["Body"].read()
+        except _BODY_ERRORS as exc:
+            log.warning("GET %s [%d,%d) broke off: %s; retrying", key, start, end, exc)
+            raise _BodyBroken(str(exc)) from exc
+        if len(data) != end - start and start + len(data) < end:
+            # Short body: either the object is shorter than asked (fine at EOF) or the stream was cut.
+            total = resp.get("ContentRange", "").rpartition("/")[2]
+            if not total.isdigit() or start + len(data) < min(end, int(total)):
+                raise _BodyBroken(f"short read: {len(data)} of {end - start} bytes")
+        return data
+
+    def put_file(self, key: str, path: str) -> ObjectInfo:
+        """Upload a file; parallel multipart above the threshold."""
+        try:
+            self.client.upload_file(path, self.bucket, self._full(key), Config=self.transfer)
+        except (bexc.ClientError, bexc.BotoCoreError, boto3.exceptions.S3UploadFailedError) as exc:
+            raise self._translate(exc, f"upload {key}") from None
+        return self.head(key)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """PUT a small object."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, f"upload {key}") from None
+        return self.head(key)
+
+    def delete(self, key: str) -> None:
+        """DELETE one object (missing is fine)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            err = self._translate(exc, f"delete {key}")
+            if not isinstance(err, NotFound):
+                raise err from None
+
+    def copy(self, src_key: str, dst_key: str) -> ObjectInfo:
+        """Server-side copy (managed: multipart copy above the threshold)."""
+        try:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._full(src_key)}, self.bucket, self._full(dst_key),
+                Config=self.transfer,
+            )
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, f"copy {src_key} -> {dst_key}") from None
+        return self.head(dst_key)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.client.close()
