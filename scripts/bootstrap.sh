@@ -18,13 +18,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# pip warns about every missing local index folder; keep its real errors and its exit status.
+pip_install() {
+  "$VENV/bin/pip" install -q "$@" 2> >(grep -v '^WARNING: Location' >&2)
+}
+
 stamp="$VENV/.tiercache-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   echo "bootstrap: installing Python packages into $VENV (torch 2.13.0 CPU build, tiercache[test])"
-  "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/pip" install -q torch==2.13.0 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/pip" install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import torch, tiercache, mfusepy, lmdb, boto3, moto" 
+  pip_install --upgrade pip
+  pip_install torch==2.13.0
+  pip_install -e '.[test]'
+  "$VENV/bin/python" -c "import torch, tiercache, mfusepy, lmdb, boto3, moto"
   touch "$stamp"
 fi
