@@ -26,10 +26,16 @@ class NotFound(TiercacheError, FileNotFoundError):
     errno = _errno.ENOENT
 
 
-class IsADirectory(TiercacheError):
+class IsADirectory(TiercacheError, IsADirectoryError):
     """A file operation was asked of a directory."""
 
     errno = _errno.EISDIR
+
+
+class NotADirectory(TiercacheError, NotADirectoryError):
+    """A directory operation was asked of a file."""
+
+    errno = _errno.ENOTDIR
 
 
 class StoreError(TiercacheError):

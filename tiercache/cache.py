@@ -1,0 +1,553 @@
+"""TieredCache: objects as blocks, the read path RAM → SSD → store with single-flight fetches, and the API.
+
+Blocks are ``config.block_size`` slices of an object, identified by (key, etag, index); an object smaller
+than a block is one block and one GET. A miss is fetched once however many threads want it (the others
+wait on the same future), admitted to RAM and written through to the SSD tier, so a restart finds it.
+An SSD hit is promoted to RAM; RAM evictions are demoted to SSD when it lacks them.
+
+Freshness: object infos come from the namespace (listing cached with a TTL). A fetch is a conditional GET
+(If-Match the cached etag): if the object changed, its info is refreshed with a HEAD and the read retried
+once with the new etag — new block ids, so stale bytes are never served. A read served entirely from the
+tiers after the TTL expired revalidates with a HEAD first.
+
+Pins (``pin``/``unpin``, persisted in LMDB) protect blocks in the lowest configured tier (SSD when there is
+one, else RAM): they are never victims of eviction there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from .config import CacheConfig
+from .errors import ConfigError, NotFound, StoreError
+from .lock import CacheDirLock
+from .namespace import Entry, Namespace, normalize
+from .store import ObjectInfo, ObjectStore, open_store
+from .tiers.base import BlockId, key_prefix
+from .tiers.meta import Meta
+from .tiers.policy import make_policy
+from .tiers.ram import RamTier
+
+log = logging.getLogger(__name__)
+
+TIERS = ("ram", "ssd")
+
+
+class _Stale(Exception):
+    """The object changed (or vanished) under a conditional GET."""
+
+
+class _Counters:
+    """Thread-safe integer counters."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values: dict[str, int] = {}
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self.values[name] = self.values.get(name, 0) + amount
+
+    def get(self, name: str) -> int:
+        return self.values.get(name, 0)
+
+
+def _under(prefix: str) -> Callable[[str], bool]:
+    """Predicate: is a key at or below path ``prefix`` ("" matches everything)?"""
+    if not prefix:
+        return lambda _key: True
+    sub = prefix + "/"
+    return lambda key: key == prefix or key.startswith(sub)
+
+
+class TieredCache:
+    """A RAM (+ SSD) cache in front of one object store; thread-safe; see the module docstring."""
+
+    def __init__(self, config: CacheConfig, store: ObjectStore | None = None):
+        self.config = config
+        self._closed = False
+        cache_dir = Path(config.cache_dir)
+        self._dir_lock = CacheDirLock(cache_dir).acquire()
+        self.meta: Meta | None = None
+        self.store: ObjectStore | None = None
+        self._own_store = store is None
+        try:
+            self.meta = Meta(cache_dir / "meta")
+            if store is None:
+                store = open_store(config.source, config.endpoint_url, config.threads)
+            self.store = store
+            self.store.check()
+            self._check_source()
+            self.namespace = Namespace(self.store, self.meta, config.metadata_ttl)
+            self.namespace.on_change = self._object_changed
+            self._pins = {key.decode()[1:] for key, _ in self.meta.scan("pins")}  # stored as "/" + prefix
+            self.protectors: list[Callable[[BlockId], bool]] = []  # e.g. the write tier's "dirty" test
+            self.ssd = None
+            if config.ssd_bytes > 0:
+                from .tiers.ssd import SsdTier
+
+                self.ssd = SsdTier(
+                    cache_dir / "regions", config.ssd_bytes, self.meta, region_size=config.region_size,
+                    policy=make_policy(config.policy), high=config.high_watermark, low=config.low_watermark,
+                    protected=self._protected,
+                )
+            self.ram = RamTier(
+                config.ram_bytes, make_policy(config.policy), config.high_watermark, config.low_watermark,
+                protected=None if self.ssd is not None else self._protected, on_evict=self._demote,
+            )
+        except BaseException:
+            self._release()
+            raise
+        self.counters = _Counters()
+        self.plan: tuple[str, ...] = ()
+        self._flights: dict[BlockId, Future] = {}
+        self._flight_lock = threading.Lock()
+        self._fetch_pool = ThreadPoolExecutor(config.threads, thread_name_prefix="tiercache-fetch")
+        self._prefetch_pool = ThreadPoolExecutor(
+            max(1, config.threads // 2), thread_name_prefix="tiercache-prefetch"
+        )
+        self._prefetch_pending = 0
+
+    def _check_source(self) -> None:
+        """A cache dir reused for another source starts over (its region files go when the SSD tier opens)."""
+        old = self.meta.get("misc", b"source")
+        if old is not None and old.decode() != self.config.source:
+            log.warning("cache dir %s held %s; starting it over", self.config.cache_dir, old.decode())
+            with self.meta.write() as txn:
+                for name in ("objects", "listings", "ssd_index", "regions", "pins"):
+                    txn.drop(self.meta.db(name), delete=False)
+        if old is None or old.decode() != self.config.source:
+            self.meta.put("misc", b"source", self.config.source.encode())
+
+    # ------------------------------------------------------------------ namespace
+
+    def stat(self, path: str) -> Entry:
+        """Entry of a file or directory; NotFound if neither."""
+        return self.namespace.stat(path)
+
+    def listdir(self, path: str = "") -> list[str]:
+        """Sorted names in directory ``path``."""
+        return self.namespace.listdir(path)
+
+    def exists(self, path: str) -> bool:
+        """Whether a file or directory is at ``path``."""
+        return self.namespace.exists(path)
+
+    # ------------------------------------------------------------------ reads
+
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
+        """Bytes [offset, offset+size) of the file at ``path`` (to EOF when size is None; short at EOF)."""
+        if offset < 0 or (size is not None and size < 0):
+            raise ConfigError(f"read {path!r}: offset and size must not be negative")
+        info, expired = self.namespace.lookup(path)
+        path = info.key
+        if expired and self._resident(info, offset, size, "any"):
+            info = self.namespace.refresh(path)
+        for attempt in (0, 1):
+            try:
+                data = self._read(info, offset, size)
+                break
+            except _Stale:
+                self.counters.add("stale_retries")
+                if attempt:
+                    raise StoreError(f"{path}: the object keeps changing while being read") from None
+                info = self.namespace.refresh(path)
+        self.counters.add("reads")
+        self.counters.add("bytes_read", len(data))
+        return data
+
+    def _block_ids(self, info: ObjectInfo, offset: int = 0, size: int | None = None) -> list[BlockId]:
+        end = info.size if size is None else min(info.size, offset + size)
+        if offset >= end:
+            return []
+        bs = self.config.block_size
+        return [BlockId(info.key, info.etag, i) for i in range(offset // bs, (end - 1) // bs + 1)]
+
+    def _read(self, info: ObjectInfo, offset: int, size: int | None) -> bytes:
+        ids = self._block_ids(info, offset, size)
+        if not ids:
+            return b""
+        blocks = self._get_blocks(ids, info, "ram")
+        bs = self.config.block_size
+        end = info.size if size is None else min(info.size, offset + size)
+        start = offset - ids[0].index * bs
+        if len(blocks) == 1:
+            data = blocks[0]
+            return data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+        stop = end - ids[-1].index * bs
+        views = [memoryview(b) for b in blocks]
+        views[0] = views[0][start:]
+        views[-1] = views[-1][:stop] if len(views) > 1 else views[-1]
+        return b"".join(views)
+
+    def _get_blocks(self, ids: list[BlockId], info: ObjectInfo, into: str, want: bool = True) -> list[bytes]:
+        """The blocks' bytes; RAM misses are loaded (SSD or store) in parallel.
+
+        With ``want=False`` the blocks are only made resident in ``into`` (warm, prefetch) and the list
+        holds what was loaded.
+        """
+        out: list[bytes | None] = [None] * len(ids)
+        if want:
+            for i, block in enumerate(ids):
+                out[i] = self.ram.get(block)
+            todo = [i for i, data in enumerate(out) if data is None]
+        else:
+            todo = [i for i, block in enumerate(ids) if not self._in_tier(block, into)]
+        load = self._load if want else self._fetch
+        if len(todo) == 1:
+            out[todo[0]] = load(ids[todo[0]], info, into)
+        elif todo:
+            futures = [self._fetch_pool.submit(load, ids[i], info, into) for i in todo[1:]]
+            error: BaseException | None = None
+            try:
+                out[todo[0]] = load(ids[todo[0]], info, into)
+            except BaseException as exc:  # noqa: BLE001 - re-raised once the other loads settled
+                error = exc
+            for i, future in zip(todo[1:], futures, strict=True):
+                try:
+                    out[i] = future.result()
+                except BaseException as exc:  # noqa: BLE001
+                    error = error or exc
+            if error is not None:
+                raise error
+        return out  # type: ignore[return-value]
+
+    def _load(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
+        """A RAM miss: the SSD tier (promoting a hit to RAM), else a single-flight fetch."""
+        if self.ssd is not None:
+            data = self.ssd.get(block)
+            if data is not None:
+                self.ram.put(block, data)
+                return data
+        return self._fetch(block, info, into)
+
+    def _lookup(self, block: BlockId, count: bool = True) -> bytes | None:
+        """RAM, then SSD (promoting a hit to RAM)."""
+        data = self.ram.get(block, count)
+        if data is None and self.ssd is not None:
+            data = self.ssd.get(block, count)
+            if data is not None:
+                self.ram.put(block, data)
+        return data
+
+    def _in_tier(self, block: BlockId, tier: str) -> bool:
+        if tier == "ram":
+            return self.ram.contains(block)
+        if tier == "ssd":
+            return self.ssd.contains(block) if self.ssd is not None else self.ram.contains(block)
+        return self.ram.contains(block) or (self.ssd is not None and self.ssd.contains(block))
+
+    def _fetch(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
+        """Single-flight: the first caller GETs the block, concurrent callers wait for its result."""
+        with self._flight_lock:
+            future = self._flights.get(block)
+            owner = future is None
+            if owner:
+                future = self._flights[block] = Future()
+        if not owner:
+            self.counters.add("single_flight_waits")
+            data = future.result()
+            if not self._in_tier(block, into):
+                self._admit(block, data, into)
+            return data
+        try:
+            data = self._lookup(block, count=False)
+            if data is None:
+                data = self._get_from_store(block, info)
+            self._admit(block, data, into)
+            future.set_result(data)
+            return data
+        except BaseException as exc:
+            future.set_exception(exc)
+            raise
+        finally:
+            with self._flight_lock:
+                self._flights.pop(block, None)
+
+    def _get_from_store(self, block: BlockId, info: ObjectInfo) -> bytes:
+        start = block.index * self.config.block_size
+        end = min(info.size, start + self.config.block_size)
+        try:
+            data = self.store.get_range(info.key, start, end, etag=info.etag)
+        except NotFound:
+            raise _Stale(info.key) from None
+        except StoreError:
+            self.counters.add("backend_errors")
+            raise
+        self.counters.add("backend_gets")
+        self.counters.add("backend_bytes", len(data))
+        if len(data) != end - start:
+            raise _Stale(info.key)
+        self.namespace.confirm(info.key)
+        return data
+
+    def _admit(self, block: BlockId, data: bytes, into: str) -> None:
+        """Place fetched bytes: "ram" = RAM and (write-through) SSD; "ssd" = SSD only (RAM without one)."""
+        in_ram = (into == "ram" or self.ssd is None) and self.ram.put(block, data)
+        if self.ssd is None or self.ssd.contains(block):
+            return
+        if not (in_ram and self.ssd.put_async(block, data)):  # off the read path when RAM holds it
+            self.ssd.put(block, data)
+
+    def _demote(self, evicted: list[tuple[BlockId, bytes]]) -> None:
+        if self.ssd is None:
+            return
+        for block, data in evicted:
+            if not self.ssd.contains(block):
+                self.ssd.put(block, data)
+                self.counters.add("demotions")
+
+    # ------------------------------------------------------------------ residency, pins, eviction
+
+    def _protected(self, block: BlockId) -> bool:
+        return self._pinned(block.key) or any(test(block) for test in self.protectors)
+
+    def _pinned(self, key: str) -> bool:
+        return any(not p or key == p or key.startswith(p + "/") for p in self._pins)
+
+    def _resident(self, info: ObjectInfo, offset: int, size: int | None, tier: str) -> bool:
+        return all(self._in_tier(b, tier) for b in self._block_ids(info, offset, size))
+
+    def resident(self, path: str, tier: str = "any") -> int:
+        """Bytes of the file at ``path`` resident in ``tier`` ("ram", "ssd" or "any")."""
+        if tier not in (*TIERS, "any"):
+            raise ConfigError(f"tier {tier!r} is not one of ram, ssd, any")
+        info = self.namespace.info(path, revalidate=False)
+        bs = self.config.block_size
+        return sum(min(bs, info.size - b.index * bs) for b in self._block_ids(info) if self._in_tier(b, tier))
+
+    def pin(self, prefix: str) -> None:
+        """Never evict blocks at or below ``prefix`` from the lowest tier (persisted; ``warm`` fetches)."""
+        prefix = normalize(prefix)
+        self.meta.put("pins", f"/{prefix}".encode(), b"1")
+        self._pins = self._pins | {prefix}
+
+    def unpin(self, prefix: str) -> None:
+        """Undo ``pin(prefix)``."""
+        prefix = normalize(prefix)
+        self.meta.delete("pins", f"/{prefix}".encode())
+        self._pins = self._pins - {prefix}
+
+    def pins(self) -> list[str]:
+        """Pinned prefixes."""
+        return sorted(self._pins)
+
+    def _ssd_blocks_under(self, prefix: str) -> list[BlockId]:
+        if self.ssd is None:
+            return []
+        if not prefix:
+            return self.ssd.blocks()
+        return self.ssd.blocks(key_prefix(prefix)) + self.ssd.blocks(f"{prefix}/".encode())
+
+    def evict(self, prefix: str = "", tier: str = "all") -> int:
+        """Drop clean, unpinned blocks at or below ``prefix`` from ``tier`` (ram, ssd, all); bytes freed."""
+        if tier not in (*TIERS, "all"):
+            raise ConfigError(f"tier {tier!r} is not one of ram, ssd, all")
+        prefix = normalize(prefix)
+        under = _under(prefix)
+        freed = 0
+        if tier in ("ram", "all"):
+            freed += self.ram.discard_where(lambda b: under(b.key), protected=self._protected)
+        if tier in ("ssd", "all") and self.ssd is not None:
+            for block in self._ssd_blocks_under(prefix):
+                if under(block.key) and not self._protected(block):
+                    freed += self.ssd.discard(block)
+        self.counters.add("evicted_bytes", freed)
+        return freed
+
+    def _drop_blocks(self, key: str, keep_etag: str | None = None) -> None:
+        """Forget every cached block of ``key`` except those of ``keep_etag``."""
+        self.ram.discard_where(lambda b: b.key == key and b.etag != keep_etag)
+        if self.ssd is not None:
+            for block in self.ssd.blocks(key_prefix(key)):
+                if block.etag != keep_etag:
+                    self.ssd.discard(block)
+
+    def _object_changed(self, path: str, info: ObjectInfo | None) -> None:
+        self._drop_blocks(path, info.etag if info is not None else None)
+
+    def invalidate(self, path: str) -> None:
+        """Drop the cached blocks of ``path`` and distrust its info (the next use revalidates)."""
+        path = normalize(path)
+        self._drop_blocks(path)
+        self.namespace.forget(path)
+
+    def admit_file(self, path: str, info: ObjectInfo, local_file: str) -> None:
+        """Record a just-uploaded object and cache its bytes from ``local_file`` (no GET)."""
+        path = normalize(path)
+        if info.key != path:
+            info = ObjectInfo(path, info.size, info.etag, info.mtime)
+        self._drop_blocks(path, keep_etag=info.etag)
+        self.namespace.add(info)
+        bs = self.config.block_size
+        with open(local_file, "rb") as f:
+            if os.fstat(f.fileno()).st_size != info.size:
+                log.warning("admit_file %s: local file size differs from the object's; not cached", path)
+                return
+            for block in self._block_ids(info):
+                data = os.pread(f.fileno(), bs, block.index * bs)
+                self._admit(block, data, "ssd")
+
+    # ------------------------------------------------------------------ warm, prefetch, plans
+
+    def warm(
+        self, prefix: str = "", tier: str = "ssd", progress: Callable[[int, int], None] | None = None
+    ) -> dict:
+        """Fetch every block at or below ``prefix`` into ``tier``, skipping resident ones.
+
+        ``progress(done_bytes, total_bytes)`` is called as files complete. Returns
+        ``{"files", "bytes", "fetched_bytes", "complete", "errors"}``; complete means every block is
+        resident at the end (false when the tier is too small or fetches failed).
+        """
+        if tier not in TIERS:
+            raise ConfigError(f"tier {tier!r} is not one of ram, ssd")
+        infos = list(self.namespace.files(prefix))
+        total = sum(i.size for i in infos)
+        before = self.counters.get("backend_bytes")
+        done = 0
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def one(info: ObjectInfo) -> None:
+            nonlocal done
+            try:
+                for attempt in (0, 1):
+                    try:
+                        self._get_blocks(self._block_ids(info), info, tier, want=False)
+                        break
+                    except _Stale:
+                        if attempt:
+                            raise StoreError(f"{info.key}: the object keeps changing") from None
+                        info = self.namespace.refresh(info.key)
+            except Exception as exc:  # noqa: BLE001 - reported in the result
+                with lock:
+                    errors.append(f"{info.key}: {exc}")
+            with lock:
+                done += info.size
+                if progress is not None:
+                    progress(done, total)
+
+        with ThreadPoolExecutor(self.config.threads, thread_name_prefix="tiercache-warm") as pool:
+            list(pool.map(one, infos))
+        complete = not errors and all(self._resident(i, 0, None, tier) for i in infos)
+        if errors:
+            log.warning("warm %r: %d file(s) failed, e.g. %s", prefix, len(errors), errors[0])
+        return {
+            "files": len(infos), "bytes": total, "fetched_bytes": self.counters.get("backend_bytes") - before,
+            "complete": complete, "errors": len(errors),
+        }
+
+    def prefetch(self, keys: Iterable[str], deadline: float | None = None) -> None:
+        """Fetch whole objects in the background (RAM, written through to SSD).
+
+        ``deadline`` is a ``time.monotonic()`` instant: keys not started by then are skipped.
+        """
+        for key in keys:
+            with self._flight_lock:
+                self._prefetch_pending += 1
+            try:
+                self._prefetch_pool.submit(self._prefetch_one, key, deadline)
+            except RuntimeError:  # closed
+                return
+
+    def _prefetch_one(self, key: str, deadline: float | None) -> None:
+        try:
+            if self._closed:
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                self.counters.add("prefetch_expired")
+                return
+            path = normalize(key)
+            info = self.namespace.info(path, revalidate=False)
+            try:
+                self._get_blocks(self._block_ids(info), info, "ram", want=False)
+            except _Stale:
+                info = self.namespace.refresh(path)
+                self._get_blocks(self._block_ids(info), info, "ram", want=False)
+            self.counters.add("prefetched")
+        except Exception as exc:  # noqa: BLE001 - prefetch is best effort
+            self.counters.add("prefetch_errors")
+            log.debug("prefetch %s failed: %s", key, exc)
+        finally:
+            with self._flight_lock:
+                self._prefetch_pending -= 1
+
+    def set_plan(self, keys_in_order: Sequence[str]) -> None:
+        """Store the loader's read plan and hand it to the eviction policies."""
+        self.plan = tuple(keys_in_order)
+        self.ram.set_plan(list(self.plan))
+        if self.ssd is not None:
+            self.ssd.set_plan(list(self.plan))
+
+    # ------------------------------------------------------------------ stats and lifecycle
+
+    def stats(self) -> dict:
+        """Counters and occupancy per tier, backend requests, namespace counts; JSON-serializable."""
+        c = self.counters.get
+        ram = self.ram.stats()
+        ssd = self.ssd.stats() if self.ssd is not None else {
+            "used": 0, "capacity": 0, "hits": 0, "misses": 0, "hit_rate": 0.0, "bytes_served": 0,
+        }
+        served = ram["bytes_served"] + ssd["bytes_served"]
+        return {
+            "source": self.config.source,
+            "cache_dir": str(self.config.cache_dir),
+            "block_size": self.config.block_size,
+            "ram": ram,
+            "ssd": ssd,
+            "backend": {
+                "gets": c("backend_gets"), "bytes": c("backend_bytes"), "errors": c("backend_errors"),
+                "heads": self.namespace.heads, "lists": self.namespace.lists,
+            },
+            "reads": c("reads"),
+            "bytes_read": c("bytes_read"),
+            "cache_bytes_served": served,
+            "hit_rate": served / (served + c("backend_bytes")) if served + c("backend_bytes") else 0.0,
+            "single_flight_waits": c("single_flight_waits"),
+            "stale_retries": c("stale_retries"),
+            "demotions": c("demotions"),
+            "evicted_bytes": c("evicted_bytes"),
+            "prefetch": {
+                "done": c("prefetched"), "pending": self._prefetch_pending, "expired": c("prefetch_expired"),
+                "errors": c("prefetch_errors"),
+            },
+            "pins": sorted(self._pins),
+            "plan_keys": len(self.plan),
+            "namespace": self.namespace.stats(),
+        }
+
+    def close(self) -> None:
+        """Finish background work, flush the SSD index, release the cache dir. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
+        self._fetch_pool.shutdown(wait=True)
+        self.ram.clear()
+        self._release()
+
+    def _release(self) -> None:
+        try:
+            if getattr(self, "ssd", None) is not None:
+                self.ssd.close()
+            if self.store is not None and self._own_store:
+                self.store.close()
+            if self.meta is not None:
+                self.meta.close()
+        finally:
+            self._dir_lock.release()
+
+    def __enter__(self) -> TieredCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TieredCache({self.config.source!r}, cache_dir={str(self.config.cache_dir)!r})"

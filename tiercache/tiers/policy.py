@@ -1,0 +1,355 @@
+"""Eviction policies: which blocks a full tier drops first.
+
+A policy only does bookkeeping — no I/O, no locks (the owning tier serialises calls) — so the same
+objects replay traces offline (``simulate``, bench/hit_rate.py). Blocks are any hashable ids (the tiers
+pass :class:`~tiercache.tiers.base.BlockId`); sizes are bytes (or 1 per block in a unit-size trace).
+
+Contract, shared by every policy:
+
+* ``on_insert(block, size)`` when a block becomes resident, ``on_access(block)`` on a hit,
+  ``on_remove(block)`` when the tier drops a block for any reason other than ``victims``;
+* ``victims(bytes_needed, protected)`` picks blocks totalling at least ``bytes_needed`` (fewer if
+  everything else is protected), **forgets them**, and returns them in eviction order; the caller must
+  then drop exactly those from the tier. ``protected(block)`` true means never a victim (pinned, dirty).
+* ``set_plan(keys_in_order)`` hands over the loader's read plan (object keys in the order they will be
+  read). The policies here only store it; a plan-aware policy overrides ``_plan_changed`` and
+  ``victims`` (evict the block whose next use is farthest away, blocks of keys not in the plan first)
+  and registers itself with ``register_policy("plan", PlanAwarePolicy)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Sequence
+
+Protected = Callable[[Hashable], bool]
+
+
+def _never(_block: Hashable) -> bool:
+    return False
+
+
+class Policy(ABC):
+    """Base of every eviction policy: bookkeeping of resident blocks and their sizes."""
+
+    name = "abstract"
+
+    def __init__(self) -> None:
+        self.plan: tuple[str, ...] = ()
+
+    @abstractmethod
+    def on_insert(self, block: Hashable, size: int) -> None:
+        """A block became resident (re-inserting a resident block counts as an access)."""
+
+    @abstractmethod
+    def on_access(self, block: Hashable) -> None:
+        """A resident block was read; unknown blocks are ignored."""
+
+    @abstractmethod
+    def on_remove(self, block: Hashable) -> None:
+        """A block left the tier outside ``victims`` (invalidated, corrupt, evicted by prefix)."""
+
+    @abstractmethod
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
+        """Choose and forget blocks totalling at least ``bytes_needed``; never a protected one."""
+
+    @abstractmethod
+    def __contains__(self, block: Hashable) -> bool: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def tracked_bytes(self) -> int:
+        """Sum of the sizes of the resident blocks."""
+
+    def set_plan(self, keys_in_order: Sequence[str]) -> None:
+        """Store the read plan (object keys in the order they will be read) and notify the policy."""
+        self.plan = tuple(keys_in_order)
+        self._plan_changed()
+
+    def _plan_changed(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Extension point for plan-aware policies; the policies here ignore plans."""
+
+
+class LRUPolicy(Policy):
+    """Least recently used: a baseline that thrashes on shuffled epochs larger than the tier."""
+
+    name = "lru"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: OrderedDict[Hashable, int] = OrderedDict()
+        self._bytes = 0
+
+    def on_insert(self, block: Hashable, size: int) -> None:
+        """Insert at the most-recent end."""
+        old = self._queue.get(block)
+        if old is not None:
+            self._bytes -= old
+        self._queue[block] = size
+        self._queue.move_to_end(block)
+        self._bytes += size
+
+    def on_access(self, block: Hashable) -> None:
+        """Move to the most-recent end."""
+        if block in self._queue:
+            self._queue.move_to_end(block)
+
+    def on_remove(self, block: Hashable) -> None:
+        """Forget a block."""
+        size = self._queue.pop(block, None)
+        if size is not None:
+            self._bytes -= size
+
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
+        """Least recent first, skipping protected blocks."""
+        protected = protected or _never
+        out, freed = [], 0
+        for block, size in self._queue.items():
+            if freed >= bytes_needed:
+                break
+            if not protected(block):
+                out.append(block)
+                freed += size
+        for block in out:
+            self._bytes -= self._queue.pop(block)
+        return out
+
+    def __contains__(self, block: Hashable) -> bool:
+        return block in self._queue
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def tracked_bytes(self) -> int:
+        """Bytes of the resident blocks."""
+        return self._bytes
+
+
+class S3FIFOPolicy(Policy):
+    """Scan-resistant default: S3-FIFO (Yang et al., SOSP '23) tuned for shuffled epochs.
+
+    A small probationary FIFO (``small_ratio`` of the bytes), a main FIFO with second chances (a 2-bit
+    counter per block) and a ghost FIFO of recently evicted ids. New blocks enter the small queue; one read
+    again while there moves to main, otherwise it is evicted and remembered as a ghost; a miss on a ghost
+    goes straight to main. One-shot blocks thus churn through the small queue while main keeps a stable set.
+
+    Two changes from the paper make shuffled epochs over data larger than the tier work (epoch-shuffled
+    traces otherwise keep cycling blocks through main): main is filled from the small queue while it is
+    under its share, so the first epoch already builds the stable set; and the ghost is short
+    (``ghost_ratio`` of the resident count), so only blocks re-read soon after eviction displace main.
+    To still adapt when the workload moves on (a new dataset), a main block idle for more than
+    ``stale_factor`` times the longest recent reuse interval seen on main hits is evicted first.
+    """
+
+    name = "s3fifo"
+
+    def __init__(
+        self, small_ratio: float = 0.1, ghost_ratio: float = 0.1, stale_factor: float = 1.5, max_freq: int = 3
+    ) -> None:
+        super().__init__()
+        self.small_ratio = small_ratio
+        self.ghost_ratio = ghost_ratio
+        self.stale_factor = stale_factor
+        self.max_freq = max_freq
+        self._small: OrderedDict[Hashable, int] = OrderedDict()
+        self._main: OrderedDict[Hashable, int] = OrderedDict()  # FIFO with reinsertion
+        self._recency: OrderedDict[Hashable, None] = OrderedDict()  # main blocks, least recently used first
+        self._ghost: OrderedDict[Hashable, None] = OrderedDict()
+        self._freq: dict[Hashable, int] = {}
+        self._last: dict[Hashable, int] = {}
+        self._small_bytes = 0
+        self._main_bytes = 0
+        self._tick = 0
+        self._reuse: float | None = None  # decayed max of the reuse intervals of main hits
+
+    def on_insert(self, block: Hashable, size: int) -> None:
+        """Into main if the ghost remembers it, else into the small queue."""
+        if block in self._freq:
+            self.on_remove(block)
+        self._tick += 1
+        self._last[block] = self._tick
+        self._freq[block] = 0
+        if block in self._ghost:
+            del self._ghost[block]
+            self._to_main(block, size)
+        else:
+            self._small[block] = size
+            self._small_bytes += size
+
+    def on_access(self, block: Hashable) -> None:
+        """Bump the block's counter; main hits also feed the reuse-interval estimate."""
+        freq = self._freq.get(block)
+        if freq is None:
+            return
+        self._tick += 1
+        if freq < self.max_freq:
+            self._freq[block] = freq + 1
+        if block in self._recency:
+            interval = self._tick - self._last[block]
+            decay = 1.0 - 1.0 / max(1, len(self._main))
+            self._reuse = interval if self._reuse is None else max(interval, self._reuse * decay)
+            self._recency.move_to_end(block)
+        self._last[block] = self._tick
+
+    def on_remove(self, block: Hashable) -> None:
+        """Forget a block (not remembered as a ghost)."""
+        if self._freq.pop(block, None) is None:
+            return
+        del self._last[block]
+        size = self._small.pop(block, None)
+        if size is not None:
+            self._small_bytes -= size
+        else:
+            self._drop_main(block)
+
+    def _to_main(self, block: Hashable, size: int) -> None:
+        self._main[block] = size
+        self._main_bytes += size
+        self._recency[block] = None
+
+    def _drop_main(self, block: Hashable) -> int:
+        size = self._main.pop(block)
+        self._main_bytes -= size
+        del self._recency[block]
+        return size
+
+    def _forget(self, block: Hashable) -> None:
+        del self._freq[block]
+        del self._last[block]
+
+    def _remember(self, block: Hashable) -> None:
+        self._ghost[block] = None
+        limit = max(16, int(self.ghost_ratio * (len(self._small) + len(self._main))))
+        while len(self._ghost) > limit:
+            self._ghost.popitem(last=False)
+
+    def _stale(self, bytes_needed: int, protected: Protected, out: list[Hashable]) -> int:
+        """Evict main blocks idle far longer than main blocks are normally reused."""
+        if self._reuse is None:
+            return 0
+        limit = self.stale_factor * self._reuse
+        freed = 0
+        for _ in range(len(self._recency)):
+            if freed >= bytes_needed:
+                break
+            block = next(iter(self._recency))
+            if self._tick - self._last[block] <= limit:
+                break
+            if protected(block):
+                self._recency.move_to_end(block)
+                continue
+            freed += self._drop_main(block)
+            self._forget(block)
+            out.append(block)
+        return freed
+
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
+        """Stale main blocks first; then from the small queue while it is over its share, else from main."""
+        protected = protected or _never
+        out: list[Hashable] = []
+        freed = self._stale(bytes_needed, protected, out)
+        # Shares are of what remains after this eviction, so that batched evictions (a tier evicting from
+        # its high to its low watermark) take the one-shot blocks of the small queue, not main's.
+        after = max(0, self._small_bytes + self._main_bytes - (bytes_needed - freed))
+        while self._small:  # main under its share: fill it from the small queue
+            block, size = next(iter(self._small.items()))
+            if self._main_bytes + size > (1.0 - self.small_ratio) * after:
+                break
+            del self._small[block]
+            self._small_bytes -= size
+            self._to_main(block, size)
+        small_target = self.small_ratio * after
+        main_skips = 0  # consecutive protected blocks met in main: all of main protected ends the search
+        while freed < bytes_needed and (self._small or self._main):
+            main_stuck = main_skips > len(self._main)
+            if self._small and (self._small_bytes > small_target or not self._main or main_stuck):
+                block, size = self._small.popitem(last=False)
+                self._small_bytes -= size
+                if self._freq[block] > 0 or protected(block):
+                    self._freq[block] = 0
+                    self._to_main(block, size)  # read again (or pinned): promote
+                    main_skips = 0
+                    continue
+                self._forget(block)
+                self._remember(block)
+            elif main_stuck:
+                break
+            else:
+                block, size = next(iter(self._main.items()))
+                if protected(block):
+                    self._main.move_to_end(block)
+                    main_skips += 1
+                    continue
+                freq = self._freq[block]
+                if freq > 0:
+                    self._main.move_to_end(block)
+                    self._freq[block] = freq - 1
+                    continue
+                self._drop_main(block)
+                self._forget(block)
+                main_skips = 0
+            out.append(block)
+            freed += size
+        return out
+
+    def __contains__(self, block: Hashable) -> bool:
+        return block in self._freq
+
+    def __len__(self) -> int:
+        return len(self._freq)
+
+    @property
+    def tracked_bytes(self) -> int:
+        """Bytes of the resident blocks."""
+        return self._small_bytes + self._main_bytes
+
+
+POLICIES: dict[str, Callable[[], Policy]] = {
+    "default": S3FIFOPolicy, "s3fifo": S3FIFOPolicy, "lru": LRUPolicy,
+}
+
+
+def register_policy(name: str, factory: Callable[[], Policy]) -> None:
+    """Make a policy available by name (CacheConfig.policy, bench/hit_rate.py)."""
+    POLICIES[name] = factory
+
+
+def make_policy(name: str = "default") -> Policy:
+    """A fresh policy by name: "default" (S3-FIFO), "s3fifo", "lru", or any registered one."""
+    try:
+        return POLICIES[name]()
+    except KeyError:
+        raise ValueError(f"unknown eviction policy {name!r} (known: {', '.join(sorted(POLICIES))})") from None
+
+
+def simulate(
+    policy: Policy,
+    trace: Iterable[Hashable],
+    capacity: int,
+    size: Callable[[Hashable], int] | int = 1,
+    protected: Protected | None = None,
+) -> float:
+    """Replay ``trace`` through ``policy`` over a tier of ``capacity`` bytes; returns the hit rate."""
+    sizer = size if callable(size) else (lambda _b, _s=size: _s)
+    hits = total = 0
+    for block in trace:
+        total += 1
+        if block in policy:
+            hits += 1
+            policy.on_access(block)
+            continue
+        need = sizer(block)
+        if need > capacity:
+            continue
+        over = policy.tracked_bytes + need - capacity
+        if over > 0:
+            policy.victims(over, protected)
+            if policy.tracked_bytes + need > capacity:
+                continue
+        policy.on_insert(block, need)
+    return hits / total if total else 0.0
