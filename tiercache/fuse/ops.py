@@ -1,0 +1,346 @@
+"""FUSE operations (fusepy ``Operations`` API via mfusepy) over a TieredCache and a WriteTier.
+
+Reads of stored objects go to ``cache.read``; files written through the mount and not yet uploaded are served
+from the write tier (``pending_entry`` / ``read_pending``), so they are visible and readable at once. Every
+namespace change (create, write, truncate, unlink, rename, mkdir, rmdir) goes to the write tier, which makes
+it durable locally before the call returns. Errors become errno: a TiercacheError's own ``errno``, an
+OSError's, or EIO (logged with its traceback) for anything unexpected: one bad request never kills the
+daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import IsADirectory, NotFound, ReadOnly, TiercacheError
+from . import binding
+
+fuse = binding()
+
+log = logging.getLogger(__name__)
+
+BLKSIZE = 128 << 10
+_QUIET_ENOENT = {"getattr", "access", "open"}
+
+
+def _errno_op(fn: Callable) -> Callable:
+    """Turn whatever ``fn`` raises into a FuseOSError with the right errno; log what is not routine."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: TiercacheOps, *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except fuse.FuseOSError:
+            raise
+        except TiercacheError as exc:
+            code = exc.errno or errno.EIO
+            level = logging.DEBUG if code == errno.ENOENT and name in _QUIET_ENOENT else logging.WARNING
+            where = args[0] if args else ""
+            log.log(level, "%s %s: %s (%s)", name, where, exc, errno.errorcode.get(code, code))
+            raise fuse.FuseOSError(code) from None
+        except OSError as exc:
+            code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else errno.EIO
+            log.warning("%s %s: %s", name, args[0] if args else "", exc)
+            raise fuse.FuseOSError(code) from None
+        except Exception:
+            log.exception("%s %s failed unexpectedly; returning EIO", name, args[0] if args else "")
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+def _key(path: str | None) -> str:
+    """A FUSE path ("/a/b") as a cache key ("a/b"); the root is ""."""
+    return (path or "/").strip("/")
+
+
+class TiercacheOps(fuse.Operations):
+    """The mount's file operations: a thin client of ``cache`` (TieredCache) and ``writes`` (WriteTier)."""
+
+    use_ns = True
+
+    def __init__(self, cache: Any, writes: Any | None, *, readonly: bool = False,
+                 on_init: Callable[[], None] | None = None, statfs_dir: str | None = None):
+        self.cache = cache
+        self.writes = writes
+        self.readonly = readonly or writes is None
+        self.on_init = on_init
+        self.statfs_dir = statfs_dir
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.started = time.time()
+        self.file_mode = 0o444 if self.readonly else 0o644
+        self.dir_mode = 0o555 if self.readonly else 0o755
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def init(self, path: str) -> None:
+        """Called by libfuse once the kernel connection is up."""
+        if self.on_init is not None:
+            self.on_init()
+
+    # ---------------------------------------------------------------- metadata
+
+    def _attrs(self, is_dir: bool, size: int, mtime: float) -> dict:
+        ns = int(mtime * 1e9)
+        return {
+            "st_mode": (stat.S_IFDIR | self.dir_mode) if is_dir else (stat.S_IFREG | self.file_mode),
+            "st_nlink": 2 if is_dir else 1,
+            "st_size": 0 if is_dir else size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_atime": ns,
+            "st_mtime": ns,
+            "st_ctime": ns,
+            "st_blocks": (size + 511) // 512,
+            "st_blksize": BLKSIZE,
+        }
+
+    def _lookup(self, key: str) -> tuple[bool, int, float]:
+        """(is_dir, size, mtime) of ``key``: pending writes first, then the cache's metadata."""
+        if not key:
+            return True, 0, self.started
+        if self.writes is not None:
+            pending = self.writes.pending_entry(key)
+            if pending is not None:
+                return bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"])
+            if self.writes.is_deleted(key):
+                raise NotFound(f"{key}: deleted")
+        entry = self.cache.stat(key)
+        return bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started)
+
+    @_errno_op
+    def getattr(self, path: str, fh: Any = None) -> dict:
+        """stat(2)."""
+        return self._attrs(*self._lookup(_key(path)))
+
+    @_errno_op
+    def access(self, path: str, amode: int) -> int:
+        """access(2): existence, and EROFS for W_OK on a read-only mount."""
+        self._lookup(_key(path))
+        if amode & os.W_OK and self.readonly:
+            raise fuse.FuseOSError(errno.EROFS)
+        return 0
+
+    @_errno_op
+    def readdir(self, path: str, fh: Any) -> list:
+        """Names in a directory: the store's listing merged with pending writes, minus pending deletes."""
+        key = _key(path)
+        is_dir = self._lookup(key)[0]
+        if not is_dir:
+            raise fuse.FuseOSError(errno.ENOTDIR)
+        prefix = key + "/" if key else ""
+        kinds: dict[str, bool] = {}
+        try:
+            names = self.cache.listdir(key)
+        except NotFound:
+            names = []
+        for name in names:
+            name = name.rstrip("/")
+            child = prefix + name
+            if self.writes is not None and self.writes.is_deleted(child):
+                continue
+            kind = self._kind(child)
+            if kind is not None:
+                kinds[name] = kind
+        if self.writes is not None:
+            for pending in self.writes.pending_paths(prefix):
+                rest = pending[len(prefix):]
+                if not rest:
+                    continue
+                name, sep, _ = rest.partition("/")
+                if sep:
+                    kinds[name] = True
+                elif name not in kinds or not kinds[name]:
+                    entry = self.writes.pending_entry(pending)
+                    if entry is not None:
+                        kinds[name] = bool(entry["is_dir"])
+        entries: list = [".", ".."]
+        for name in sorted(kinds):
+            entries.append((name, {"st_mode": stat.S_IFDIR if kinds[name] else stat.S_IFREG}, 0))
+        return entries
+
+    def _kind(self, key: str) -> bool | None:
+        """Is ``key`` a directory (True), a file (False) or gone (None)? From cached metadata: no HEAD per
+        entry when a listing is older than the TTL."""
+        namespace = getattr(self.cache, "namespace", None)
+        try:
+            if namespace is None:
+                return bool(self.cache.stat(key).is_dir)
+            namespace.info(key, revalidate=False)
+            return False
+        except IsADirectory:
+            return True
+        except NotFound:
+            return None
+
+    @_errno_op
+    def statfs(self, path: str) -> dict:
+        """df: the write dir's filesystem (what writes can use), capped by the write limit."""
+        st = os.statvfs(self.statfs_dir or "/")
+        out = {
+            "f_bsize": st.f_bsize, "f_frsize": st.f_frsize, "f_blocks": st.f_blocks, "f_bfree": st.f_bfree,
+            "f_bavail": st.f_bavail, "f_files": st.f_files, "f_ffree": st.f_ffree, "f_favail": st.f_favail,
+            "f_namemax": 255,
+        }
+        if self.writes is not None:
+            stats = self.writes.stats()
+            limit = int(stats.get("limit") or 0)
+            if limit:
+                used = int(stats.get("write_dir_used") or 0)
+                frsize = st.f_frsize or 4096
+                out["f_blocks"] = min(st.f_blocks, (limit + frsize - 1) // frsize)
+                free = max(0, limit - used) // frsize
+                out["f_bfree"] = min(st.f_bfree, free)
+                out["f_bavail"] = min(st.f_bavail, free)
+        return out
+
+    # ---------------------------------------------------------------- files
+
+    def _writes(self) -> Any:
+        if self.readonly:
+            raise ReadOnly("read-only mount")
+        return self.writes
+
+    @staticmethod
+    def _write_handle(wfh: int) -> int:
+        if not isinstance(wfh, int) or wfh <= 0:
+            raise RuntimeError(f"write tier handle {wfh!r}: positive ints expected (0 means read-only)")
+        return wfh
+
+    @_errno_op
+    def open(self, path: str, flags: int) -> int:
+        """open(2): write opens (and O_TRUNC) get the write tier's handle; read opens get 0 (read by path)."""
+        key = _key(path)
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+            return self._write_handle(self._writes().open(key, truncate=bool(flags & os.O_TRUNC)))
+        if self._lookup(key)[0]:
+            raise IsADirectory(f"{key}: is a directory")
+        return 0
+
+    @_errno_op
+    def create(self, path: str, mode: int, flags: int | None = None) -> int:
+        """open(2) with O_CREAT of a new file."""
+        return self._write_handle(self._writes().create(_key(path)))
+
+    @_errno_op
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        """pread(2): short at end of file. Written-but-not-uploaded bytes first, then the cache."""
+        if fh:
+            return self.writes.read(fh, offset, size)
+        key = _key(path)
+        if self.writes is not None:
+            data = self.writes.read_pending(key, offset, size)
+            if data is not None:
+                return data
+        data = self.cache.read(key, offset, size)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    @_errno_op
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        """pwrite(2) into the file's staging copy."""
+        if not fh:
+            raise fuse.FuseOSError(errno.EBADF)
+        return self.writes.write(fh, data, offset)
+
+    @_errno_op
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        """truncate(2) / ftruncate(2)."""
+        writes = self._writes()
+        writes.truncate(fh if fh else _key(path), length)
+        return 0
+
+    @_errno_op
+    def flush(self, path: str | None, fh: int) -> int:
+        """Each close(2): commit what was written (durable in the journal before close returns)."""
+        if fh:
+            self.writes.flush(fh)
+        return 0
+
+    @_errno_op
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        """fsync(2): the staging bytes are on disk, and the file is committed for upload."""
+        if fh:
+            self.writes.fsync(fh)
+            self.writes.flush(fh)
+        return 0
+
+    @_errno_op
+    def release(self, path: str | None, fh: int) -> int:
+        """Last close of an open file."""
+        if fh:
+            self.writes.release(fh)
+        return 0
+
+    # ---------------------------------------------------------------- namespace
+
+    @_errno_op
+    def unlink(self, path: str) -> int:
+        """rm."""
+        self._writes().unlink(_key(path))
+        return 0
+
+    @_errno_op
+    def rename(self, old: str, new: str) -> int:
+        """mv (files and directories)."""
+        self._writes().rename(_key(old), _key(new))
+        return 0
+
+    @_errno_op
+    def mkdir(self, path: str, mode: int) -> int:
+        """mkdir."""
+        self._writes().mkdir(_key(path))
+        return 0
+
+    @_errno_op
+    def rmdir(self, path: str) -> int:
+        """rmdir of an empty directory."""
+        self._writes().rmdir(_key(path))
+        return 0
+
+    @_errno_op
+    def chmod(self, path: str | None, mode: int) -> int:
+        """Accepted and ignored (objects have no mode): lets cp -p and tar work."""
+        self._lookup(_key(path))
+        return 0
+
+    @_errno_op
+    def chown(self, path: str | None, uid: int, gid: int) -> int:
+        """Accepted and ignored."""
+        self._lookup(_key(path))
+        return 0
+
+    @_errno_op
+    def utimens(self, path: str | None, times: Any = None) -> int:
+        """Accepted and ignored (touch of an existing file)."""
+        self._lookup(_key(path))
+        return 0
+
+
+class ReadOnlyOps(TiercacheOps):
+    """Read-only mounts (``-o ro``: the kernel itself refuses writes with EROFS). open, flush and release are
+    left to libfuse's C defaults, so reading a file enters Python only for its READ requests."""
+
+    create = write = truncate = flush = fsync = release = None
+    unlink = rename = mkdir = rmdir = chmod = chown = utimens = None
+
+    def __init__(self, cache: Any, writes: Any | None, **kwargs: Any):
+        super().__init__(cache, writes, readonly=True, **kwargs)
+
+    def open(self, path: str, flags: int) -> int:
+        """ENOSYS: the kernel then opens files without asking again (no OPEN, no RELEASE requests)."""
+        raise fuse.FuseOSError(errno.ENOSYS)
+
+
+def make_ops(cache: Any, writes: Any | None, *, readonly: bool, **kwargs: Any) -> TiercacheOps:
+    """The operations object for a mount."""
+    if readonly:
+        return ReadOnlyOps(cache, writes, **kwargs)
+    return TiercacheOps(cache, writes, **kwargs)

@@ -1,0 +1,189 @@
+"""A file open for writing: its staging file, copy-on-write from the current content, a running sha256."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import NoSpace, StoreError
+from .journal import file_sha256
+
+_CHUNK = 8 << 20
+
+
+class StagingHost(Protocol):
+    """What a StagedFile needs from the write tier."""
+
+    def reserve(self, nbytes: int) -> None:
+        """Account new bytes in the write dir (may wait for uploads, may raise NoSpace)."""
+
+    def unreserve(self, nbytes: int) -> None:
+        """Give bytes back."""
+
+    def new_staging(self) -> tuple[str, Path]:
+        """A fresh staging file id and path."""
+
+    def base_fd(self, path: str) -> int | None:
+        """An fd on the local staging file holding ``path``'s current content, if there is one."""
+
+    def base_read(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes of ``path``'s current content (pending change, cache or store)."""
+
+
+class StagedFile:
+    """Write state shared by every handle open on one path (the inode of a file being written).
+
+    Lazy until first changed (``fd`` None: reads go to the current content); then private (its own staging
+    file); after a commit sealed (the staging file belongs to the journal record: the next change copies it).
+    Callers hold ``lock`` around every method.
+    """
+
+    def __init__(self, path: str, size: int, created: bool):
+        self.path = path
+        self.lock = threading.Lock()
+        self.refs = 0
+        self.fd: int | None = None
+        self.staging_id = ""
+        self.size = size
+        self.mtime = time.time()
+        self.created = created  # made by create(): there was no content to copy
+        self.dirty = False
+        self.sealed = False
+        self.unlinked = False
+        self.hasher: Any = None  # sha256 of bytes [0, hashed), while writes come in order
+        self.hashed = 0
+
+    @property
+    def private(self) -> bool:
+        """Holds a staging file of its own (bytes not yet owned by a journal record)."""
+        return self.fd is not None and not self.sealed
+
+    def make_private(self, host: StagingHost, keep: int | None = None) -> None:
+        """Give the file its own staging file holding its current content (at most ``keep`` bytes of it)."""
+        if self.private:
+            return
+        rid, path = host.new_staging()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        size = self.size if keep is None else min(keep, self.size)
+        try:
+            host.reserve(size)
+            try:
+                hasher = self._fill(host, fd, size) if size else hashlib.sha256()
+            except BaseException:
+                host.unreserve(size)
+                raise
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        if hasher is not None:
+            self.hasher, self.hashed = hasher, size
+        elif self.fd is None or self.hashed > size:
+            self.hasher = None
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd, self.staging_id, self.sealed, self.size = fd, rid, False, size
+
+    def _fill(self, host: StagingHost, fd: int, size: int) -> Any:
+        """Copy the current content into ``fd``; returns its sha256 when computed on the way, else None."""
+        src = self.fd if self.fd is not None else host.base_fd(self.path)
+        if src is not None:
+            try:
+                copy_fd(src, fd, size)
+            finally:
+                if src != self.fd:
+                    os.close(src)
+            return None
+        hasher = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            chunk = host.base_read(self.path, offset, min(_CHUNK, size - offset))
+            if not chunk:
+                raise StoreError(f"{self.path}: shorter than its size {size} (changed while opening?)")
+            os.pwrite(fd, chunk, offset)
+            hasher.update(chunk)
+            offset += len(chunk)
+        return hasher
+
+    def write(self, host: StagingHost, data: bytes, offset: int) -> int:
+        """Write at ``offset`` (copy-on-write first); NoSpace leaves the file as it was."""
+        self.make_private(host)
+        view = memoryview(data)
+        end = offset + len(view)
+        growth = max(0, end - self.size)
+        host.reserve(growth)
+        try:
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.fd, view[done:], offset + done)
+        except OSError as exc:
+            if growth:
+                try:
+                    os.ftruncate(self.fd, self.size)
+                except OSError:
+                    pass
+            host.unreserve(growth)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"{self.path}: the write dir's filesystem is full") from None
+            raise
+        if self.hasher is not None and offset == self.hashed:
+            self.hasher.update(view)
+            self.hashed = end
+        elif offset < self.hashed:
+            self.hasher = None
+        self.size = max(self.size, end)
+        self.dirty, self.mtime = True, time.time()
+        return len(view)
+
+    def truncate(self, host: StagingHost, length: int) -> None:
+        """Set the length (copying only what is kept)."""
+        self.make_private(host, keep=length)
+        growth = length - self.size
+        host.reserve(max(0, growth))
+        os.ftruncate(self.fd, length)
+        if growth < 0:
+            host.unreserve(-growth)
+        if length == 0:
+            self.hasher, self.hashed = hashlib.sha256(), 0
+        elif length < self.hashed:
+            self.hasher = None
+        self.size, self.dirty, self.mtime = length, True, time.time()
+
+    def read(self, offset: int, size: int) -> bytes | None:
+        """Bytes through this file, or None while it is lazy (read the current content instead)."""
+        if self.fd is None:
+            return None
+        return os.pread(self.fd, max(0, min(size, self.size - offset)), offset)
+
+    def prepare_commit(self) -> str | None:
+        """fsync the staging file and return its sha256, or None if there is nothing new to commit."""
+        if not self.dirty or self.unlinked or not self.private:
+            return None
+        os.fsync(self.fd)
+        if self.hasher is not None and self.hashed == self.size:
+            return self.hasher.hexdigest()
+        return file_sha256(self.fd, self.size)
+
+
+def copy_fd(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes from offset 0 of ``src`` to ``dst`` (in the kernel when the filesystem allows)."""
+    offset = 0
+    try:
+        while offset < size:
+            n = os.copy_file_range(src, dst, size - offset, offset, offset)
+            if n == 0:
+                break
+            offset += n
+    except (OSError, AttributeError):  # another filesystem, or no copy_file_range here
+        pass
+    while offset < size:
+        chunk = os.pread(src, min(_CHUNK, size - offset), offset)
+        if not chunk:
+            break
+        os.pwrite(dst, chunk, offset)
+        offset += len(chunk)
