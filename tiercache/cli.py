@@ -1,0 +1,355 @@
+"""The ``tiercache`` command: mount, unmount, flush, stats (and the control commands built on them).
+
+Each subcommand is two small functions registered with ``@command``: one adds its arguments, one runs it.
+Every user error is one line on stderr (``tiercache: error: ...``) and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__, control
+from .config import parse_size
+from .errors import ConfigError, TiercacheError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"tiercache: error: {message} (see: {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+Runner = Callable[[argparse.Namespace], int | None]
+_COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Runner]] = []
+
+
+def command(
+    name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Runner], Runner]:
+    """Register a subcommand: ``arguments(parser)`` declares its options, the decorated function runs it."""
+
+    def register(run: Runner) -> Runner:
+        _COMMANDS.append((name, help, arguments, run))
+        return run
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with every registered subcommand."""
+    parser = _Parser(prog="tiercache", description="Tiered RAM/SSD/write cache for training data in S3.")
+    parser.add_argument("--version", action="version", version=f"tiercache {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, help_text, arguments, run in _COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except TiercacheError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}")
+    except KeyboardInterrupt:
+        sys.stderr.write("tiercache: interrupted\n")
+        return 130
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"tiercache: error: {' '.join(message.split())}\n")
+    return EXIT_ERROR
+
+
+def _mount_of(path: str) -> control.Mount:
+    """The tiercache mount at or above ``path``, or one clear error."""
+    import os
+
+    if not os.path.lexists(path):
+        raise ConfigError(f"{path}: no such file or directory")
+    mount = control.find_mount(path)
+    if mount is None:
+        raise ConfigError(f"{path} is not inside a tiercache mount")
+    return mount
+
+
+# ---------------------------------------------------------------- mount
+
+
+def _mount_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="s3://BUCKET[/PREFIX] or file:///DIR")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument("--ram", default="1G", metavar="SIZE", help="RAM tier size (default 1G)")
+    p.add_argument("--ssd", metavar="DIR[:SIZE]", help="cache dir on local SSD (default ~/.cache/...)")
+    p.add_argument("--ssd-size", metavar="SIZE", help="SSD tier size (default: half the free space)")
+    p.add_argument("--write-dir", metavar="DIR",
+                   help="durable staging dir for writes (default: CACHE_DIR/write — durable only if that is)")
+    p.add_argument("--mode", choices=("writeback", "writethrough", "readonly"), default="writeback")
+    p.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint URL")
+    p.add_argument("--block-size", default="4M", metavar="SIZE", help="cache block size (default 4M)")
+    p.add_argument("--metadata-ttl", default="60", metavar="0|SECONDS|inf",
+                   help="how long listings and attributes are trusted (inf: immutable data, kernel caching)")
+    p.add_argument("--threads", type=int, default=16, metavar="N", help="parallel requests to the store")
+    p.add_argument("--write-limit", metavar="SIZE", help="hard limit of the write dir (ENOSPC past it)")
+    p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
+    p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
+    p.add_argument("--nonempty", action="store_true", help="allow mounting over a non-empty directory")
+    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, wait this long for pending uploads (the rest resumes at the next mount)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def _split_ssd(ssd: str | None, ssd_size: str | None) -> tuple[str | None, str | None]:
+    """``--ssd DIR:SIZE`` (DESIGN.md's form) → (DIR, SIZE) when the part after the last colon is a size."""
+    if ssd and ":" in ssd and ssd_size is None:
+        head, _, tail = ssd.rpartition(":")
+        try:
+            parse_size(tail)
+        except ConfigError:
+            return ssd, ssd_size
+        return head, tail
+    return ssd, ssd_size
+
+
+@command("mount", "mount SOURCE at MOUNTPOINT (returns once the mount is ready)", _mount_args)
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .fuse.mount import MountDaemon, MountSpec, exit_now, setup_logging, start_daemon
+
+    ssd, ssd_size = _split_ssd(args.ssd, args.ssd_size)
+    spec = MountSpec(
+        source=args.source, mountpoint=args.mountpoint, ram=args.ram, ssd=ssd, ssd_size=ssd_size,
+        write_dir=args.write_dir, mode=args.mode, endpoint_url=args.endpoint_url, block_size=args.block_size,
+        metadata_ttl=args.metadata_ttl, threads=args.threads, write_limit=args.write_limit,
+        allow_other=args.allow_other, nonempty=args.nonempty, log_level=args.log_level,
+        drain_timeout=args.drain_timeout,
+    )
+    config = spec.config()
+    if args.foreground:
+        from pathlib import Path
+
+        setup_logging(Path(config.cache_dir) / "mount.log", spec.log_level, to_stderr=True)
+        exit_now(MountDaemon(spec).run(lambda error: None))
+    pid = start_daemon(spec)
+    durable = "" if args.write_dir or config.mode == "readonly" else " (write dir inside the cache dir)"
+    sys.stderr.write(f"tiercache: mounted {config.source} at {spec.mountpoint} (pid {pid}, mode {config.mode}"
+                     f"{durable}; log {config.cache_dir}/mount.log)\n")
+    return 0
+
+
+# ---------------------------------------------------------------- flush / unmount
+
+
+def _drain(mount: control.Mount, timeout: float | None, what: str) -> dict:
+    """Ask the daemon to upload everything now, showing what is left; returns the flush report."""
+    from tqdm import tqdm
+
+    client = mount.client(timeout=None)
+    start = client.request("drain_status")
+    total = int(start.get("dirty_bytes") or 0)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=None, leave=False)
+    last_line = [time.monotonic()]
+
+    def progress(status: dict) -> None:
+        left = int(status.get("dirty_bytes") or 0)
+        if bar.disable:
+            if time.monotonic() - last_line[0] >= 5:
+                last_line[0] = time.monotonic()
+                sys.stderr.write(f"tiercache: {what}: {status.get('pending_files', 0)} file(s), "
+                                 f"{_human(left)} left to upload\n")
+            return
+        bar.total = max(bar.total or 0, left + bar.n)
+        bar.update(max(0, (bar.total - left) - bar.n))
+        bar.set_postfix(files=status.get("pending_files", 0))
+
+    try:
+        report = client.request("flush", on_progress=progress, reply_timeout=None, timeout=timeout)
+    finally:
+        bar.close()
+    return report
+
+
+def _report_left(report: dict, mountpoint: str) -> str | None:
+    left, failed = report.get("left") or [], report.get("failed") or []
+    if not left:
+        return None
+    why = f"; last error: {report['last_error']}" if report.get("last_error") else ""
+    return (f"{len(left)} change(s) not uploaded yet ({len(failed)} failing, e.g. {left[0]}){why}")
+
+
+def _flush_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after this long")
+
+
+@command("flush", "upload every pending write now and wait for it", _flush_args)
+def cmd_flush(args: argparse.Namespace) -> int:
+    mount = _mount_of(args.mountpoint)
+    report = _drain(mount, args.timeout, "flushing")
+    problem = _report_left(report, mount.mountpoint)
+    if problem:
+        return _fail(f"flush {mount.mountpoint}: {problem}")
+    uploaded = len(report.get("uploaded") or [])
+    sys.stderr.write(f"tiercache: flushed {mount.mountpoint}: {uploaded} change(s) uploaded, none pending\n")
+    return 0
+
+
+def _unmount_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--force", action="store_true",
+                   help="unmount without waiting for uploads (they resume at the next mount)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop waiting for uploads then")
+
+
+@command("unmount", "drain pending uploads, then unmount", _unmount_args)
+def cmd_unmount(args: argparse.Namespace) -> int:
+    import os
+
+    from .fuse.mount import MountBusy, unmount
+
+    real = os.path.realpath(args.mountpoint)
+    entry = next((m for m in control.mounts() if m[0] == real), None)
+    if entry is None:
+        raise ConfigError(f"{args.mountpoint} is not a mount")
+    if entry[1] != control.FSTYPE:
+        raise ConfigError(f"{args.mountpoint} is not a tiercache mount (it is {entry[1]})")
+    mount = control.find_mount(real)
+    alive = mount is not None and mount.mountpoint == real and mount.daemon_alive()
+    if alive and not args.force:
+        report = _drain(mount, args.timeout, "uploading before unmount")
+        problem = _report_left(report, real)
+        if problem:
+            return _fail(f"not unmounting {real}: {problem}; retry, or use --force "
+                         f"(uploads resume at the next mount)")
+        mount.client().request("shutdown", drain=True)
+    elif alive:
+        try:
+            mount.client().request("shutdown", drain=False)
+        except TiercacheError as exc:
+            sys.stderr.write(f"tiercache: warning: {exc}\n")
+    elif not args.force:
+        raise ConfigError(f"the daemon of {real} is not running (killed?); use: tiercache unmount --force "
+                          f"{real} (pending uploads resume at the next mount)")
+    try:
+        unmount(real)
+    except MountBusy:
+        if not args.force:
+            raise
+        unmount(real, lazy=True)
+        sys.stderr.write(f"tiercache: {real} was busy; detached it lazily (gone once no longer used)\n")
+    if mount is not None and mount.pid is not None:
+        _wait_exit(mount.pid)
+        control.unregister_mount(real, mount.pid)
+    sys.stderr.write(f"tiercache: unmounted {real}\n")
+    return 0
+
+
+def _wait_exit(pid: int, timeout: float = 120.0) -> None:
+    """Wait for the daemon to finish closing (it drains what is left, closes the cache)."""
+    deadline = time.monotonic() + timeout
+    while control.pid_alive(pid):
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"tiercache: warning: daemon pid {pid} still running after {timeout:.0f} s\n")
+            return
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- stats
+
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="default: every tiercache mount")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+@command("stats", "bytes per tier, hit rates, dirty bytes and upload backlog of a mount", _stats_args)
+def cmd_stats(args: argparse.Namespace) -> int:
+    mounts = [_mount_of(args.mountpoint)] if args.mountpoint else control.list_mounts()
+    if not mounts:
+        raise ConfigError("no tiercache mounts")
+    results = {m.mountpoint: m.client().request("stats") for m in mounts}
+    if args.json:
+        out: Any = results[mounts[0].mountpoint] if args.mountpoint else results
+        sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
+        return 0
+    for mountpoint, stats in results.items():
+        sys.stdout.write(format_stats(mountpoint, stats) + "\n")
+    return 0
+
+
+def format_stats(mountpoint: str, stats: dict) -> str:
+    """A human table of a stats reply."""
+    cache, writes = stats.get("cache") or {}, stats.get("writes") or {}
+    info = stats.get("mount") or {}
+    head = f"{info.get('source', '?')}, mode {info.get('mode', '?')}, pid {info.get('pid', '?')}"
+    lines = [f"{mountpoint}  ({head})",
+             f"  {'tier':<6}{'used':>12}{'capacity':>12}{'hit rate':>10}{'hits':>10}{'misses':>10}"]
+    tiers = cache.get("tiers") if isinstance(cache.get("tiers"), dict) else {
+        name: cache[name] for name in ("ram", "ssd") if isinstance(cache.get(name), dict)
+    }
+    for name, tier in tiers.items():
+        hits, misses = tier.get("hits"), tier.get("misses")
+        rate = tier.get("hit_rate")
+        if rate is None and isinstance(hits, int) and isinstance(misses, int) and hits + misses:
+            rate = hits / (hits + misses)
+        lines.append(f"  {name:<6}{_human(tier.get('used', tier.get('used_bytes'))):>12}"
+                     f"{_human(tier.get('capacity', tier.get('capacity_bytes'))):>12}"
+                     f"{_pct(rate):>10}{_num(hits):>10}{_num(misses):>10}")
+    overall = cache.get("hit_rate")
+    if overall is not None:
+        lines.append(f"  overall hit rate {_pct(overall)}")
+    backend = cache.get("backend")
+    if isinstance(backend, dict):
+        lines.append(f"  backend: {_num(backend.get('gets'))} GETs, {_human(backend.get('bytes'))}, "
+                     f"{_num(backend.get('heads'))} HEADs, {_num(backend.get('lists'))} LISTs, "
+                     f"{_num(backend.get('errors'))} errors")
+    if writes:
+        age = writes.get("oldest_pending_age_s") or 0
+        lines.append(f"  writes: {writes.get('mode', '')}, dirty {_human(writes.get('dirty_bytes'))} in "
+                     f"{_num(writes.get('pending_files'))} file(s), oldest pending {age:.0f} s, uploaded "
+                     f"{_num(writes.get('uploaded_files'))} file(s) / {_human(writes.get('uploaded_bytes'))},"
+                     " "
+                     f"failing {_num(writes.get('failed_uploads'))}")
+        if writes.get("last_error"):
+            lines.append(f"  last upload error: {writes['last_error']}")
+    return "\n".join(lines)
+
+
+def _human(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    value = float(value)
+    for unit in ("B", "K", "M", "G", "T", "P"):
+        if abs(value) < 1024 or unit == "P":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return "-"
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) and math.isfinite(value) else "-"
+
+
+def _num(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
