@@ -1,0 +1,70 @@
+"""The loader over a real tiercache FUSE mount: same dataset as local files, plans reach the daemon."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tiercache import control
+from tiercache.loaders import Augment, DataLoader, ImageFolder
+from tiercache.loaders.datasets import synthetic_jpegs
+
+from .fusehelpers import mounting, needs_fuse
+
+pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def mounter(tmp_path):
+    """Mounts made in a test; all unmounted and their daemons stopped at teardown."""
+    yield from mounting(tmp_path)
+
+
+@pytest.fixture
+def jpeg_bucket(bucket, tmp_path):
+    """12 JPEGs under train/ in the bucket, and the same files in a local directory."""
+    local = tmp_path / "local"
+    for rel, data in synthetic_jpegs(12, classes=3, size=(48, 64), seed=2):
+        bucket.put(f"train/{rel}", data)
+        path = local / "train" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return bucket, local
+
+
+def test_image_folder_over_a_mount_equals_local_files(jpeg_bucket, mounter):
+    bucket, local = jpeg_bucket
+    m = mounter.mount(bucket.url, endpoint=bucket.server.endpoint)
+    over_mount = ImageFolder(str(m.path / "train"))
+    on_disk = ImageFolder(str(local / "train"))
+    assert over_mount.classes == on_disk.classes and over_mount.targets == on_disk.targets
+    assert [os.path.relpath(p, m.path) for p, _ in over_mount.samples] == [
+        os.path.relpath(p, local) for p, _ in on_disk.samples
+    ]
+    for i in range(len(on_disk)):
+        assert torch.equal(over_mount[i][0], on_disk[i][0])
+
+
+def test_plans_reach_the_mount_and_gets_follow_them(jpeg_bucket, mounter):
+    bucket, _ = jpeg_bucket
+    m = mounter.mount(bucket.url, endpoint=bucket.server.endpoint)
+    mount = control.find_mount(str(m.path))
+    assert mount is not None
+    ds = ImageFolder(str(m.path / "train"), augment=Augment(16))
+    loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))
+    before = len(bucket.gets())
+    epoch = list(loader)
+    assert loader._plan_target() is not None, "the loader must recognise the mount"
+    assert loader._plan_target().wait(30)
+    stats = mount.client().request("stats")["cache"]
+    assert stats["plan_keys"] == 2 * len(ds)
+    gets = [r.key for r in bucket.gets()[before:] if r.key.endswith(".jpg")]
+    ref = torch.utils.data.DataLoader(range(len(ds)), batch_size=4, shuffle=True,
+                                      generator=torch.Generator().manual_seed(3))
+    order = [i for b in ref for i in b.tolist()]
+    expected = ["train/" + os.path.relpath(ds.samples[i][0], m.path / "train") for i in order]
+    assert len(epoch) == 3
+    first_seen = list(dict.fromkeys(gets))
+    assert first_seen == expected, "a cold epoch fetches the files in the planned order"

@@ -1,0 +1,156 @@
+"""Send a loader's file order (this epoch, then the next) to the tiercache serving the dataset.
+
+The one place that knows how plans travel:
+
+* library mode: the dataset holds a ``TieredCache`` as ``dataset.cache`` and its paths are keys relative to
+  the cache's source; the plan goes to ``cache.set_plan(keys_in_order)``.
+* mount mode: the dataset's paths lie under a tiercache FUSE mount; the plan goes over the mount's control
+  socket: ``tiercache.control.find_mount(path).client().request("plan", paths=[mount-relative paths])``.
+
+Paths come from ``dataset.path_of(index)`` or ``dataset.samples[index][0]`` (torchvision's ImageFolder /
+DatasetFolder layout), looking through ``torch.utils.data.Subset``. Anything else loads without plans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["PlanSender", "path_function", "plan_sender"]
+
+log = logging.getLogger(__name__)
+
+
+def _unwrap(dataset: Any) -> tuple[Any, Callable[[int], int]]:
+    """The innermost dataset behind ``Subset`` wrappers and the index mapping into it."""
+    index_map: Callable[[int], int] = int
+    while True:
+        inner, indices = getattr(dataset, "dataset", None), getattr(dataset, "indices", None)
+        if inner is None or indices is None:
+            return dataset, index_map
+        index_map = (lambda outer, idx: lambda i: idx[outer(i)])(index_map, indices)
+        dataset = inner
+
+
+def path_function(dataset: Any) -> tuple[Any, Callable[[int], str]] | None:
+    """(base dataset, index -> path) for datasets exposing ``path_of`` or ``samples``; None otherwise."""
+    base, index_map = _unwrap(dataset)
+    path_of = getattr(base, "path_of", None)
+    if callable(path_of):
+        return base, lambda i: path_of(index_map(i))
+    samples = getattr(base, "samples", None)
+    if isinstance(samples, Sequence) and samples and isinstance(samples[0], (tuple, list)):
+        return base, lambda i: samples[index_map(i)][0]
+    return None
+
+
+class PlanSender:
+    """Maps sample indices to paths and delivers them to a sink, on a background thread, latest plan wins."""
+
+    def __init__(self, path_of: Callable[[int], str], sink: Callable[[list[str]], Any], describe: str):
+        self.path_of = path_of
+        self.sink = sink
+        self.describe = describe
+        self._lock = threading.Lock()
+        self._pending: list[int] | None = None
+        self._busy = False
+        self.sent = 0
+
+    def send(self, indices: Sequence[int]) -> None:
+        """Map and deliver now, in the calling thread."""
+        paths = [self.path_of(i) for i in indices]
+        self.sink(paths)
+        self.sent += 1
+        log.debug("plan of %d files sent to %s", len(paths), self.describe)
+
+    def send_async(self, indices: Sequence[int]) -> None:
+        """Deliver from a daemon thread; a plan still waiting when a newer one arrives is dropped."""
+        with self._lock:
+            self._pending = list(indices)
+            if self._busy:
+                return
+            self._busy = True
+        threading.Thread(target=self._drain, name="tiercache-plan", daemon=True).start()
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                indices, self._pending = self._pending, None
+                if indices is None:
+                    self._busy = False
+                    return
+            try:
+                self.send(indices)
+            except Exception:  # a plan is a hint: never break loading over it
+                log.warning("could not send a plan to %s", self.describe, exc_info=True)
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Block until no plan is pending (tests, shutdown); True when idle."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._busy:
+                    return True
+            time.sleep(0.005)
+        return False
+
+
+def _library_sink(base: Any) -> Callable[[list[str]], Any] | None:
+    cache = getattr(base, "cache", None)
+    if cache is None:
+        return None
+    set_plan = getattr(cache, "set_plan", None)
+    if not callable(set_plan):
+        log.debug("no plan: %s has no set_plan", type(cache).__name__)
+        return None
+    return set_plan
+
+
+def _mount_sink(probe: str) -> tuple[Callable[[list[str]], Any], str] | None:
+    try:
+        from tiercache.control import find_mount
+    except ImportError:
+        log.debug("no plan: tiercache.control.find_mount is not available")
+        return None
+    mount = find_mount(probe)
+    if mount is None:
+        return None
+    mountpoint = os.path.realpath(mount.mountpoint)
+
+    def sink(paths: list[str]) -> Any:
+        rel = [os.path.relpath(os.path.realpath(p), mountpoint) for p in paths]
+        return mount.client().request("plan", paths=rel)
+
+    return sink, f"mount {mountpoint}"
+
+
+def plan_sender(dataset: Any) -> PlanSender | None:
+    """A :class:`PlanSender` for ``dataset`` when its files come through tiercache, else None."""
+    found = path_function(dataset)
+    if found is None:
+        return None
+    base, path_of = found
+    try:
+        if len(dataset) == 0:
+            return None
+    except TypeError:
+        pass
+    library = _library_sink(base)
+    if library is not None:
+        return PlanSender(path_of, library, f"cache {type(base.cache).__name__}")
+    root = getattr(base, "root", None)
+    probe = root if isinstance(root, str) and "://" not in root else path_of(0)
+    if not isinstance(probe, str) or "://" in probe or not os.path.isabs(os.path.abspath(probe)):
+        return None
+    try:
+        mount = _mount_sink(os.path.abspath(probe))
+    except Exception:
+        log.debug("no plan: mount detection failed for %s", probe, exc_info=True)
+        return None
+    if mount is None:
+        return None
+    return PlanSender(path_of, mount[0], mount[1])
