@@ -141,8 +141,12 @@ class TieredCache:
 
     # ------------------------------------------------------------------ reads
 
-    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        """Bytes [offset, offset+size) of the file at ``path`` (to EOF when size is None; short at EOF)."""
+    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes | bytearray:
+        """Bytes [offset, offset+size) of the file at ``path`` (to EOF when size is None; short at EOF).
+
+        Within one block the cached bytes object itself comes back (no copy); a range over several
+        blocks is assembled with one copy into a bytearray.
+        """
         if offset < 0 or (size is not None and size < 0):
             raise ConfigError(f"read {path!r}: offset and size must not be negative")
         info, expired = self.namespace.lookup(path)
@@ -169,22 +173,60 @@ class TieredCache:
         bs = self.config.block_size
         return [BlockId(info.key, info.etag, i) for i in range(offset // bs, (end - 1) // bs + 1)]
 
-    def _read(self, info: ObjectInfo, offset: int, size: int | None) -> bytes:
+    def _read(self, info: ObjectInfo, offset: int, size: int | None) -> bytes | bytearray:
         ids = self._block_ids(info, offset, size)
         if not ids:
             return b""
-        blocks = self._get_blocks(ids, info, "ram")
-        bs = self.config.block_size
         end = info.size if size is None else min(info.size, offset + size)
-        start = offset - ids[0].index * bs
-        if len(blocks) == 1:
-            data = blocks[0]
-            return data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
-        stop = end - ids[-1].index * bs
-        views = [memoryview(b) for b in blocks]
-        views[0] = views[0][start:]
-        views[-1] = views[-1][:stop] if len(views) > 1 else views[-1]
-        return b"".join(views)
+        if len(ids) > 1:
+            return self._assemble(ids, info, offset, end)
+        data = self._get_blocks(ids, info, "ram")[0]
+        start = offset - ids[0].index * self.config.block_size
+        return data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+
+    def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int) -> bytearray:
+        """A multi-block range copied once into one buffer. Without a RAM tier to promote into, whole
+        blocks on the SSD are read straight into that buffer (no intermediate bytes object)."""
+        bs = self.config.block_size
+        out = bytearray(end - offset)
+        view = memoryview(out)
+
+        def target(block: BlockId) -> memoryview:
+            lo = block.index * bs - offset
+            return view[lo:lo + min(bs, info.size - block.index * bs)]
+
+        rest = ids
+        if self.ssd is not None and self.ram.capacity() < bs:
+            whole = [b for b in ids if b.index * bs >= offset and min((b.index + 1) * bs, info.size) <= end]
+            landed = self._parallel(lambda b: self.ssd.get_into(b, target(b)), whole)
+            done = {b for b, ok in zip(whole, landed, strict=True) if ok}
+            rest = [b for b in ids if b not in done]
+        for block, data in zip(rest, self._get_blocks(rest, info, "ram") if rest else [], strict=True):
+            first = block.index * bs
+            lo, hi = max(offset, first), min(end, first + len(data))
+            view[lo - offset:hi - offset] = memoryview(data)[lo - first:hi - first]
+        return out
+
+    def _parallel(self, fn: Callable, items: list) -> list:
+        """``fn`` over ``items`` on the fetch pool (the first on this thread); the first error is raised
+        once every call has settled, so no call outlives the request."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        futures = [self._fetch_pool.submit(fn, item) for item in items[1:]]
+        results: list = [None] * len(items)
+        error: BaseException | None = None
+        try:
+            results[0] = fn(items[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised once the other calls settled
+            error = exc
+        for i, future in enumerate(futures, 1):
+            try:
+                results[i] = future.result()
+            except BaseException as exc:  # noqa: BLE001
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
 
     def _get_blocks(self, ids: list[BlockId], info: ObjectInfo, into: str, want: bool = True) -> list[bytes]:
         """The blocks' bytes; RAM misses are loaded (SSD or store) in parallel.
@@ -200,22 +242,8 @@ class TieredCache:
         else:
             todo = [i for i, block in enumerate(ids) if not self._in_tier(block, into)]
         load = self._load if want else self._fetch
-        if len(todo) == 1:
-            out[todo[0]] = load(ids[todo[0]], info, into)
-        elif todo:
-            futures = [self._fetch_pool.submit(load, ids[i], info, into) for i in todo[1:]]
-            error: BaseException | None = None
-            try:
-                out[todo[0]] = load(ids[todo[0]], info, into)
-            except BaseException as exc:  # noqa: BLE001 - re-raised once the other loads settled
-                error = exc
-            for i, future in zip(todo[1:], futures, strict=True):
-                try:
-                    out[i] = future.result()
-                except BaseException as exc:  # noqa: BLE001
-                    error = error or exc
-            if error is not None:
-                raise error
+        for i, data in zip(todo, self._parallel(lambda i: load(ids[i], info, into), todo), strict=True):
+            out[i] = data
         return out  # type: ignore[return-value]
 
     def _load(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
@@ -405,17 +433,68 @@ class TieredCache:
         ``{"files", "bytes", "fetched_bytes", "complete", "errors"}``; complete means every block is
         resident at the end (false when the tier is too small or fetches failed).
         """
+        report = self.warm_files(
+            list(self.namespace.files(prefix)), tier,
+            None if progress is None else (lambda p: progress(p["done_bytes"], p["bytes"])),
+        )
+        return {name: report[name] for name in ("files", "bytes", "fetched_bytes", "complete", "errors")}
+
+    def warm_targets(
+        self, paths: Iterable[str], recursive: bool = True, display: Callable[[str], str] = lambda p: p or "/"
+    ) -> list[ObjectInfo]:
+        """Infos of the files named by ``paths`` (directories expanded when ``recursive``), deduplicated.
+
+        NotFound for a missing path; ConfigError for a directory without ``recursive``; errors name a path
+        as ``display(path)``.
+        """
+        infos: dict[str, ObjectInfo] = {}
+        for path in paths:
+            try:
+                entry = self.namespace.stat(path)
+            except NotFound:
+                raise NotFound(f"{display(path)}: no such file or directory") from None
+            if entry.is_dir:
+                if not recursive:
+                    raise ConfigError(f"{display(path)} is a directory (use --recursive to warm what is in it)")
+                found = self.namespace.files(entry.path)
+            else:
+                found = [self.namespace.info(entry.path, revalidate=False)]
+            for info in found:
+                infos.setdefault(info.key, info)
+        return list(infos.values())
+
+    def warm_files(
+        self,
+        infos: Sequence[ObjectInfo],
+        tier: str = "ssd",
+        progress: Callable[[dict], None] | None = None,
+        threads: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict:
+        """Make every byte of ``infos`` resident in ``tier``; files already resident are skipped.
+
+        ``progress`` receives ``{"files", "bytes", "done_files", "done_bytes", "skipped_files",
+        "skipped_bytes", "fetched_bytes"}`` after each file; setting ``cancel`` stops it between files.
+        Returns that dict plus ``complete`` (every byte resident in ``tier`` at the end), ``missing_bytes``,
+        ``errors``, ``error`` (an example) and ``cancelled``.
+        """
         if tier not in TIERS:
             raise ConfigError(f"tier {tier!r} is not one of ram, ssd")
-        infos = list(self.namespace.files(prefix))
         total = sum(i.size for i in infos)
         before = self.counters.get("backend_bytes")
-        done = 0
+        skipped = [i for i in infos if self._resident(i, 0, None, tier)]
+        todo = [i for i in infos if not self._resident(i, 0, None, tier)]
+        state = {"files": len(infos), "bytes": total, "done_files": len(skipped),
+                 "done_bytes": sum(i.size for i in skipped), "skipped_files": len(skipped),
+                 "skipped_bytes": sum(i.size for i in skipped), "fetched_bytes": 0}
         errors: list[str] = []
         lock = threading.Lock()
+        if progress is not None:
+            progress(dict(state))
 
         def one(info: ObjectInfo) -> None:
-            nonlocal done
+            if cancel is not None and cancel.is_set():
+                return
             try:
                 for attempt in (0, 1):
                     try:
@@ -429,19 +508,26 @@ class TieredCache:
                 with lock:
                     errors.append(f"{info.key}: {exc}")
             with lock:
-                done += info.size
-                if progress is not None:
-                    progress(done, total)
+                state["done_files"] += 1
+                state["done_bytes"] += info.size
+                state["fetched_bytes"] = self.counters.get("backend_bytes") - before
+                snapshot = dict(state)
+            if progress is not None:
+                progress(snapshot)
 
-        with ThreadPoolExecutor(self.config.threads, thread_name_prefix="tiercache-warm") as pool:
-            list(pool.map(one, infos))
-        complete = not errors and all(self._resident(i, 0, None, tier) for i in infos)
+        with ThreadPoolExecutor(max(1, threads or self.config.threads), thread_name_prefix="tiercache-warm") as pool:
+            list(pool.map(one, todo))
+        missing = 0
+        for info in infos:
+            bs = self.config.block_size
+            missing += sum(min(bs, info.size - b.index * bs) for b in self._block_ids(info)
+                           if not self._in_tier(b, tier))
+        cancelled = cancel is not None and cancel.is_set()
         if errors:
-            log.warning("warm %r: %d file(s) failed, e.g. %s", prefix, len(errors), errors[0])
-        return {
-            "files": len(infos), "bytes": total, "fetched_bytes": self.counters.get("backend_bytes") - before,
-            "complete": complete, "errors": len(errors),
-        }
+            log.warning("warm: %d file(s) failed, e.g. %s", len(errors), errors[0])
+        state["fetched_bytes"] = self.counters.get("backend_bytes") - before
+        return {**state, "complete": not errors and not cancelled and missing == 0, "missing_bytes": missing,
+                "errors": len(errors), "error": errors[0] if errors else None, "cancelled": cancelled}
 
     def prefetch(self, keys: Iterable[str], deadline: float | None = None) -> None:
         """Fetch whole objects in the background (RAM, written through to SSD).

@@ -332,6 +332,182 @@ def format_stats(mountpoint: str, stats: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- warm / evict / pin / unpin / plan
+
+
+def _read_list(path: str) -> list[str]:
+    """Non-empty, non-comment lines of a list file ("-" for stdin)."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError(f"--from-list {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--from-list {path}: not a UTF-8 text file") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _group_by_mount(paths: list[str], check_exists: bool = True) -> list[tuple[control.Mount, list[str]]]:
+    """Paths → (mount, mount-relative keys) in first-seen order; one clear error for a bad path."""
+    import os
+
+    groups: dict[str, tuple[control.Mount, list[str]]] = {}
+    for path in paths:
+        if check_exists:
+            mount = _mount_of(path)
+        else:
+            mount = control.find_mount(os.path.dirname(os.path.abspath(path)) or "/")
+            if mount is None:
+                raise ConfigError(f"{path} is not inside a tiercache mount")
+        groups.setdefault(mount.mountpoint, (mount, []))[1].append(mount.relpath(path))
+    return list(groups.values())
+
+
+def _targets(args: argparse.Namespace) -> list[tuple[control.Mount, list[str]]]:
+    """PATH arguments plus the lines of ``--from-list`` (if the command has it), grouped by mount."""
+    paths = list(args.paths)
+    from_list = getattr(args, "from_list", None)
+    listed = _read_list(from_list) if from_list else []
+    if not paths and not listed:
+        raise ConfigError(f"{args.command}: no paths given" + (" (the list is empty)" if from_list else ""))
+    groups = _group_by_mount(paths) if paths else []
+    if listed:
+        # listed files are resolved by the daemon (metadata in one pass), not stat()ed one by one here
+        for mount, keys in _group_by_mount(listed, check_exists=False):
+            for known, known_keys in groups:
+                if known.mountpoint == mount.mountpoint:
+                    known_keys.extend(keys)
+                    break
+            else:
+                groups.append((mount, keys))
+    return groups
+
+
+def _warm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", metavar="PATH", nargs="*", help="files or directories inside a tiercache mount")
+    p.add_argument("--recursive", "-r", action="store_true", help="warm everything below directories")
+    p.add_argument("--tier", choices=("ram", "ssd"), default="ssd", help="where to put the data (default ssd)")
+    p.add_argument("--from-list", metavar="FILE", help="also warm the paths listed in FILE, one a line (- for stdin)")
+    p.add_argument("--threads", type=int, metavar="N", help="parallel fetches (default: the mount's --threads)")
+
+
+@command("warm", "fetch files into the cache ahead of use (re-run to resume; resident data is skipped)", _warm_args)
+def cmd_warm(args: argparse.Namespace) -> int:
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise ConfigError(f"--threads: {args.threads} is not a number from 1 to 1024")
+    incomplete = 0
+    for mount, keys in _targets(args):
+        report = _warm_one(mount, keys, args)
+        where = f"{mount.mountpoint} ({report['files']:,} file(s), {_human(report['bytes'])})"
+        if report.get("complete"):
+            sys.stderr.write(f"tiercache: warm complete: {where} resident in {args.tier}; fetched "
+                             f"{_human(report['fetched_bytes'])} from the store, "
+                             f"{_human(report['skipped_bytes'])} was already there\n")
+            continue
+        incomplete += 1
+        why = f"{report['errors']} file(s) failed, e.g. {report['error']}" if report.get("errors") else (
+            f"the {args.tier} tier is too small for it (see: tiercache stats {mount.mountpoint})")
+        _fail(f"warm incomplete: {where}: {_human(report['missing_bytes'])} not resident in {args.tier}; {why}")
+    return EXIT_ERROR if incomplete else 0
+
+
+_WARM_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix} [{rate_fmt}, ETA {remaining}]"
+
+
+def _warm_one(mount: control.Mount, keys: list[str], args: argparse.Namespace) -> dict:
+    """One mount's warm request, with a progress bar (files, bytes, rate, ETA) fed by the daemon."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="warming", disable=None, leave=False,
+               bar_format=_WARM_BAR)
+    state: dict = {}
+
+    def progress(msg: dict) -> None:
+        if msg.get("phase") == "metadata":
+            bar.set_description("reading metadata")
+            return
+        state.update(msg)
+        if bar.total != msg["bytes"]:
+            bar.reset(total=msg["bytes"])
+            bar.set_description("warming")
+        bar.update(max(0, msg["done_bytes"] - bar.n))
+        bar.set_postfix_str(f"{msg['done_files']:,}/{msg['files']:,} files", refresh=False)
+
+    try:
+        report = mount.client(timeout=None).request(
+            "warm", on_progress=progress, reply_timeout=None, paths=keys, recursive=args.recursive,
+            tier=args.tier, threads=args.threads)
+    except KeyboardInterrupt:
+        bar.close()
+        done = f"{_human(state.get('done_bytes', 0))} of {_human(state.get('bytes', 0))}" if state else "nothing"
+        sys.stderr.write(f"tiercache: warm interrupted: {done} done; run it again to resume "
+                         f"(resident data is skipped)\n")
+        raise SystemExit(130) from None
+    finally:
+        bar.close()
+    return report
+
+
+def _evict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", metavar="PATH", nargs="+", help="files or directories inside a tiercache mount")
+    p.add_argument("--tier", choices=("ram", "ssd", "all"), default="all", help="which tier to free (default all)")
+
+
+@command("evict", "drop clean cached data of PATHs (never dirty or pinned data); reports bytes freed", _evict_args)
+def cmd_evict(args: argparse.Namespace) -> int:
+    for mount, keys in _targets(args):
+        report = mount.client().request("evict", paths=keys, tier=args.tier)
+        kept = report.get("pinned_kept") or []
+        note = f" (kept pinned: {', '.join('/' + k for k in kept)})" if kept else ""
+        sys.stdout.write(f"evicted {_human(report['freed'])} from {args.tier} in {mount.mountpoint}{note}\n")
+    return 0
+
+
+def _pin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", metavar="PATH", nargs="+", help="files or directories inside a tiercache mount")
+
+
+@command("pin", "never evict PATHs from the cache (persisted; use warm to fetch them)", _pin_args)
+def cmd_pin(args: argparse.Namespace) -> int:
+    for mount, keys in _targets(args):
+        report = mount.client().request("pin", paths=keys)
+        sys.stdout.write(f"pinned {len(keys)} path(s) in {mount.mountpoint}: {_human(report['resident_bytes'])} of "
+                         f"{_human(report['bytes'])} resident in {report['tier']}\n")
+    return 0
+
+
+@command("unpin", "undo pin for PATHs (their data becomes evictable again)", _pin_args)
+def cmd_unpin(args: argparse.Namespace) -> int:
+    for mount, keys in _targets(args):
+        mount.client().request("unpin", paths=keys)
+        sys.stdout.write(f"unpinned {len(keys)} path(s) in {mount.mountpoint}\n")
+    return 0
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--from-list", metavar="FILE", required=True,
+                   help="the files in read order, one a line (- for stdin): relative to MOUNTPOINT, or absolute")
+
+
+@command("plan", "send a read plan (files in the order they will be read), as the DataLoader does", _plan_args)
+def cmd_plan(args: argparse.Namespace) -> int:
+    import os
+
+    mount = _mount_of(args.mountpoint)
+    keys = []
+    for line in _read_list(args.from_list):
+        path = line if os.path.isabs(line) else os.path.join(mount.mountpoint, line)
+        keys.append(mount.relpath(os.path.normpath(path)) if os.path.isabs(line) else os.path.normpath(line))
+    if not keys:
+        raise ConfigError(f"--from-list {args.from_list}: no paths in it")
+    for key in keys:
+        if key == ".." or key.startswith("../"):
+            raise ConfigError(f"{key}: outside the mount {mount.mountpoint}")
+    report = mount.client().request("plan", paths=keys)
+    sys.stdout.write(f"plan of {report['planned']:,} file(s) sent to {mount.mountpoint}\n")
+    return 0
+
+
 def _human(value: Any) -> str:
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "-"

@@ -511,43 +511,121 @@ def _shutdown(daemon: Daemon, args: dict, progress: Progress) -> dict:
 HANDLERS["unmount"] = lambda daemon, args, progress: _shutdown(daemon, {**args, "unmount": True}, progress)
 
 
-# Thin first versions over the engine; the control-plane work extends them (progress, residency, ...).
+# Data placement: plans, warm, evict, pins. Paths arrive relative to the mount root.
 
 
 @handler("plan")
 def _plan(daemon: Daemon, args: dict, progress: Progress) -> dict:
+    """The loader's read plan (mount-relative paths in read order); restarts the per-plan hit rate."""
     keys = keys_of(args.get("paths", []))
     daemon.cache.set_plan(keys)
     return {"planned": len(keys)}
 
 
+def _threads(args: dict) -> int | None:
+    threads = args.get("threads")
+    if threads is None:
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 1024:
+        raise ConfigError(f"threads: {threads!r} is not a number from 1 to 1024")
+    return threads
+
+
 @handler("warm")
 def _warm(daemon: Daemon, args: dict, progress: Progress) -> dict:
+    """Fetch files into a tier: metadata first, then the bytes, streaming progress; stops if the client leaves.
+
+    Args: ``paths``, ``recursive`` (directories), ``tier`` (ram|ssd), ``threads``, ``interval`` (s between
+    progress lines). The result says ``complete`` only if every byte asked for is resident in the tier.
+    """
     tier = args.get("tier", "ssd")
+    if tier not in ("ram", "ssd"):
+        raise ConfigError(f"tier {tier!r} is not one of ram, ssd")
+    threads = _threads(args)
+    interval = float(args.get("interval", 0.2))
+    keys = keys_of(args.get("paths", []))
+    cancel = threading.Event()
+    progress({"phase": "metadata", "paths": len(keys)})
+    infos = daemon.cache.warm_targets(keys, recursive=bool(args.get("recursive", False)),
+                                      display=lambda key: _display(daemon, key))
+    last = [0.0]
+    lock = threading.Lock()
 
-    def report(done: int, total: int) -> None:
-        progress({"done_bytes": done, "total_bytes": total})
+    def report(state: dict) -> None:
+        now = time.monotonic()
+        with lock:
+            final = state["done_files"] == state["files"]
+            if not final and now - last[0] < interval:
+                return
+            last[0] = now
+            if not progress({"phase": "fetch", **state}):
+                cancel.set()  # the client went away (Ctrl-C): stop between files
 
-    return {"reports": [daemon.cache.warm(key, tier, report) for key in keys_of(args.get("paths", []))]}
+    result = daemon.cache.warm_files(infos, tier, report, threads=threads, cancel=cancel)
+    return {**result, "tier": tier}
+
+
+def _display(daemon: Daemon, key: str) -> str:
+    """How a user names ``key``: its path under the mountpoint."""
+    return os.path.join(daemon.info.get("mountpoint", "/"), key) if key else daemon.info.get("mountpoint", "/")
+
+
+def _check_exists(daemon: Daemon, keys: list[str]) -> None:
+    """NotFound, naming the path as the user sees it, for the first key that is neither file nor directory."""
+    for key in keys:
+        try:
+            daemon.cache.stat(key)
+        except _errors.NotFound:
+            raise _errors.NotFound(f"{_display(daemon, key)}: no such file or directory") from None
+
+
+def _pinned_under(daemon: Daemon, key: str) -> list[str]:
+    """Pins at, above or below ``key`` (data the evict of ``key`` will keep)."""
+    pins = daemon.cache.pins()
+    return [p for p in pins if not key or not p or p == key or p.startswith(key + "/") or key.startswith(p + "/")]
 
 
 @handler("evict")
 def _evict(daemon: Daemon, args: dict, progress: Progress) -> dict:
+    """Drop clean, unpinned cached data of ``paths`` from ``tier`` (ram|ssd|all); bytes freed."""
     tier = args.get("tier", "all")
-    return {"freed": sum(int(daemon.cache.evict(key, tier) or 0) for key in keys_of(args.get("paths", [])))}
+    if tier not in ("ram", "ssd", "all"):
+        raise ConfigError(f"tier {tier!r} is not one of ram, ssd, all")
+    keys = keys_of(args.get("paths", []))
+    _check_exists(daemon, keys)
+    freed = sum(int(daemon.cache.evict(key, tier) or 0) for key in keys)
+    kept = sorted({p for key in keys for p in _pinned_under(daemon, key)})
+    return {"freed": freed, "tier": tier, "pinned_kept": kept}
 
 
 @handler("pin")
 def _pin(daemon: Daemon, args: dict, progress: Progress) -> dict:
+    """Protect ``paths`` from eviction (persisted); reports how much of them is resident already."""
     keys = keys_of(args.get("paths", []))
+    _check_exists(daemon, keys)
     for key in keys:
         daemon.cache.pin(key)
-    return {"pinned": keys}
+    return {"pinned": keys, **_residency(daemon, keys)}
 
 
 @handler("unpin")
 def _unpin(daemon: Daemon, args: dict, progress: Progress) -> dict:
+    """Undo ``pin`` for exactly these paths; ConfigError naming the pins if one of them is not pinned."""
     keys = keys_of(args.get("paths", []))
+    pins = set(daemon.cache.pins())
+    for key in keys:
+        if key not in pins:
+            known = ", ".join(_display(daemon, p) for p in sorted(pins)) or "none"
+            raise ConfigError(f"{_display(daemon, key)} is not pinned (pinned: {known})")
     for key in keys:
         daemon.cache.unpin(key)
     return {"unpinned": keys}
+
+
+def _residency(daemon: Daemon, keys: list[str]) -> dict:
+    """Total and resident bytes (in the lowest tier) of the files under ``keys``."""
+    cache = daemon.cache
+    infos = cache.warm_targets(keys, recursive=True)
+    tier = "ssd" if cache.ssd is not None else "ram"
+    return {"bytes": sum(i.size for i in infos),
+            "resident_bytes": sum(cache.resident(i.key, tier) for i in infos), "tier": tier}
