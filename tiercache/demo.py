@@ -1,98 +1,410 @@
-"""The main job on an embedded default: a local S3 server, a generated dataset, tiercache in front of it.
+"""The whole story on an embedded default: a local S3 bucket of JPEGs, a tiercache mount, a CNN trained from it.
 
-Run with ``make demo`` (or ``python -m tiercache.demo``). Everything lives in a temporary directory and
-is removed at the end unless ``--keep`` is given.
+Run with ``make demo`` (or ``python -m tiercache.demo``); needs root and /dev/fuse. The steps:
+
+1. start a local S3 server (moto on 127.0.0.1) and upload a generated ImageNet-like JPEG dataset
+   (``train/`` and ``val/`` in ImageFolder layout);
+2. ``tiercache mount`` the bucket (writeback mode, RAM + SSD tiers, a durable write dir);
+3. ``tiercache warm <mount>/train --recursive`` with its progress bar;
+4. train a small CNN for a few epochs with ``tiercache.loaders.DataLoader`` over
+   ``ImageFolder(<mount>/train)`` (shuffled with a seeded generator, RandomResizedCrop + flip, plans sent to
+   the mount), validating on ``<mount>/val``;
+5. ``torch.save`` a checkpoint into the mount (the write tier), ``tiercache flush``, and check the object
+   that reached the bucket (sha256, and it loads back into the same weights);
+6. ``tiercache stats`` (hit rates per tier, backend traffic, write-back) and the loader's stall time;
+7. ``tiercache unmount`` (always, in a ``finally``; forced and lazy if something failed).
+
+Everything lives in one temporary directory, removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import json
+import io
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
+from . import control
 from .devserver import LocalS3
 
-
-def generate_dataset(client, bucket: str, files: int, file_size: int, big_size: int) -> dict[str, str]:
-    """Upload ``files`` random objects and one large one; returns key → sha256."""
-    client.create_bucket(Bucket=bucket)
-    digests = {}
-
-    def put(i: int) -> None:
-        key = f"train/class_{i % 10}/img_{i:05d}.bin"
-        data = os.urandom(file_size)
-        client.put_object(Bucket=bucket, Key=key, Body=data)
-        digests[key] = hashlib.sha256(data).hexdigest()
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(put, range(files)))
-    big = os.urandom(big_size)
-    client.put_object(Bucket=bucket, Key="shards/big.bin", Body=big)
-    digests["shards/big.bin"] = hashlib.sha256(big).hexdigest()
-    return digests
+BUCKET = "demo-data"
+CLI = [sys.executable, "-m", "tiercache.cli"]
 
 
-def read_all(cache, keys: list[str], threads: int) -> tuple[float, int, dict[str, str]]:
-    """Read every key through the cache with a thread pool; returns (seconds, bytes, key → sha256)."""
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        blobs = dict(zip(keys, pool.map(cache.read, keys), strict=True))
-    seconds = time.perf_counter() - start
-    return seconds, sum(len(b) for b in blobs.values()), {k: hashlib.sha256(b).hexdigest() for k, b in blobs.items()}
+class Story:
+    """Numbered steps and indented details on stdout, flushed as they come (subprocesses share the terminal)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.n = 0
+        self.t0 = time.perf_counter()
+
+    def step(self, title: str) -> None:
+        """Start the next numbered step."""
+        self.n += 1
+        print(f"\n[{self.n}/{self.steps}] {title}  (t={time.perf_counter() - self.t0:.1f}s)", flush=True)
+
+    def say(self, text: str = "") -> None:
+        """One or more indented detail lines."""
+        for line in text.splitlines() or [""]:
+            print(f"      {line}", flush=True)
 
 
-def library_demo(endpoint: str, bucket: str, workdir: str, digests: dict[str, str], threads: int) -> dict:
-    """Read the dataset through the library API: cold, then warm from RAM; verify every byte."""
-    import tiercache
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
 
-    keys = sorted(digests)
+
+# ---------------------------------------------------------------- 1. dataset
+
+
+def upload_dataset(client: Any, train: int, val: int, classes: int, size: tuple[int, int], seed: int) -> dict:
+    """Generate ``train`` + ``val`` JPEGs in ImageFolder layout and upload them; returns counts and bytes.
+
+    Generation runs in two threads (Pillow's encoder and numpy release the GIL), each on its own seeded chunk.
+    """
+    from .loaders.datasets import synthetic_jpegs
+
+    client.create_bucket(Bucket=BUCKET)
+    nbytes = {"train": 0, "val": 0}
+    chunks = [(split, start, min(count, start + 256), seed * 7919 + k)
+              for k, (split, count) in enumerate((("train", train), ("val", val)))
+              for start in range(0, count, 256)]
+
+    def make(split: str, start: int, stop: int, chunk_seed: int) -> int:
+        total = 0
+        for j, (rel, data) in enumerate(synthetic_jpegs(stop - start, classes, size, seed=chunk_seed + start)):
+            cls = rel.split("/")[0]
+            client.put_object(Bucket=BUCKET, Key=f"{split}/{cls}/{start + j:05d}.jpg", Body=data)
+            total += len(data)
+        return total
+
+    with ThreadPoolExecutor(2) as pool:
+        futures = [(chunk[0], pool.submit(make, *chunk)) for chunk in chunks]
+        for split, f in futures:
+            nbytes[split] += f.result()
+    return {"train": train, "val": val, "bytes": nbytes}
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def cli(*args: str, capture: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``tiercache ARGS`` with this interpreter; output captured (text) unless ``capture`` is False."""
+    return subprocess.run([*CLI, *args], capture_output=capture, text=True, timeout=timeout)
+
+
+def cli_ok(*args: str, timeout: float = 300) -> str:
+    """Run ``tiercache ARGS``; its stdout+stderr, or SystemExit with its one-line error."""
+    proc = cli(*args, timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: tiercache {args[0]} failed ({proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()}")
+    return (proc.stdout + proc.stderr).strip()
+
+
+def mount_stats(mountpoint: str) -> dict:
+    """The daemon's stats reply (what ``tiercache stats --json`` prints)."""
+    mount = control.find_mount(mountpoint)
+    if mount is None:
+        raise SystemExit(f"demo: {mountpoint} is not a tiercache mount any more")
+    return mount.client().request("stats")
+
+
+def is_mounted(path: str) -> bool:
+    """Whether ``path`` is a mountpoint right now (/proc/self/mounts)."""
+    real = os.path.realpath(path)
+    return any(mp == real for mp, _fstype, _src in control.mounts())
+
+
+def warm(story: Story, path: str) -> None:
+    """``tiercache warm PATH --recursive`` on the shared terminal, so its progress bar shows."""
+    proc = cli("warm", path, "--recursive", capture=False, timeout=600)
+    if proc.returncode == 0:
+        return
+    if proc.returncode == 2:  # usage error: a build without the warm command; use the control socket directly
+        story.say("(this build's CLI has no `warm`; warming through the mount's control socket instead)")
+        _warm_over_socket(path)
+        return
+    raise SystemExit(f"demo: tiercache warm failed ({proc.returncode})")
+
+
+def _warm_over_socket(path: str) -> None:
+    from tqdm import tqdm
+
+    mount = control.find_mount(path)
+    if mount is None:
+        raise SystemExit(f"demo: {path} is not in a tiercache mount")
+    bar = tqdm(unit="B", unit_scale=True, desc="warming", disable=None, leave=False)
+
+    def progress(msg: dict) -> None:
+        bar.total = msg.get("total_bytes") or bar.total
+        bar.update(max(0, int(msg.get("done_bytes") or 0) - bar.n))
+
+    try:
+        mount.client(timeout=None).request("warm", paths=[mount.relpath(path)], tier="ssd",
+                                           on_progress=progress, reply_timeout=None)
+    finally:
+        bar.close()
+
+
+def cleanup_mount(mountpoint: str) -> None:
+    """Make sure ``mountpoint`` is not mounted and its daemon is gone: forced, then lazy, unmount."""
+    mount = control.find_mount(mountpoint)
+    pid = mount.pid if mount is not None and mount.mountpoint == os.path.realpath(mountpoint) else None
+    if is_mounted(mountpoint):
+        cli("unmount", "--force", "--timeout", "10", mountpoint, timeout=60)
+    if is_mounted(mountpoint):
+        for tool in (["fusermount3", "-uz"], ["umount", "-l"]):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                if subprocess.run([*tool, mountpoint], capture_output=True, timeout=30).returncode == 0:
+                    break
+    if pid is not None:
+        deadline = time.monotonic() + 20
+        while control.pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if control.pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        control.unregister_mount(os.path.realpath(mountpoint), pid)
+
+
+# ---------------------------------------------------------------- 4. training
+
+
+def small_cnn(classes: int) -> Any:
+    """Three strided conv blocks, global average pooling, a linear head (~25k parameters)."""
+    from torch import nn
+
+    def block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    return nn.Sequential(*block(3, 16), *block(16, 32), *block(32, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, classes))
+
+
+def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any, list[dict]]:
+    """Train the CNN from the mount, validating after each epoch; returns (model, per-epoch rows).
+
+    Each row also says how many file reads of the epoch reached the mount daemon and how many GETs it made:
+    after the first epoch the kernel's page cache serves most re-reads without the daemon.
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - the usual name
+
+    from .loaders import Augment, DataLoader, ImageFolder
+
+    torch.manual_seed(args.seed)
+    train_ds = ImageFolder(os.path.join(mountpoint, "train"), augment=Augment(args.crop, seed=args.seed))
+    val_ds = ImageFolder(os.path.join(mountpoint, "val"), augment=Augment(args.crop, scale=(1.0, 1.0), flip_p=0.0))
+    story.say(f"ImageFolder({mountpoint}/train): {len(train_ds)} images, {len(train_ds.classes)} classes; "
+              f"val: {len(val_ds)} images")
+    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                        generator=torch.Generator().manual_seed(args.seed), persistent_workers=True)
+    val_loader = DataLoader(val_ds, batch_size=2 * args.batch_size, num_workers=args.workers)
+    target = loader._plan_target()
+    story.say(f"DataLoader: batch {args.batch_size}, {args.workers} worker threads, shuffle (seed {args.seed}), "
+              f"RandomResizedCrop({args.crop}) + flip + normalize; plans -> "
+              f"{target.describe if target is not None else 'nowhere (not a tiercache mount?)'}")
+    model = small_cnn(len(train_ds.classes))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.epochs * len(loader))
     rows = []
-    with tiercache.open(f"s3://{bucket}", ram="256M", ssd=os.path.join(workdir, "cache"), ssd_size="1G",
-                        endpoint_url=endpoint, block_size="4M") as cache:
-        print(f"listing: {len(cache.listdir('train'))} class dirs under train/, {len(keys)} objects")
-        for phase in ("cold (S3)", "warm (cache)"):
-            seconds, nbytes, got = read_all(cache, keys, threads)
-            bad = [k for k in keys if got[k] != digests[k]]
-            if bad:
-                raise SystemExit(f"demo: {len(bad)} objects read back wrong, e.g. {bad[0]}")
-            rows.append((phase, nbytes / seconds / 1e6, len(keys) / seconds))
-        stats = cache.stats()
-    print(f"\n{'phase':<14}{'MB/s':>10}{'files/s':>10}")
-    for phase, mbps, fps in rows:
-        print(f"{phase:<14}{mbps:>10.1f}{fps:>10.0f}")
-    print("every byte verified (sha256)\n\ncache stats:")
-    print(json.dumps(stats, indent=2, default=str))
-    return stats
+    story.say(f"{'epoch':>5} {'loss':>7} {'train acc':>9} {'val acc':>8} {'img/s':>7} {'stall':>7} "
+              f"{'daemon reads':>12} {'GETs':>5}")
+    for epoch in range(args.epochs):
+        before = mount_stats(mountpoint)["cache"]
+        model.train()
+        start, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
+        for images, targets in loader:
+            logits = model(images)
+            loss = F.cross_entropy(logits, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(targets)
+            loss_sum += loss.item() * len(targets)
+            correct += int((logits.argmax(1) == targets).sum())
+        seconds = time.perf_counter() - start
+        model.eval()
+        val_correct = 0
+        with torch.no_grad():
+            for images, targets in val_loader:
+                val_correct += int((model(images).argmax(1) == targets).sum())
+        ep = loader.stats()[-1]
+        after = mount_stats(mountpoint)["cache"]
+        row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
+               "daemon_reads": after["reads"] - before["reads"],
+               "gets": after["backend"]["gets"] - before["backend"]["gets"],
+               "val_acc": val_correct / len(val_ds), "images_per_s": seen / seconds, "stall_s": ep["wait_s"],
+               "wall_s": ep["wall_s"], "wait_split_s": ep["wait_split_s"]}
+        rows.append(row)
+        story.say(f"{row['epoch']:>5} {row['loss']:>7.3f} {row['train_acc']:>9.1%} {row['val_acc']:>8.1%} "
+                  f"{row['images_per_s']:>7.0f} {row['stall_s']:>6.2f}s {row['daemon_reads']:>12} {row['gets']:>5}")
+    if target is not None:
+        target.wait(30)
+    loader.shutdown()
+    val_loader.shutdown()
+    return model, rows
+
+
+# ---------------------------------------------------------------- 5. checkpoint
+
+
+def checkpoint(story: Story, model: Any, mountpoint: str, endpoint_client: Any) -> None:
+    """torch.save into the mount, flush the write tier, verify the bucket's copy byte for byte and by loading it."""
+    import torch
+
+    rel = "checkpoints/cnn.pt"
+    path = os.path.join(mountpoint, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    start = time.perf_counter()
+    torch.save({"model": model.state_dict()}, path)
+    saved_s = time.perf_counter() - start
+    with open(path, "rb") as f:
+        local = f.read()
+    writes = mount_stats(mountpoint).get("writes") or {}
+    story.say(f"torch.save -> {path}: {len(local):,} bytes in {saved_s * 1e3:.0f} ms (durable in the write dir; "
+              f"dirty now: {writes.get('dirty_bytes', 0):,} bytes in {writes.get('pending_files', 0)} file(s))")
+    story.say(cli_ok("flush", mountpoint).removeprefix("tiercache: "))
+    remote = endpoint_client.get_object(Bucket=BUCKET, Key=rel)["Body"].read()
+    want, got = hashlib.sha256(local).hexdigest(), hashlib.sha256(remote).hexdigest()
+    if want != got:
+        raise SystemExit(f"demo: checkpoint in the bucket differs: sha256 {got} != {want}")
+    loaded = torch.load(io.BytesIO(remote), map_location="cpu", weights_only=True)["model"]
+    same = all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    if not same or loaded.keys() != model.state_dict().keys():
+        raise SystemExit("demo: the checkpoint in the bucket does not load into the same weights")
+    story.say(f"checkpoint verified: s3://{BUCKET}/{rel} sha256 {got[:16]}... matches, {len(remote):,} bytes, "
+              f"loads into identical weights")
+
+
+# ---------------------------------------------------------------- main
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tiercache.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=1000, help="training images (default 1000; val gets a fifth)")
+    p.add_argument("--val", type=int, help="validation images (default images/5)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--image-size", type=int, nargs=2, default=(375, 500), metavar=("H", "W"),
+                   help="mean JPEG size (default 375 500, ImageNet-like)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--crop", type=int, default=64, help="RandomResizedCrop output size (default 64)")
+    p.add_argument("--workers", type=int, default=2, help="loader threads (default 2)")
+    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ram", default="256M", help="RAM tier of the mount (default 256M)")
+    p.add_argument("--workdir", help="make the temporary directory inside this one")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (cache, write dir)")
+    args = p.parse_args(argv)
+    if args.val is None:
+        args.val = max(args.classes, args.images // 5)
+    if args.images < 1 or args.epochs < 1:
+        p.error("--images and --epochs must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m tiercache.demo``."""
-    parser = argparse.ArgumentParser(prog="tiercache-demo", description=__doc__)
-    parser.add_argument("--files", type=int, default=1000, help="number of small objects (default 1000)")
-    parser.add_argument("--file-size", type=int, default=110_000, help="bytes per small object")
-    parser.add_argument("--big", type=int, default=64 << 20, help="bytes of the large object")
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    args = parser.parse_args(argv)
-    workdir = tempfile.mkdtemp(prefix="tiercache-demo-")
+    args = _parse(argv)
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        sys.stderr.write("demo: error: needs root and /dev/fuse (it mounts a FUSE file system)\n")
+        return 1
+    story = Story(steps=7)
+    work = Path(tempfile.mkdtemp(prefix="tiercache-demo-", dir=args.workdir))
+    mnt = work / "mnt"
+    mnt.mkdir()
+    mountpoint = str(mnt)
     try:
         with LocalS3(fast_ranges=True) as server:
-            print(f"local S3 server at {server.endpoint}; generating {args.files} objects + one "
-                  f"{args.big >> 20} MiB object ...")
-            digests = generate_dataset(server.client(), "demo-data", args.files, args.file_size, args.big)
-            library_demo(server.endpoint, "demo-data", workdir, digests, args.threads)
+            try:
+                _story(story, args, server, work, mountpoint)
+            finally:
+                cleanup_mount(mountpoint)
+    except KeyboardInterrupt:
+        sys.stderr.write("demo: interrupted (unmounted, cleaned up)\n")
+        return 130
     finally:
         if args.keep:
-            print(f"work directory kept: {workdir}")
+            print(f"work directory kept: {work}", flush=True)
         else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, mountpoint: str) -> None:
+    """Steps 1-7 (the caller unmounts whatever happens)."""
+    client = server.client()
+    story.step(f"local S3 server at {server.endpoint}; generating the dataset")
+    t = time.perf_counter()
+    data = upload_dataset(client, args.images, args.val, args.classes, tuple(args.image_size), args.seed)
+    total = data["bytes"]["train"] + data["bytes"]["val"]
+    story.say(f"s3://{BUCKET}/train: {data['train']} JPEGs, s3://{BUCKET}/val: {data['val']} JPEGs, "
+              f"{args.classes} classes, ~{args.image_size[1]}x{args.image_size[0]}, {_mb(total)} "
+              f"({total / (data['train'] + data['val']) / 1e3:.0f} KB each) in "
+              f"{time.perf_counter() - t:.1f}s; work dir {work}")
+
+    story.step("tiercache mount (writeback; RAM + SSD tiers; durable write dir)")
+    out = cli_ok("mount", f"s3://{BUCKET}", mountpoint, "--endpoint-url", server.endpoint,
+                 "--ram", args.ram, "--ssd", str(work / "cache"), "--ssd-size", "2G",
+                 "--write-dir", str(work / "write"), "--mode", "writeback")
+    story.say(out.removeprefix("tiercache: "))
+    story.say(f"ls {mountpoint}: {' '.join(sorted(os.listdir(mountpoint)))}")
+
+    story.step(f"tiercache warm {mountpoint}/train --recursive")
+    before = mount_stats(mountpoint)["cache"]["backend"]
+    t = time.perf_counter()
+    warm(story, os.path.join(mountpoint, "train"))
+    seconds = time.perf_counter() - t
+    after = mount_stats(mountpoint)["cache"]
+    gets = after["backend"]["gets"] - before["gets"]
+    fetched = after["backend"]["bytes"] - before["bytes"]
+    story.say(f"warmed {_mb(fetched)} in {gets} GETs, {seconds:.1f}s ({fetched / seconds / 1e6:.1f} MB/s); "
+              f"SSD tier now holds {_mb(after['ssd'].get('used', 0))}")
+
+    story.step(f"train a small CNN for {args.epochs} epoch(s) from the mount (tiercache DataLoader)")
+    model, rows = train(story, mountpoint, args)
+    after = mount_stats(mountpoint)["cache"]
+    story.say(f"GETs: {sum(r['gets'] for r in rows)} in all, only for val/ (train/ was warm); later epochs' re-reads "
+              f"mostly never reach the daemon (kernel page cache); plan keys at the mount now: "
+              f"{after.get('plan_keys', 0)}")
+
+    story.step("checkpoint through the write tier")
+    checkpoint(story, model, mountpoint, client)
+
+    story.step("tiercache stats, and where the loader waited")
+    story.say(cli_ok("stats", mountpoint))
+    story.say("(ssd hits: the warmed train/ files; misses: val/, never warmed. Epoch 1's reads promoted to RAM, "
+              "and later epochs' re-reads were served by the kernel page cache, so RAM shows few hits. The overall "
+              "rate is by bytes and counts the warm's own fetches as misses.)")
+    stall = sum(r["stall_s"] for r in rows)
+    wall = sum(r["wall_s"] for r in rows)
+    split: dict[str, float] = {}
+    for r in rows:
+        for k, v in r["wait_split_s"].items():
+            split[k] = split.get(k, 0.0) + v
+    parts = ", ".join(f"{k} {v:.2f}s" for k, v in split.items() if v >= 0.005) or "nothing to split"
+    story.say(f"loader stall: {stall:.2f}s of {wall:.1f}s training wall time "
+              f"({stall / wall if wall else 0:.1%}); split: {parts}")
+
+    story.step("tiercache unmount")
+    story.say(cli_ok("unmount", mountpoint).removeprefix("tiercache: "))
+    if is_mounted(mountpoint):
+        raise SystemExit(f"demo: {mountpoint} is still mounted after unmount")
+    story.say(f"done in {time.perf_counter() - story.t0:.1f}s: final val accuracy {rows[-1]['val_acc']:.1%}")
 
 
 if __name__ == "__main__":
