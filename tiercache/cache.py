@@ -28,9 +28,11 @@ from .config import CacheConfig
 from .errors import ConfigError, NotFound, StoreError
 from .lock import CacheDirLock
 from .namespace import Entry, Namespace, normalize
+from .prefetch import Prefetcher
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId, key_prefix
 from .tiers.meta import Meta
+from .tiers.planned import PlanAwarePolicy
 from .tiers.policy import make_policy
 from .tiers.ram import RamTier
 
@@ -56,6 +58,33 @@ class _Counters:
 
     def get(self, name: str) -> int:
         return self.values.get(name, 0)
+
+
+class _Rate:
+    """Events and bytes per second over the last ``window`` whole seconds (one bucket per second)."""
+
+    def __init__(self, window: int = 5) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        self._buckets: dict[int, list[int]] = {}
+
+    def add(self, nbytes: int) -> None:
+        now = int(time.monotonic())
+        with self._lock:
+            bucket = self._buckets.get(now)
+            if bucket is None:
+                bucket = self._buckets[now] = [0, 0]
+                for old in [t for t in self._buckets if t < now - self.window]:
+                    del self._buckets[old]
+            bucket[0] += 1
+            bucket[1] += nbytes
+
+    def rates(self) -> tuple[float, float]:
+        """(events/s, bytes/s) over the last ``window`` complete seconds."""
+        now = int(time.monotonic())
+        with self._lock:
+            recent = [b for t, b in self._buckets.items() if now - self.window <= t < now]
+        return sum(b[0] for b in recent) / self.window, sum(b[1] for b in recent) / self.window
 
 
 def _under(prefix: str) -> Callable[[str], bool]:
@@ -94,11 +123,11 @@ class TieredCache:
 
                 self.ssd = SsdTier(
                     cache_dir / "regions", config.ssd_bytes, self.meta, region_size=config.region_size,
-                    policy=make_policy(config.policy), high=config.high_watermark, low=config.low_watermark,
+                    policy=self._policy(), high=config.high_watermark, low=config.low_watermark,
                     protected=self._protected,
                 )
             self.ram = RamTier(
-                config.ram_bytes, make_policy(config.policy), config.high_watermark, config.low_watermark,
+                config.ram_bytes, self._policy(), config.high_watermark, config.low_watermark,
                 protected=None if self.ssd is not None else self._protected, on_evict=self._demote,
             )
         except BaseException:
@@ -113,6 +142,13 @@ class TieredCache:
             max(1, config.threads // 2), thread_name_prefix="tiercache-prefetch"
         )
         self._prefetch_pending = 0
+        self._backend_rate = _Rate()
+        self._plan_start: dict = {"time": time.time(), "lookups": 0, "misses": 0}
+        self.prefetcher = Prefetcher(self, threads=max(1, config.threads // 2))
+
+    def _policy(self) -> PlanAwarePolicy:
+        """A tier's eviction policy: farthest next use under a plan, the configured policy without one."""
+        return PlanAwarePolicy(lambda: make_policy(self.config.policy))
 
     def _check_source(self) -> None:
         """A cache dir reused for another source starts over (its region files go when the SSD tier opens)."""
@@ -166,6 +202,15 @@ class TieredCache:
         self.counters.add("bytes_read", len(data))
         return data
 
+    def _observe(self, info: ObjectInfo, offset: int, end: int) -> None:
+        """Tell the policies and the prefetcher where the reader is (a file's first read moves it in the plan)."""
+        if offset == 0 and self.plan:
+            for tier in (self.ram, self.ssd):
+                note = getattr(getattr(tier, "policy", None), "note_read", None)
+                if note is not None:
+                    note(info.key)
+        self.prefetcher.observe(info, offset, end)
+
     def _block_ids(self, info: ObjectInfo, offset: int = 0, size: int | None = None) -> list[BlockId]:
         end = info.size if size is None else min(info.size, offset + size)
         if offset >= end:
@@ -178,11 +223,16 @@ class TieredCache:
         if not ids:
             return b""
         end = info.size if size is None else min(info.size, offset + size)
+        self._observe(info, offset, end)
         if len(ids) > 1:
-            return self._assemble(ids, info, offset, end)
-        data = self._get_blocks(ids, info, "ram")[0]
-        start = offset - ids[0].index * self.config.block_size
-        return data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+            out = self._assemble(ids, info, offset, end)
+        else:
+            data = self._get_blocks(ids, info, "ram")[0]
+            start = offset - ids[0].index * self.config.block_size
+            out = data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+        for block in ids:
+            self.prefetcher.mark_read(block)
+        return out
 
     def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int) -> bytearray:
         """A multi-block range copied once into one buffer. Without a RAM tier to promote into, whole
@@ -310,6 +360,7 @@ class TieredCache:
             raise
         self.counters.add("backend_gets")
         self.counters.add("backend_bytes", len(data))
+        self._backend_rate.add(len(data))
         if len(data) != end - start:
             raise _Stale(info.key)
         self.namespace.confirm(info.key)
@@ -565,11 +616,25 @@ class TieredCache:
                 self._prefetch_pending -= 1
 
     def set_plan(self, keys_in_order: Sequence[str]) -> None:
-        """Store the loader's read plan and hand it to the eviction policies."""
-        self.plan = tuple(keys_in_order)
+        """Store the loader's read plan (keys in read order; empty: none) for eviction and prefetch.
+
+        Restarts the per-plan counters (hit rate since the plan started).
+        """
+        self.plan = tuple(str(k).strip("/") for k in keys_in_order)
+        lookups, misses = self._reader_lookups()
+        self._plan_start = {"time": time.time(), "lookups": lookups, "misses": misses}
         self.ram.set_plan(list(self.plan))
         if self.ssd is not None:
             self.ssd.set_plan(list(self.plan))
+        self.prefetcher.set_plan(self.plan)
+
+    def _reader_lookups(self) -> tuple[int, int]:
+        """(block lookups by readers, those that needed the store): warm and prefetch do not count."""
+        ram = self.ram.stats()
+        lookups = ram["hits"] + ram["misses"]
+        if self.ssd is None:
+            return lookups, ram["misses"]
+        return lookups, self.ssd.stats()["misses"]
 
     # ------------------------------------------------------------------ stats and lifecycle
 
@@ -581,6 +646,10 @@ class TieredCache:
             "used": 0, "capacity": 0, "hits": 0, "misses": 0, "hit_rate": 0.0, "bytes_served": 0,
         }
         served = ram["bytes_served"] + ssd["bytes_served"]
+        lookups, misses = self._reader_lookups()
+        start = self._plan_start
+        plan_lookups, plan_misses = lookups - start["lookups"], misses - start["misses"]
+        gets_per_s, bytes_per_s = self._backend_rate.rates()
         return {
             "source": self.config.source,
             "cache_dir": str(self.config.cache_dir),
@@ -590,6 +659,12 @@ class TieredCache:
             "backend": {
                 "gets": c("backend_gets"), "bytes": c("backend_bytes"), "errors": c("backend_errors"),
                 "heads": self.namespace.heads, "lists": self.namespace.lists,
+                "gets_per_s": gets_per_s, "bytes_per_s": bytes_per_s,
+            },
+            "read_hit_rate": 1 - misses / lookups if lookups else 0.0,
+            "plan": {
+                "files": len(self.plan), "started": start["time"], "lookups": plan_lookups,
+                "hit_rate": 1 - plan_misses / plan_lookups if plan_lookups else 0.0,
             },
             "reads": c("reads"),
             "bytes_read": c("bytes_read"),
@@ -603,6 +678,7 @@ class TieredCache:
                 "done": c("prefetched"), "pending": self._prefetch_pending, "expired": c("prefetch_expired"),
                 "errors": c("prefetch_errors"),
             },
+            "prefetcher": self.prefetcher.stats(),
             "pins": sorted(self._pins),
             "plan_keys": len(self.plan),
             "namespace": self.namespace.stats(),
@@ -613,6 +689,7 @@ class TieredCache:
         if self._closed:
             return
         self._closed = True
+        self.prefetcher.close()
         self._prefetch_pool.shutdown(wait=True, cancel_futures=True)
         self._fetch_pool.shutdown(wait=True)
         self.ram.clear()

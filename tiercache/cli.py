@@ -115,6 +115,8 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, wait this long for pending uploads (the rest resumes at the next mount)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--metrics-port", metavar="PORT",
+                   help="serve Prometheus metrics on this port (127.0.0.1; ADDR:PORT for another address)")
 
 
 def _split_ssd(ssd: str | None, ssd_size: str | None) -> tuple[str | None, str | None]:
@@ -139,9 +141,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         write_dir=args.write_dir, mode=args.mode, endpoint_url=args.endpoint_url, block_size=args.block_size,
         metadata_ttl=args.metadata_ttl, threads=args.threads, write_limit=args.write_limit,
         allow_other=args.allow_other, nonempty=args.nonempty, log_level=args.log_level,
-        drain_timeout=args.drain_timeout,
+        drain_timeout=args.drain_timeout, metrics_port=args.metrics_port,
     )
     config = spec.config()
+    if args.metrics_port is not None:
+        from .metrics import parse_listen
+
+        parse_listen(args.metrics_port)
     if args.foreground:
         from pathlib import Path
 
@@ -277,21 +283,42 @@ def _wait_exit(pid: int, timeout: float = 120.0) -> None:
 def _stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="default: every tiercache mount")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="--watch refresh period (1 s)")
 
 
-@command("stats", "bytes per tier, hit rates, dirty bytes and upload backlog of a mount", _stats_args)
+@command("stats", "bytes per tier, hit rates, backend rates, prefetch lead and upload backlog", _stats_args)
 def cmd_stats(args: argparse.Namespace) -> int:
+    if not args.interval > 0:
+        raise ConfigError(f"--interval: {args.interval} is not a positive number of seconds")
     mounts = [_mount_of(args.mountpoint)] if args.mountpoint else control.list_mounts()
     if not mounts:
         raise ConfigError("no tiercache mounts")
+    if not args.watch:
+        _print_stats(mounts, args)
+        return 0
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[J")  # cursor home, clear: refresh in place
+            _print_stats(mounts, args)
+            if not tty:
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_stats(mounts: list[control.Mount], args: argparse.Namespace) -> None:
     results = {m.mountpoint: m.client().request("stats") for m in mounts}
     if args.json:
         out: Any = results[mounts[0].mountpoint] if args.mountpoint else results
-        sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
-        return 0
+        sys.stdout.write(json.dumps(out, indent=None if args.watch else 2, default=str) + "\n")
+        return
     for mountpoint, stats in results.items():
         sys.stdout.write(format_stats(mountpoint, stats) + "\n")
-    return 0
 
 
 def format_stats(mountpoint: str, stats: dict) -> str:
@@ -312,14 +339,30 @@ def format_stats(mountpoint: str, stats: dict) -> str:
         lines.append(f"  {name:<6}{_human(tier.get('used', tier.get('used_bytes'))):>12}"
                      f"{_human(tier.get('capacity', tier.get('capacity_bytes'))):>12}"
                      f"{_pct(rate):>10}{_num(hits):>10}{_num(misses):>10}")
-    overall = cache.get("hit_rate")
+    overall = cache.get("read_hit_rate", cache.get("hit_rate"))
     if overall is not None:
-        lines.append(f"  overall hit rate {_pct(overall)}")
+        line = f"  hit rate {_pct(overall)} overall"
+        plan = cache.get("plan")
+        if isinstance(plan, dict) and plan.get("files"):
+            age = max(0.0, time.time() - float(plan.get("started") or time.time()))
+            line += (f", {_pct(plan.get('hit_rate'))} since the plan started ({_num(plan['files'])} files, "
+                     f"{age:.0f} s ago)")
+        lines.append(line)
     backend = cache.get("backend")
     if isinstance(backend, dict):
-        lines.append(f"  backend: {_num(backend.get('gets'))} GETs, {_human(backend.get('bytes'))}, "
+        rates = ""
+        if "gets_per_s" in backend:
+            rates = f" now {backend['gets_per_s']:.1f} GET/s, {_human(backend.get('bytes_per_s'))}/s;"
+        lines.append(f"  backend:{rates} {_num(backend.get('gets'))} GETs, {_human(backend.get('bytes'))}, "
                      f"{_num(backend.get('heads'))} HEADs, {_num(backend.get('lists'))} LISTs, "
                      f"{_num(backend.get('errors'))} errors")
+    pre = cache.get("prefetcher")
+    if isinstance(pre, dict):
+        where = (f" (plan position {_num(pre.get('plan_position'))} of {_num(pre.get('plan_files'))})"
+                 if pre.get("plan_files") else "")
+        lines.append(f"  prefetch: lead {_num(pre.get('lead_files'))} file(s) / {_human(pre.get('lead_bytes'))} "
+                     f"ahead of the reader{where}; {_human(pre.get('prefetched_bytes'))} prefetched, "
+                     f"{_human(pre.get('prefetched_unread_bytes'))} never read")
     if writes:
         age = writes.get("oldest_pending_age_s") or 0
         lines.append(f"  writes: {writes.get('mode', '')}, dirty {_human(writes.get('dirty_bytes'))} in "

@@ -1,13 +1,16 @@
 """Prefetch: sequential read-ahead per file, and plan-driven prefetch a bounded distance ahead of the reader.
 
 - **Read-ahead**: for objects larger than one block, each sequential read doubles a per-file window (up
-  to ``max_window`` bytes) and the blocks in it are fetched in parallel; a seek resets the window.
-- **Plans**: given the loader's plan (files in the order it will read them), a background thread fetches
-  whole files in plan order, never more than ``lead_files`` files nor ``lead_bytes`` bytes ahead of the
-  reader, whose position is learned from reads. Prefetched blocks land in the RAM tier, so prefetch
-  buffers count against ``--ram``; plan-aware eviction keeps them because their next use is near.
+  to ``max_window`` bytes, at most a quarter of the RAM tier) and the blocks in it are fetched in
+  parallel (ranged GETs); a seek resets the window to one block. Small objects are one block, one GET.
+- **Plans**: given the loader's plan (files in the order it will read them), a background thread starts
+  whole-file fetches in plan order (at most ``threads`` at a time), never more than ``lead_files`` files
+  nor ``lead_bytes`` bytes (default half the RAM tier) ahead of the reader, whose position is learned from
+  the first read of each file. Prefetched blocks land in the RAM tier, so prefetch buffers count against
+  ``--ram``; plan-aware eviction keeps them because their next use is near.
 
-Counters: prefetched bytes, those read since, and the current lead (files and bytes ahead of the reader).
+Counters: prefetched bytes, those read since (and those never read), and the current lead (files and
+bytes ahead of the reader).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 class Prefetcher:
     """Read-ahead and plan prefetch for one TieredCache (which calls ``observe`` on every read)."""
 
+    MAX_TRACKED = 1 << 20  # prefetched-but-unread blocks remembered for the "never read" counter
+
     def __init__(
         self,
         cache: TieredCache,
@@ -43,15 +48,20 @@ class Prefetcher:
     ):
         self.cache = cache
         self.block_size = cache.config.block_size
+        ram = cache.config.ram_bytes
         self.lead_files = lead_files
-        self.lead_bytes = lead_bytes if lead_bytes is not None else max(cache.config.ram_bytes // 2, self.block_size)
-        self.max_window = max(max_window, self.block_size)
+        self.lead_bytes = lead_bytes if lead_bytes is not None else max(ram // 2, self.block_size)
+        self.max_window = max(min(max_window, ram // 4), self.block_size)
+        self.parallel = max(1, threads)
         self.max_streams = max_streams
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="tiercache-readahead")
         self._lock = threading.Condition()
         self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key → (next offset, window)
         self._scheduled: set[BlockId] = set()
-        self._unread: dict[BlockId, int] = {}
+        self._unread: dict[BlockId, int] = {}  # prefetched, not read yet (insertion order: oldest first)
+        self._forgotten_unread = 0
+        self._in_flight = 0
+        self._generation = 0
         self._cursor = PlanCursor()
         self._next_index = 0
         self._ahead: deque[tuple[int, int]] = deque()  # (plan index, bytes) of files fetched ahead
@@ -67,25 +77,29 @@ class Prefetcher:
         """Follow a new plan from its start."""
         with self._lock:
             self._cursor.set_plan(keys_in_order)
+            self._generation += 1
             self._next_index = 0
             self._ahead.clear()
             self._ahead_bytes = 0
             self._lock.notify_all()
 
     def observe(self, info: ObjectInfo, offset: int, end: int) -> None:
-        """A reader read [offset, end) of an object: advance the plan position, extend read-ahead."""
-        with self._lock:
-            if self._cursor.plan and self._cursor.observe(info.key) is not None:
-                self._lock.notify_all()
+        """A reader read [offset, end) of an object: advance the plan position (on a file's first read, at
+        offset 0, so a file read in several calls counts once), extend read-ahead."""
+        if offset == 0 and self._cursor.plan:
+            with self._lock:
+                if self._cursor.observe(info.key) is not None:
+                    self._lock.notify_all()
         if info.size > self.block_size:
             self._readahead(info, offset, end)
 
     def mark_read(self, block: BlockId) -> None:
         """A reader was served ``block``: if it was prefetched, it was worth it."""
         if self._unread:
-            size = self._unread.pop(block, None)
-            if size is not None:
-                self.used_bytes += size
+            with self._lock:
+                size = self._unread.pop(block, None)
+                if size is not None:
+                    self.used_bytes += size
 
     # ------------------------------------------------------------------ read-ahead
 
@@ -118,6 +132,8 @@ class Prefetcher:
                     self.readahead_bytes += nbytes if readahead else 0
                     for b in missing:
                         self._unread[b] = min(self.block_size, info.size - b.index * self.block_size)
+                    while len(self._unread) > self.MAX_TRACKED:  # bounded memory: the oldest stay unread
+                        self._forgotten_unread += self._unread.pop(next(iter(self._unread)))
         except Exception as exc:  # noqa: BLE001 - prefetch is best effort; the reader will fetch itself
             log.debug("prefetch of %s failed: %s", info.key, exc)
         finally:
@@ -136,16 +152,34 @@ class Prefetcher:
                     return
                 index = self._next_index = max(self._next_index, self._cursor.position)
                 key = self._cursor.plan[index]
+                generation = self._generation
                 self._next_index += 1
+                self._in_flight += 1
             try:
                 info = self.cache.namespace.info(key, revalidate=False)
             except Exception as exc:  # noqa: BLE001 - a planned file may be gone; skip it
                 log.debug("plan prefetch: %s: %s", key, exc)
+                self._done()
                 continue
             with self._lock:
-                self._ahead.append((index, info.size))
-                self._ahead_bytes += info.size
+                if generation == self._generation:
+                    self._ahead.append((index, info.size))
+                    self._ahead_bytes += info.size
+            try:
+                self._pool.submit(self._plan_fetch, info)
+            except RuntimeError:  # closed
+                return
+
+    def _plan_fetch(self, info: ObjectInfo) -> None:
+        try:
             self._fetch_blocks(self.cache._block_ids(info), info, readahead=False)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self._lock.notify_all()
 
     def _can_advance(self) -> bool:
         plan, position = self._cursor.plan, self._cursor.position
@@ -154,6 +188,7 @@ class Prefetcher:
         start = max(self._next_index, position)
         return (
             start < len(plan)
+            and self._in_flight < self.parallel
             and start - position < self.lead_files
             and self._ahead_bytes < self.lead_bytes
         )
@@ -168,7 +203,8 @@ class Prefetcher:
                 "prefetched_bytes": self.prefetched_bytes,
                 "readahead_bytes": self.readahead_bytes,
                 "prefetched_read_bytes": self.used_bytes,
-                "prefetched_unread_bytes": sum(self._unread.values()),
+                "prefetched_unread_bytes": sum(self._unread.values()) + self._forgotten_unread,
+                "in_flight": self._in_flight,
                 "plan_files": len(self._cursor.plan),
                 "plan_position": position,
                 "lead_files": max(0, self._next_index - position),

@@ -73,6 +73,7 @@ class MountSpec:
     log_level: str = "info"
     drain_timeout: float = 30.0
     read_ahead_kb: int = 1024
+    metrics_port: str | None = None  # [ADDR:]PORT for Prometheus metrics (tiercache.metrics)
 
     def __post_init__(self) -> None:
         self.mountpoint = os.path.abspath(os.path.expanduser(self.mountpoint))
@@ -287,6 +288,12 @@ class MountDaemon:
             }
             server = control.ControlServer(sock, self).start()
             stack.callback(server.stop)
+            if spec.metrics_port:
+                from ..metrics import serve
+
+                stack.callback(serve(lambda: control.HANDLERS["stats"](self, {}, lambda _msg: True), mountpoint,
+                                     spec.metrics_port))
+                log.info("Prometheus metrics on %s", spec.metrics_port)
             control.register_mount(self.info)
             stack.callback(control.unregister_mount, mountpoint, os.getpid())
             from .ops import make_ops

@@ -2,7 +2,8 @@
 
 The DataLoader knows the order in which this epoch (and the next) will read files; given that plan,
 the optimal choice is Belady's: drop the block needed last. Blocks of keys not in the plan go first.
-The reader's position in the plan is learned from reads (``observe_read``), with a slack window
+The reader's position in the plan is learned from reads (``observe_read`` under the tier's lock, or
+``note_read`` from any thread: queued and applied at the next insert or eviction), with a slack window
 because parallel loader threads read a little out of order. Without a plan the policy behaves exactly
 like its fallback (the scan-resistant default), which it keeps in step at all times.
 """
@@ -13,10 +14,10 @@ import heapq
 import itertools
 import math
 from bisect import bisect_left
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Sequence
 
-from .policy import Policy, Protected, S3FIFOPolicy, _never
+from .policy import Policy, Protected, S3FIFOPolicy, _never, register_policy
 
 
 def key_of(block: Hashable) -> str:
@@ -90,11 +91,26 @@ class PlanAwarePolicy(Policy):
         self._heap: list[tuple[float, int, Hashable]] = []
         self._seq = itertools.count()
         self._bytes = 0
+        self._reads: deque[str] = deque(maxlen=1 << 16)
 
     # -- plan and position -------------------------------------------------------------------------
     def _plan_changed(self) -> None:
+        self._reads.clear()
         self.cursor.set_plan(self.plan)
         self._rebuild()
+
+    def note_read(self, key: str) -> None:
+        """Like ``observe_read`` but safe without the tier's lock: applied at the next insert or eviction."""
+        if self.plan:
+            self._reads.append(key)
+
+    def _apply_reads(self) -> None:
+        while self._reads:
+            try:
+                key = self._reads.popleft()
+            except IndexError:
+                return
+            self.observe_read(key)
 
     def observe_read(self, key: str) -> None:
         """The reader read ``key``: re-rank the blocks whose next use just moved."""
@@ -130,6 +146,7 @@ class PlanAwarePolicy(Policy):
         self._by_key[key_of(block)].add(block)
         self.fallback.on_insert(block, size)
         if self.plan:
+            self._apply_reads()
             self._push(block)
 
     def on_access(self, block: Hashable) -> None:
@@ -161,6 +178,7 @@ class PlanAwarePolicy(Policy):
             for block in out:
                 self._forget(block)
             return out
+        self._apply_reads()
         protected = protected or _never
         out, kept, freed = [], [], 0
         while freed < bytes_needed and self._heap:
@@ -203,3 +221,6 @@ class BeladyPolicy(PlanAwarePolicy):
 
     def __init__(self) -> None:
         super().__init__(slack=0)
+
+
+register_policy("plan", PlanAwarePolicy)

@@ -1,0 +1,131 @@
+"""Prometheus metrics of a mount (``tiercache mount --metrics-port PORT``): the numbers ``tiercache stats`` shows.
+
+A custom collector reads the daemon's stats reply (the same dict the control socket's ``stats`` op returns)
+at every scrape, so the two never disagree and nothing is updated on the read path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .errors import ConfigError
+
+StatsFn = Callable[[], dict]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``PORT`` or ``ADDR:PORT`` → (addr, port); a bare port listens on 127.0.0.1. ConfigError if malformed."""
+    addr, _, port = str(value).rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"--metrics-port: {value!r} is not a port (1-65535) or ADDR:PORT")
+    return (addr.strip("[]") or "127.0.0.1"), number
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+class StatsCollector:
+    """Turns one stats reply into Prometheus metric families (labels: mountpoint, tier)."""
+
+    def __init__(self, stats: StatsFn, mountpoint: str):
+        self.stats = stats
+        self.mountpoint = mountpoint
+
+    def _gauge(self, name: str, doc: str, value: Any) -> Metric | None:
+        number = _num(value)
+        if number is None:
+            return None
+        family = GaugeMetricFamily(name, doc, labels=["mountpoint"])
+        family.add_metric([self.mountpoint], number)
+        return family
+
+    def _counter(self, name: str, doc: str, value: Any) -> Metric | None:
+        number = _num(value)
+        if number is None:
+            return None
+        family = CounterMetricFamily(name, doc, labels=["mountpoint"])
+        family.add_metric([self.mountpoint], number)
+        return family
+
+    def collect(self) -> Iterator[Metric]:
+        """One scrape: the current stats as metrics."""
+        reply = self.stats()
+        cache, writes = reply.get("cache") or {}, reply.get("writes") or {}
+        tiers = {name: cache[name] for name in ("ram", "ssd") if isinstance(cache.get(name), dict)}
+        per_tier = [
+            ("tiercache_tier_used_bytes", "Bytes the tier holds", "used", GaugeMetricFamily),
+            ("tiercache_tier_capacity_bytes", "The tier's byte budget", "capacity", GaugeMetricFamily),
+            ("tiercache_tier_hits", "Block lookups the tier served", "hits", CounterMetricFamily),
+            ("tiercache_tier_misses", "Block lookups the tier missed", "misses", CounterMetricFamily),
+            ("tiercache_tier_evicted_bytes", "Bytes evicted from the tier", "evicted_bytes", CounterMetricFamily),
+        ]
+        for name, doc, field, kind in per_tier:
+            family = kind(name, doc, labels=["mountpoint", "tier"])
+            for tier, values in tiers.items():
+                number = _num(values.get(field))
+                if number is not None:
+                    family.add_metric([self.mountpoint, tier], number)
+            yield family
+        backend = cache.get("backend") or {}
+        plan = cache.get("plan") or {}
+        pre = cache.get("prefetcher") or {}
+        single = [
+            self._gauge("tiercache_hit_ratio", "Reader block lookups served without the store, overall",
+                        cache.get("read_hit_rate")),
+            self._gauge("tiercache_plan_hit_ratio", "Reader hit ratio since the current plan started",
+                        plan.get("hit_rate")),
+            self._gauge("tiercache_plan_files", "Files in the current read plan", plan.get("files")),
+            self._counter("tiercache_backend_gets", "GETs sent to the object store", backend.get("gets")),
+            self._counter("tiercache_backend_bytes", "Bytes fetched from the object store", backend.get("bytes")),
+            self._counter("tiercache_backend_errors", "Failed object store requests", backend.get("errors")),
+            self._gauge("tiercache_backend_gets_per_second", "Recent GETs per second", backend.get("gets_per_s")),
+            self._gauge("tiercache_backend_bytes_per_second", "Recent bytes fetched per second",
+                        backend.get("bytes_per_s")),
+            self._gauge("tiercache_prefetch_lead_files", "Files prefetched ahead of the reader", pre.get("lead_files")),
+            self._gauge("tiercache_prefetch_lead_bytes", "Bytes prefetched ahead of the reader", pre.get("lead_bytes")),
+            self._counter("tiercache_prefetched_bytes", "Bytes fetched by read-ahead and plan prefetch",
+                          pre.get("prefetched_bytes")),
+            self._gauge("tiercache_prefetched_unread_bytes", "Prefetched bytes not read (yet)",
+                        pre.get("prefetched_unread_bytes")),
+            self._gauge("tiercache_dirty_bytes", "Written bytes not uploaded yet", writes.get("dirty_bytes")),
+            self._gauge("tiercache_pending_files", "Files waiting for upload", writes.get("pending_files")),
+            self._gauge("tiercache_oldest_pending_age_seconds", "Age of the oldest change not uploaded",
+                        writes.get("oldest_pending_age_s")),
+            self._counter("tiercache_uploaded_bytes", "Bytes uploaded", writes.get("uploaded_bytes")),
+            self._gauge("tiercache_failing_uploads", "Pending changes whose upload failed",
+                        writes.get("failed_uploads")),
+        ]
+        yield from (family for family in single if family is not None)
+
+
+def serve(stats: StatsFn, mountpoint: str, listen: str) -> Callable[[], None]:
+    """Serve the metrics on ``listen`` ([ADDR:]PORT) in a background thread; returns a stop function.
+
+    ConfigError (one line) when the address is taken or cannot be bound.
+    """
+    addr, port = parse_listen(listen)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(stats, mountpoint))
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {listen}: cannot listen on {addr}:{port}: {exc.strerror or exc}") from None
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop
