@@ -185,6 +185,28 @@ def test_crc_corruption_is_detected_and_refetched(bucket, tmp_path):
     assert len(bucket.gets("c.bin")) == 1
 
 
+def test_ssd_only_multi_block_reads_land_in_one_buffer_and_survive_corruption(bucket, tmp_path):
+    blob = os.urandom(6 * BS + 777)
+    bucket.put("m.bin", blob)
+    with open_s3(bucket, tmp_path, ram=0) as cache:
+        assert cache.warm("m.bin", tier="ssd")["complete"]
+    [region] = region_files(tmp_path / "cache")
+    with open(region, "r+b") as f:  # flip a byte inside one whole block of the object
+        f.seek(3 * BS + 10)
+        byte = f.read(1)
+        f.seek(3 * BS + 10)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    bucket.server.reset_log()
+    with open_s3(bucket, tmp_path, ram=0) as cache:
+        whole = cache.read("m.bin")
+        assert isinstance(whole, memoryview) and whole == blob
+        assert cache.stats()["ssd"]["crc_errors"] == 1
+        assert len(bucket.gets("m.bin")) == 1  # only the corrupt block was fetched again
+        for off, n in ((BS - 3, 2 * BS + 5), (5, 6 * BS), (2 * BS, 3 * BS), (6 * BS - 1, 10_000)):
+            assert cache.read("m.bin", off, n) == blob[off:off + n], (off, n)
+        assert len(bucket.gets("m.bin")) == 1
+
+
 def test_changed_object_is_never_served_stale(bucket, tmp_path):
     bucket.put("v.bin", b"version one")
     with open_s3(bucket, tmp_path, metadata_ttl=0) as cache:

@@ -195,11 +195,23 @@ class SsdTier:
 
     def get(self, block: BlockId, count: bool = True) -> bytes | None:
         """The block's bytes, or None on a miss or a crc mismatch (the entry is then dropped)."""
+        return self._read(block, count, None)
+
+    def get_into(self, block: BlockId, out: memoryview, count: bool = True) -> bool:
+        """Read the block straight into ``out`` (exactly the block's length); False on a miss, a crc
+        mismatch or a length that differs (``out`` then holds garbage). Saves a copy on multi-block reads."""
+        return self._read(block, count, out) is not None
+
+    def _read(self, block: BlockId, count: bool, out: memoryview | None) -> bytes | memoryview | None:
         key = block.encode()
         for _attempt in (0, 1):
             with self._lock:
                 queued = self._queue.get(block)
                 if queued is not None:
+                    if out is not None:
+                        if len(queued) != len(out):
+                            break
+                        out[:] = queued
                     if count:
                         self.hits += 1
                         self.bytes_served += len(queued)
@@ -210,19 +222,25 @@ class SsdTier:
             if raw is None:
                 break
             rid, off, length, crc = _LOC.unpack(raw)
+            if out is not None and len(out) != length:
+                break
             with self._lock:
                 region = self._regions.get(rid)
                 if region is None or region.dead:
                     continue  # freed by a concurrent relocation: look the block up again
                 region.readers += 1
             try:
-                data = os.pread(region.fd, length, off)
+                if out is None:
+                    data = os.pread(region.fd, length, off)
+                    got = len(data)
+                else:
+                    data, got = out, os.preadv(region.fd, [out], off)
             finally:
                 with self._lock:
                     region.readers -= 1
                     if region.dead and region.readers == 0:
                         os.close(region.fd)
-            if len(data) != length or crc32(data) != crc:
+            if got != length or crc32(data) != crc:
                 self._corrupt(block, raw)
                 break
             with self._lock:
