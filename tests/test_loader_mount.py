@@ -49,7 +49,9 @@ def test_image_folder_over_a_mount_equals_local_files(jpeg_bucket, mounter):
 
 def test_plans_reach_the_mount_and_gets_follow_them(jpeg_bucket, mounter):
     bucket, _ = jpeg_bucket
-    m = mounter.mount(bucket.url, endpoint=bucket.server.endpoint)
+    # --threads 2: one plan-prefetch thread, so the plan's fetches start and reach the server one at a time
+    # (with more, they start in plan order but may arrive interleaved).
+    m = mounter.mount(bucket.url, "--threads", "2", endpoint=bucket.server.endpoint)
     mount = control.find_mount(str(m.path))
     assert mount is not None
     ds = ImageFolder(str(m.path / "train"), augment=Augment(16))
@@ -67,4 +69,9 @@ def test_plans_reach_the_mount_and_gets_follow_them(jpeg_bucket, mounter):
     expected = ["train/" + os.path.relpath(ds.samples[i][0], m.path / "train") for i in order]
     assert len(epoch) == 3
     first_seen = list(dict.fromkeys(gets))
-    assert first_seen == expected, "a cold epoch fetches the files in the planned order"
+    assert sorted(first_seen) == sorted(expected), "a cold epoch fetches every planned file"
+    # The reader's own miss and the prefetcher's next file may reach the server in either order: allow a
+    # neighbour swap, nothing more (an unplanned, sorted or random order is displaced much further).
+    displacement = max(abs(first_seen.index(key) - i) for i, key in enumerate(expected))
+    assert displacement <= 1, (f"a cold epoch fetches the files in the planned order (displacement "
+                               f"{displacement}):\n{first_seen}\n{expected}")
