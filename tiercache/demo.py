@@ -387,9 +387,9 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
 
     story.step("tiercache stats, and where the loader waited")
     story.say(cli_ok("stats", mountpoint))
-    story.say("(ssd hits: the warmed train/ files; misses: val/, never warmed. Epoch 1's reads promoted to RAM, "
-              "and later epochs' re-reads were served by the kernel page cache, so RAM shows few hits. The overall "
-              "rate is by bytes and counts the warm's own fetches as misses.)")
+    story.say(f"(train/ was warmed into the SSD tier, val/ was not; {sum(r['daemon_reads'] for r in rows[1:])} read(s) "
+              f"of epochs 2-{len(rows)} reached the daemon at all: the kernel page cache served the rest)"
+              if len(rows) > 1 else "(train/ was warmed into the SSD tier, val/ was not)")
     stall = sum(r["stall_s"] for r in rows)
     wall = sum(r["wall_s"] for r in rows)
     split: dict[str, float] = {}
@@ -399,6 +399,8 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
     parts = ", ".join(f"{k} {v:.2f}s" for k, v in split.items() if v >= 0.005) or "nothing to split"
     story.say(f"loader stall: {stall:.2f}s of {wall:.1f}s training wall time "
               f"({stall / wall if wall else 0:.1%}); split: {parts}")
+    story.say(f"(the model's step and the {args.workers} loader threads share this machine's "
+              f"{os.cpu_count()} CPU(s); loader.stats() has the per-epoch figures)")
 
     story.step("tiercache unmount")
     story.say(cli_ok("unmount", mountpoint).removeprefix("tiercache: "))
