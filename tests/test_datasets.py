@@ -345,3 +345,17 @@ def test_synthetic_jpegs_make_an_image_folder(tmp_path):
     assert ds.classes == ["class00", "class01", "class02", "class03"] and len(ds) == 12
     img, _ = ds[0]
     assert min(img.shape[:2]) >= 48 and max(img.shape[:2]) <= 96 and img.shape[2] == 3
+
+
+def test_local_reads_whole_files_ranges_and_past_the_end(tmp_path):
+    from tiercache.loaders.datasets import _LocalFS
+
+    path = tmp_path / "f.bin"
+    data = bytes(range(256)) * 1000
+    path.write_bytes(data)
+    fs = _LocalFS()
+    assert fs.read(str(path)) == data
+    assert fs.read(str(path), 1000, 5000) == data[1000:6000]
+    assert fs.read(str(path), len(data) - 10, 100) == data[-10:]
+    assert fs.read(str(path), len(data) + 5, 10) == b""
+    assert fs.read(str(path), 7, 0) == b""

@@ -53,10 +53,21 @@ class _LocalFS:
         return list(os.walk(top, followlinks=True))
 
     def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        with open(path, "rb") as f:
+        # Unbuffered on purpose: a buffered open() probes isatty() with an ioctl, which FUSE forwards to the
+        # mount daemon, one extra round trip per file on a tiercache mount (~3x the cost of a warm read).
+        with open(path, "rb", buffering=0) as f:
             if offset:
                 f.seek(offset)
-            return f.read() if size is None else f.read(size)
+            if size is None:
+                return f.readall()
+            parts, left = [], size
+            while left > 0:
+                part = f.read(left)
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+            return b"".join(parts)
 
     def size(self, path: str) -> int:
         return os.path.getsize(path)
@@ -391,7 +402,7 @@ class ArrayDataset(Dataset):
         m = self._maps[f]
         if m is None and self.cache is None:
             try:
-                with open(self._keys[f], "rb") as fh:
+                with open(self._keys[f], "rb", buffering=0) as fh:
                     m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
             except (OSError, ValueError):  # e.g. a FUSE mount with direct_io: fall back to reads
                 return None
