@@ -120,6 +120,14 @@ def mount_stats(mountpoint: str) -> dict:
     return mount.client().request("stats")
 
 
+def counter(stats: dict, *path: str) -> int:
+    """A number from a stats reply by key path (``counter(s, "cache", "backend", "gets")``); 0 when absent."""
+    value: Any = stats
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
 def is_mounted(path: str) -> bool:
     """Whether ``path`` is a mountpoint right now (/proc/self/mounts)."""
     real = os.path.realpath(path)
@@ -222,7 +230,7 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
     story.say(f"{'epoch':>5} {'loss':>7} {'train acc':>9} {'val acc':>8} {'img/s':>7} {'stall':>7} "
               f"{'daemon reads':>12} {'GETs':>5}")
     for epoch in range(args.epochs):
-        before = mount_stats(mountpoint)["cache"]
+        before = mount_stats(mountpoint)
         model.train()
         start, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         for images, targets in loader:
@@ -242,19 +250,23 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
             for images, targets in val_loader:
                 val_correct += int((model(images).argmax(1) == targets).sum())
         ep = loader.stats()[-1]
-        after = mount_stats(mountpoint)["cache"]
+        after = mount_stats(mountpoint)
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-               "daemon_reads": after["reads"] - before["reads"],
-               "gets": after["backend"]["gets"] - before["backend"]["gets"],
+               "daemon_reads": counter(after, "cache", "reads") - counter(before, "cache", "reads"),
+               "gets": counter(after, "cache", "backend", "gets") - counter(before, "cache", "backend", "gets"),
                "val_acc": val_correct / len(val_ds), "images_per_s": seen / seconds, "stall_s": ep["wait_s"],
                "wall_s": ep["wall_s"], "wait_split_s": ep["wait_split_s"]}
         rows.append(row)
         story.say(f"{row['epoch']:>5} {row['loss']:>7.3f} {row['train_acc']:>9.1%} {row['val_acc']:>8.1%} "
                   f"{row['images_per_s']:>7.0f} {row['stall_s']:>6.2f}s {row['daemon_reads']:>12} {row['gets']:>5}")
-    if target is not None:
-        target.wait(30)
-    loader.shutdown()
-    val_loader.shutdown()
+    plans = {}
+    for name, dl in (("train", loader), ("val", val_loader)):
+        sender = dl._plan_target()
+        if sender is not None:
+            sender.wait(30)
+        plans[name] = sender.sent if sender is not None else 0
+        dl.shutdown()
+    rows[-1]["plans_sent"] = plans
     return model, rows
 
 
@@ -365,30 +377,32 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
     story.say(f"ls {mountpoint}: {' '.join(sorted(os.listdir(mountpoint)))}")
 
     story.step(f"tiercache warm {mountpoint}/train --recursive")
-    before = mount_stats(mountpoint)["cache"]["backend"]
+    before = mount_stats(mountpoint)
     t = time.perf_counter()
     warm(story, os.path.join(mountpoint, "train"))
     seconds = time.perf_counter() - t
-    after = mount_stats(mountpoint)["cache"]
-    gets = after["backend"]["gets"] - before["gets"]
-    fetched = after["backend"]["bytes"] - before["bytes"]
+    after = mount_stats(mountpoint)
+    gets = counter(after, "cache", "backend", "gets") - counter(before, "cache", "backend", "gets")
+    fetched = counter(after, "cache", "backend", "bytes") - counter(before, "cache", "backend", "bytes")
     story.say(f"warmed {_mb(fetched)} in {gets} GETs, {seconds:.1f}s ({fetched / seconds / 1e6:.1f} MB/s); "
-              f"SSD tier now holds {_mb(after['ssd'].get('used', 0))}")
+              f"SSD tier now holds {_mb(counter(after, 'cache', 'ssd', 'used'))}")
 
     story.step(f"train a small CNN for {args.epochs} epoch(s) from the mount (tiercache DataLoader)")
     model, rows = train(story, mountpoint, args)
-    after = mount_stats(mountpoint)["cache"]
-    story.say(f"GETs: {sum(r['gets'] for r in rows)} in all, only for val/ (train/ was warm); later epochs' re-reads "
-              f"mostly never reach the daemon (kernel page cache); plan keys at the mount now: "
-              f"{after.get('plan_keys', 0)}")
+    after = mount_stats(mountpoint)
+    plans = rows[-1]["plans_sent"]
+    story.say(f"GETs while training: {sum(r['gets'] for r in rows)} (train/ was warm; val/ has {args.val} files, "
+              f"not warmed); plans sent to the mount: {plans['train']} by the train loader, {plans['val']} by "
+              f"the val loader (each: this pass's file order, then the next's; the mount holds "
+              f"{counter(after, 'cache', 'plan_keys')} planned keys now)")
 
     story.step("checkpoint through the write tier")
     checkpoint(story, model, mountpoint, client)
 
     story.step("tiercache stats, and where the loader waited")
     story.say(cli_ok("stats", mountpoint))
-    story.say(f"(train/ was warmed into the SSD tier, val/ was not; {sum(r['daemon_reads'] for r in rows[1:])} read(s) "
-              f"of epochs 2-{len(rows)} reached the daemon at all: the kernel page cache served the rest)"
+    story.say(f"(train/ was warmed into the SSD tier, val/ was not; {sum(r['daemon_reads'] for r in rows[1:])} "
+              f"read(s) of epochs 2-{len(rows)} reached the daemon at all: the kernel page cache served the rest)"
               if len(rows) > 1 else "(train/ was warmed into the SSD tier, val/ was not)")
     stall = sum(r["stall_s"] for r in rows)
     wall = sum(r["wall_s"] for r in rows)
