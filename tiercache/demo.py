@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,31 +67,40 @@ def _mb(n: float) -> str:
 # ---------------------------------------------------------------- 1. dataset
 
 
+def _make_chunk(split: str, start: int, stop: int, classes: int, size: tuple[int, int],
+                seed: int) -> list[tuple[str, bytes]]:
+    """JPEGs ``start``..``stop`` of a split as (key, bytes); run in a worker process."""
+    from .loaders.datasets import synthetic_jpegs
+
+    return [(f"{split}/{rel.split('/')[0]}/{start + j:05d}.jpg", data)
+            for j, (rel, data) in enumerate(synthetic_jpegs(stop - start, classes, size, seed=seed + start))]
+
+
 def upload_dataset(client: Any, train: int, val: int, classes: int, size: tuple[int, int], seed: int) -> dict:
     """Generate ``train`` + ``val`` JPEGs in ImageFolder layout and upload them; returns counts and bytes.
 
-    Generation runs in two threads (Pillow's encoder and numpy release the GIL), each on its own seeded chunk.
+    The images are made in worker processes (spawned: this process already runs the S3 server's threads),
+    chunk by chunk, while this process uploads the chunks already made.
     """
-    from .loaders.datasets import synthetic_jpegs
+    import multiprocessing
 
     client.create_bucket(Bucket=BUCKET)
     nbytes = {"train": 0, "val": 0}
-    chunks = [(split, start, min(count, start + 256), seed * 7919 + k)
+    step = 64
+    chunks = [(split, lo, min(count, lo + step), classes, size, seed * 7919 + k)
               for k, (split, count) in enumerate((("train", train), ("val", val)))
-              for start in range(0, count, 256)]
-
-    def make(split: str, start: int, stop: int, chunk_seed: int) -> int:
-        total = 0
-        for j, (rel, data) in enumerate(synthetic_jpegs(stop - start, classes, size, seed=chunk_seed + start)):
-            cls = rel.split("/")[0]
-            client.put_object(Bucket=BUCKET, Key=f"{split}/{cls}/{start + j:05d}.jpg", Body=data)
-            total += len(data)
-        return total
-
-    with ThreadPoolExecutor(2) as pool:
-        futures = [(chunk[0], pool.submit(make, *chunk)) for chunk in chunks]
-        for split, f in futures:
-            nbytes[split] += f.result()
+              for lo in range(0, count, step)]
+    workers = max(1, min(len(chunks), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as makers, \
+            ThreadPoolExecutor(4) as uploaders:
+        made = [makers.submit(_make_chunk, *chunk) for chunk in chunks]
+        uploads = []
+        for chunk, future in zip(chunks, made, strict=True):
+            for key, data in future.result():
+                nbytes[chunk[0]] += len(data)
+                uploads.append(uploaders.submit(client.put_object, Bucket=BUCKET, Key=key, Body=data))
+        for f in uploads:
+            f.result()
     return {"train": train, "val": val, "bytes": nbytes}
 
 
