@@ -1,6 +1,6 @@
 """Filesystem benchmark: a tiercache mount side by side with a local directory, raw boto3, s3fs and rclone.
 
-    python bench/fs.py LABEL                       # defaults: 1000 x 100 KB + 256 MiB, a few minutes
+    python bench/fs.py LABEL                       # defaults: 2000 x 100 KB + 256 MiB, ~10 minutes on 2 cores
     python bench/fs.py LABEL --files 300 --large 64M --skip-others
 
 Every target reads the same data from the same local S3 server: moto's ThreadedMotoServer run by this script in
@@ -121,6 +121,48 @@ def upload(endpoint: str, local: str, keys: list[str]) -> None:
         list(pool.map(lambda k: client.upload_file(os.path.join(local, k), BUCKET, k), keys[:-1]))
     client.upload_file(os.path.join(local, keys[-1]), BUCKET, keys[-1],
                        Config=TransferConfig(multipart_chunksize=64 * MiB, max_concurrency=8))
+
+
+def check_server(endpoint: str, big: str, size: int) -> dict:
+    """Does a ranged GET cost what the range costs? Times one full GET of the large object and 64 KiB ranges of
+    it (stock moto copies the whole object per GET: then a range costs about as much as the whole)."""
+    client = s3_client(endpoint, 1)
+    start = time.perf_counter()
+    client.get_object(Bucket=BUCKET, Key=big)["Body"].read()
+    full = time.perf_counter() - start
+    rng = random.Random(7)
+    times = []
+    for _ in range(20):
+        offset = rng.randrange(0, size - (64 << 10))
+        start = time.perf_counter()
+        client.get_object(Bucket=BUCKET, Key=big, Range=f"bytes={offset}-{offset + (64 << 10) - 1}")["Body"].read()
+        times.append(time.perf_counter() - start)
+    ranged = sorted(times)[len(times) // 2]
+    return {"full_get_ms": round(full * 1e3, 1), "range_64k_median_ms": round(ranged * 1e3, 2),
+            "range_costs_the_range": ranged < full / 20}
+
+
+def tool_versions() -> dict:
+    """Versions of the mounts compared (what is installed)."""
+    out = {}
+    for tool, flag in (("s3fs", "--version"), ("rclone", "version")):
+        if shutil.which(tool):
+            proc = subprocess.run([tool, flag], capture_output=True, text=True)
+            out[tool] = (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr) else "?"
+    try:
+        import mfusepy
+
+        out["mfusepy"] = getattr(mfusepy, "__version__", "?")
+    except ImportError:
+        pass
+    return out
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------- measurements
@@ -256,14 +298,34 @@ def boto3_phases(endpoint: str, keys: list[str], big: str, size: int, args) -> d
 # ---------------------------------------------------------------- mounts
 
 
-def wait_mounted(path: str, proc: subprocess.Popen | None = None, timeout: float = 60) -> None:
+def open_log(mount, work: str):
+    """A file for a third-party mount's stderr (``mount.log`` is its path): why it failed goes in the notes."""
+    mount.log = os.path.join(work, f"{mount.name}.log")
+    return open(mount.log, "ab")  # noqa: SIM115 - the child process holds it
+
+
+def last_line(path: str | None) -> str:
+    try:
+        with open(path or "", errors="replace") as fh:
+            lines = [ln.strip() for ln in fh if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def wait_mounted(path: str, proc: subprocess.Popen | None = None, timeout: float = 60,
+                 log: str | None = None) -> None:
+    """Wait until ``path`` is a mount point; RuntimeError (with the tool's last stderr line) if it never is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.ismount(path):
             return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mount of {path} exited with {proc.returncode}")
+            why = last_line(log)
+            raise RuntimeError(f"mount of {path} exited with {proc.returncode}" + (f": {why}" if why else ""))
         time.sleep(0.1)
+    if proc is not None:
+        proc.kill()
     raise RuntimeError(f"{path} not mounted after {timeout} s")
 
 
@@ -329,8 +391,8 @@ class S3fsMount:
             ["s3fs", BUCKET, self.path, "-f", "-o", f"url={endpoint}", "-o", "use_path_request_style",
              "-o", f"passwd_file={passwd}", "-o", f"use_cache={cache}", "-o", "ro", "-o", "endpoint=us-east-1",
              "-o", f"parallel_count={args.threads}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_mounted(self.path, self.proc)
+            stdout=subprocess.DEVNULL, stderr=open_log(self, work))
+        wait_mounted(self.path, self.proc, log=self.log)
 
     def close(self) -> None:
         unmount(self.path, self.proc)
@@ -348,9 +410,11 @@ class RcloneMount:
             ["rclone", "mount", f":s3:{BUCKET}", self.path, "--s3-provider", "Other", "--s3-endpoint", endpoint,
              "--s3-access-key-id", "testing", "--s3-secret-access-key", "testing", "--vfs-cache-mode", "full",
              "--cache-dir", cache, "--read-only", "--config", "/dev/null"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})  # rclone 1.60 chokes on it
-        wait_mounted(self.path, self.proc)
+            stdout=subprocess.DEVNULL, stderr=open_log(self, work),
+            # rclone 1.60 with AWS_CA_BUNDLE set exits 1 at once: "LoadCustomCABundleError: unable to load
+            # custom CA bundle, HTTPClient's transport unsupported type" (the cause of the smoke run's failure)
+            env={k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"})
+        wait_mounted(self.path, self.proc, log=self.log)
 
     def close(self) -> None:
         unmount(self.path, self.proc)
@@ -423,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("label", nargs="?", default="default")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--files", type=int, default=1000, help="small files (default 1000)")
+    parser.add_argument("--files", type=int, default=2000, help="small files (default 2000)")
     parser.add_argument("--file-size", default="100K", help="mean small file size (default 100K)")
     parser.add_argument("--large", default="256M", help="size of the large file (default 256M)")
     parser.add_argument("--threads", type=int, default=8)
@@ -441,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     local = os.path.join(work, "local")
     results: dict = {}
     notes: list[str] = []
+    server_check: dict = {}
+    load_start = load_average()
     server = Server()
     mounts: list = []
     try:
@@ -448,6 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         keys, big = make_data(local, args.files, parse_size(args.file_size), parse_size(args.large))
         size = os.path.getsize(os.path.join(local, big))
         upload(server.endpoint, local, [*keys, big])
+        server_check = check_server(server.endpoint, big, size)
+        print(f"server: {server_check}", flush=True)
+        if not server_check["range_costs_the_range"]:
+            notes.append("server: a 64 KiB ranged GET costs as much as a full GET (is fast_ranges in effect?)")
         drop_page_cache([os.path.join(local, k) for k in [*keys, big]])
         print("local directory ...", flush=True)
         results["local"] = filesystem_phases(local, keys, big, args)
@@ -506,7 +576,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"second run with {args.latency * 1000:.0f} ms before the first byte of every response",
         "dataset": {"small_files": args.files, "small_mean_bytes": parse_size(args.file_size), "large_bytes": size},
         "threads": args.threads,
-        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "server_check": server_check,
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+                 "load_average_1_5_15_start": load_start, "load_average_1_5_15_end": load_average(),
+                 "tools": tool_versions()},
         "tiercache_mount": "--mode readonly --metadata-ttl inf (kernel_cache), --ram " + args.ram,
         "notes": notes,
         "results": results,

@@ -10,11 +10,14 @@ daemon.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
 import os
 import stat
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +30,43 @@ fuse = binding()
 log = logging.getLogger(__name__)
 
 BLKSIZE = 128 << 10
+# READ requests the kernel may have in flight asynchronously (read-ahead). The kernel's default, 12, keeps a
+# sequential reader to one or two cache blocks being fetched at a time; more lets the read-ahead window's
+# blocks be fetched in parallel (the FUSE worker threads each fetch one).
+MAX_BACKGROUND = 64
 _QUIET_ENOENT = {"getattr", "access", "open"}
+
+
+def _thread_state_keeper() -> Callable[[], None]:
+    """A function that keeps the calling thread's Python thread state alive between FUSE callbacks.
+
+    libfuse's worker threads are not Python threads: for every callback, ctypes creates a Python thread
+    state and deletes it on return (in CPython 3.11+ that includes mmap/munmap of its frame stack), about a
+    fifth of the daemon's CPU per small-file READ. One extra ``PyGILState_Ensure`` on each worker thread's
+    first callback keeps its thread state for the thread's life (libfuse keeps its workers; at most
+    ``max_threads`` of them). A thread id seen again after its thread ended just takes the slow path.
+    """
+    if sys.implementation.name != "cpython" or not hasattr(ctypes, "pythonapi"):
+        return lambda: None
+    ensure = ctypes.pythonapi.PyGILState_Ensure  # a PYFUNCTYPE: called with the GIL held, keeps it
+    ensure.restype = ctypes.c_int
+    kept: set[int] = set()
+    lock = threading.Lock()
+
+    def keep() -> None:
+        ident = threading.get_ident()
+        if ident in kept:
+            return
+        with lock:
+            if ident in kept:
+                return
+            kept.add(ident)
+        ensure()
+
+    return keep
+
+
+_keep_thread_state = _thread_state_keeper()
 
 
 def _errno_op(fn: Callable) -> Callable:
@@ -36,6 +75,7 @@ def _errno_op(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(self: TiercacheOps, *args: Any) -> Any:
+        _keep_thread_state()
         try:
             return fn(self, *args)
         except fuse.FuseOSError:
@@ -55,6 +95,19 @@ def _errno_op(fn: Callable) -> Callable:
             raise fuse.FuseOSError(errno.EIO) from None
 
     return wrapper
+
+
+def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
+    """The bytes of a READ reply as the binding takes them (it copies ``len(x)`` bytes from ``x`` into
+    libfuse's reply buffer), without a copy here: bytes (a cached block, or a slice of one) as they are; a
+    writable buffer (the cache's assembled multi-block ranges) as a ctypes array over the same memory; only
+    a read-only view is copied."""
+    if isinstance(data, bytes):
+        return data
+    view = memoryview(data)
+    if view.readonly or not view.c_contiguous:
+        return view.tobytes()
+    return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
 
 
 def _key(path: str | None) -> str:
@@ -80,6 +133,14 @@ class TiercacheOps(fuse.Operations):
         self.dir_mode = 0o555 if self.readonly else 0o755
 
     # ---------------------------------------------------------------- lifecycle
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """libfuse's init with the connection's parameters: raise the limit on background (read-ahead)
+        requests in flight, then ``init``."""
+        if conn is not None:
+            conn.max_background = max(int(conn.max_background), MAX_BACKGROUND)
+            conn.congestion_threshold = max(int(conn.congestion_threshold), MAX_BACKGROUND * 3 // 4)
+        self.init("/")
 
     def init(self, path: str) -> None:
         """Called by libfuse once the kernel connection is up."""
@@ -231,17 +292,16 @@ class TiercacheOps(fuse.Operations):
         return self._write_handle(self._writes().create(_key(path)))
 
     @_errno_op
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
         """pread(2): short at end of file. Written-but-not-uploaded bytes first, then the cache."""
         if fh:
-            return self.writes.read(fh, offset, size)
+            return _handoff(self.writes.read(fh, offset, size))
         key = _key(path)
         if self.writes is not None:
             data = self.writes.read_pending(key, offset, size)
             if data is not None:
-                return data
-        data = self.cache.read(key, offset, size)
-        return data if isinstance(data, bytes) else bytes(data)
+                return _handoff(data)
+        return _handoff(self.cache.read(key, offset, size))
 
     @_errno_op
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
