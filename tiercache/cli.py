@@ -372,6 +372,9 @@ def format_stats(mountpoint: str, stats: dict) -> str:
                      f"failing {_num(writes.get('failed_uploads'))}")
         if writes.get("last_error"):
             lines.append(f"  last upload error: {writes['last_error']}")
+    jobs = {k: v for k, v in (stats.get("jobs") or {}).items() if v}
+    if jobs:
+        lines.append("  running: " + ", ".join(f"{n} {kind} request(s)" for kind, n in jobs.items()))
     return "\n".join(lines)
 
 

@@ -452,12 +452,31 @@ def _ping(daemon: Daemon, args: dict, progress: Progress) -> dict:
     return {"pid": os.getpid(), **daemon.info}
 
 
+_jobs_lock = threading.Lock()
+_jobs: dict[str, int] = {"warm": 0}
+
+
+@contextlib.contextmanager
+def _job(kind: str):
+    """Count a long request (shown by ``stats`` as ``jobs``) while it runs."""
+    with _jobs_lock:
+        _jobs[kind] = _jobs.get(kind, 0) + 1
+    try:
+        yield
+    finally:
+        with _jobs_lock:
+            _jobs[kind] -= 1
+
+
 @handler("stats")
 def _stats(daemon: Daemon, args: dict, progress: Progress) -> dict:
+    with _jobs_lock:
+        jobs = dict(_jobs)
     return {
         "mount": daemon.info,
         "cache": daemon.cache.stats(),
         "writes": daemon.writes.stats() if daemon.writes is not None else {},
+        "jobs": jobs,
     }
 
 
@@ -538,6 +557,11 @@ def _warm(daemon: Daemon, args: dict, progress: Progress) -> dict:
     Args: ``paths``, ``recursive`` (directories), ``tier`` (ram|ssd), ``threads``, ``interval`` (s between
     progress lines). The result says ``complete`` only if every byte asked for is resident in the tier.
     """
+    with _job("warm"):
+        return _run_warm(daemon, args, progress)
+
+
+def _run_warm(daemon: Daemon, args: dict, progress: Progress) -> dict:
     tier = args.get("tier", "ssd")
     if tier not in ("ram", "ssd"):
         raise ConfigError(f"tier {tier!r} is not one of ram, ssd")
