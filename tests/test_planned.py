@@ -108,3 +108,68 @@ def test_out_of_order_readers_within_slack_do_not_lose_their_blocks():
     policy.observe_read("k5")  # a fast thread ran ahead; k0..k4 are still about to be read
     assert all(policy.next_use(f"k{i}") == i for i in range(5))
     assert policy.next_use("k5") == 105
+
+
+def test_note_read_is_applied_at_the_next_eviction():
+    policy = PlanAwarePolicy(slack=0)
+    policy.set_plan(["a", "b", "c"])
+    for key in ("a", "b", "c"):
+        policy.on_insert(BlockId(key, "e", 0), 1)
+    policy.note_read("a")  # from a reader thread, without the tier's lock
+    assert policy.next_use("a") == 0  # not applied yet
+    assert [b.key for b in policy.victims(1)] == ["a"]  # applied: "a" is never read again
+
+
+# ---------------------------------------------------------------- the prefetcher in a cache
+
+
+def _local_cache(tmp_path, files: dict[str, bytes], **options):
+    import tiercache
+
+    src = tmp_path / "src"
+    for key, data in files.items():
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(data)
+    return tiercache.open(f"file://{src}", ssd=str(tmp_path / "cache"), ssd_size="0", **options)
+
+
+def _settle(cache) -> dict:
+    assert cache.prefetcher.wait_idle(30), "the prefetcher did not settle"
+    return cache.prefetcher.stats()
+
+
+def test_readahead_window_grows_on_sequential_reads_and_resets_on_seek(tmp_path):
+    bs = 64 << 10
+    blob = random.Random(1).randbytes(64 * bs)
+    with _local_cache(tmp_path, {"big.bin": blob}, ram="64M", block_size="64K") as cache:
+        windows = []
+        for i in range(5):
+            assert cache.read("big.bin", i * bs, bs) == blob[i * bs:(i + 1) * bs]
+            windows.append(cache.prefetcher._streams["big.bin"][1])
+            _settle(cache)  # each window is fetched before the next read, so the counts below are exact
+        assert windows == [bs, 2 * bs, 4 * bs, 8 * bs, 16 * bs]
+        blocks = cache._block_ids(cache.namespace.info("big.bin"))
+        ahead = [i for i, block in enumerate(blocks) if cache._in_tier(block, "ram")]
+        assert ahead == list(range(5 + 16)), "the blocks of the window are fetched ahead of the reader"
+        assert cache.read("big.bin", 40 * bs, bs) == blob[40 * bs:41 * bs]  # a seek
+        assert cache.prefetcher._streams["big.bin"][1] == bs
+        pre = _settle(cache)
+        assert [i for i, block in enumerate(blocks) if cache._in_tier(block, "ram")] == [*ahead, 40, 41]
+        assert pre["readahead_bytes"] == (20 + 1) * bs and pre["prefetched_read_bytes"] == 4 * bs
+
+
+def test_plan_prefetch_stays_within_the_ram_budget(tmp_path):
+    files = {f"f{i:02d}": random.Random(i).randbytes(100_000) for i in range(40)}
+    with _local_cache(tmp_path, files, ram="1M", block_size="128K") as cache:
+        plan = sorted(files, reverse=True)
+        cache.set_plan(plan)
+        pre = _settle(cache)
+        assert pre["lead_files"] == 6, "ahead by at most half the RAM tier (and one file)"
+        assert cache.ram.used() <= cache.ram.capacity()
+        for n, key in enumerate(plan, 1):
+            assert cache.read(key) == files[key]
+            assert cache.ram.used() <= cache.ram.capacity()
+            pre = _settle(cache)  # a reader slower than the store: every read finds its file prefetched
+            assert pre["plan_position"] == n and pre["lead_bytes"] <= (512 << 10) + 100_000
+        stats = cache.stats()
+        assert stats["plan"]["hit_rate"] == 1.0 and stats["prefetcher"]["prefetched_unread_bytes"] == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +195,17 @@ class Prefetcher:
         )
 
     # ------------------------------------------------------------------ reporting and lifecycle
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until nothing is in flight and the plan lead is used up (or the plan done); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._in_flight or self._scheduled or (self._cursor.plan and self._can_advance()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, 0.05))
+            return True
 
     def stats(self) -> dict:
         """Prefetched bytes, how many were read since, and the lead ahead of the reader."""
