@@ -121,6 +121,70 @@ def test_format_stats_table():
     assert "oldest pending 12 s" in text
 
 
+def test_format_stats_shows_plan_rates_prefetch_and_jobs():
+    stats = {
+        "mount": {"source": "s3://b", "mode": "readonly", "pid": 1},
+        "cache": {
+            "ram": {"used": 0, "capacity": 1 << 30, "hits": 9, "misses": 1},
+            "backend": {"gets": 4, "bytes": 1 << 20, "errors": 0, "heads": 1, "lists": 1, "gets_per_s": 2.5,
+                        "bytes_per_s": 3 << 20},
+            "read_hit_rate": 0.9,
+            "plan": {"files": 1200, "started": time.time() - 30, "hit_rate": 0.995},
+            "prefetcher": {"lead_files": 12, "lead_bytes": 6 << 20, "plan_files": 1200, "plan_position": 40,
+                           "prefetched_bytes": 8 << 20, "prefetched_unread_bytes": 1 << 10},
+        },
+        "jobs": {"warm": 1},
+    }
+    text = cli.format_stats("/mnt/x", stats)
+    assert "hit rate 90.0% overall, 99.5% since the plan started (1,200 files" in text
+    assert "now 2.5 GET/s, 3.0M/s" in text
+    assert "lead 12 file(s) / 6.0M ahead of the reader (plan position 40 of 1,200)" in text
+    assert "8.0M prefetched, 1.0K never read" in text and "running: 1 warm request(s)" in text
+
+
+def test_metrics_listen_address():
+    from tiercache.metrics import parse_listen
+
+    assert parse_listen("9100") == ("127.0.0.1", 9100)
+    assert parse_listen("0.0.0.0:9100") == ("0.0.0.0", 9100)
+    assert parse_listen("[::1]:9100") == ("::1", 9100)
+    for bad in ("0", "70000", "port", "host:"):
+        with pytest.raises(ConfigError, match="metrics-port"):
+            parse_listen(bad)
+
+
+def test_metrics_collector_reads_the_stats_reply():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tiercache.metrics import StatsCollector
+
+    reply = {"cache": {"ram": {"used": 5, "capacity": 10, "hits": 3, "misses": 1},
+                       "backend": {"gets": 7, "bytes": 70, "gets_per_s": 1.5}, "read_hit_rate": 0.75,
+                       "prefetcher": {"lead_files": 2}},
+             "writes": {"dirty_bytes": 11, "oldest_pending_age_s": 4.0}}
+    registry = CollectorRegistry()
+    registry.register(StatsCollector(lambda: reply, "/m"))
+    text = generate_latest(registry).decode()
+    for line in ('tiercache_tier_used_bytes{mountpoint="/m",tier="ram"} 5.0',
+                 'tiercache_backend_gets_total{mountpoint="/m"} 7.0',
+                 'tiercache_backend_gets_per_second{mountpoint="/m"} 1.5',
+                 'tiercache_hit_ratio{mountpoint="/m"} 0.75', 'tiercache_prefetch_lead_files{mountpoint="/m"} 2.0',
+                 'tiercache_dirty_bytes{mountpoint="/m"} 11.0',
+                 'tiercache_oldest_pending_age_seconds{mountpoint="/m"} 4.0'):
+        assert line in text, line
+
+
+def test_warm_evict_pin_plan_usage_errors(tmp_path):
+    assert_one_line_error(run_cli("warm"), "no paths")
+    assert_one_line_error(run_cli("warm", "x", "--tier", "gpu"), "invalid choice")
+    assert_one_line_error(run_cli("evict"), "required")
+    assert_one_line_error(run_cli("pin"), "required")
+    assert_one_line_error(run_cli("plan", str(tmp_path)), "--from-list")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    assert_one_line_error(run_cli("warm", "--from-list", str(empty)), "no paths", "empty")
+
+
 def test_mountinfo_unescape():
     assert control._unescape(r"/tmp/a\040b") == "/tmp/a b"
     assert control._unescape(r"/tmp/x\134y") == "/tmp/x\\y"

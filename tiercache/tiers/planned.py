@@ -86,7 +86,8 @@ class PlanAwarePolicy(Policy):
         self.fallback = fallback()
         self.cursor = PlanCursor(slack)
         self._sizes: dict[Hashable, int] = {}
-        self._by_key: dict[str, set[Hashable]] = defaultdict(set)
+        # key → its one resident block, or a set of them (most objects are one block: no set per key)
+        self._by_key: dict[str, Hashable | set[Hashable]] = {}
         self._next: dict[Hashable, float] = {}
         self._heap: list[tuple[float, int, Hashable]] = []
         self._seq = itertools.count()
@@ -120,12 +121,18 @@ class PlanAwarePolicy(Policy):
         slack = self.cursor.slack
         passed = self.plan[max(0, moved[0] - slack):max(0, moved[1] - slack)]
         for passed_key in set(passed) | {key}:
-            for block in self._by_key.get(passed_key, ()):
+            for block in self._blocks_of(passed_key):
                 self._push(block)
 
     def next_use(self, key: str) -> float:
         """Plan index of the next read of ``key`` at the current position (inf if none)."""
         return self.cursor.next_use(key)
+
+    def _blocks_of(self, key: str) -> tuple[Hashable, ...] | set[Hashable]:
+        held = self._by_key.get(key)
+        if held is None:
+            return ()
+        return set(held) if isinstance(held, set) else (held,)
 
     def _push(self, block: Hashable) -> None:
         nxt = self.next_use(key_of(block))
@@ -143,7 +150,14 @@ class PlanAwarePolicy(Policy):
         old = self._sizes.get(block)
         self._bytes += size - (old or 0)
         self._sizes[block] = size
-        self._by_key[key_of(block)].add(block)
+        key = key_of(block)
+        held = self._by_key.get(key)
+        if held is None or held == block:
+            self._by_key[key] = block
+        elif isinstance(held, set):
+            held.add(block)
+        else:
+            self._by_key[key] = {held, block}
         self.fallback.on_insert(block, size)
         if self.plan:
             self._apply_reads()
@@ -165,11 +179,13 @@ class PlanAwarePolicy(Policy):
         self._bytes -= size
         self._next.pop(block, None)
         key = key_of(block)
-        blocks = self._by_key.get(key)
-        if blocks is not None:
-            blocks.discard(block)
-            if not blocks:
-                del self._by_key[key]
+        held = self._by_key.get(key)
+        if isinstance(held, set):
+            held.discard(block)
+            if len(held) == 1:
+                self._by_key[key] = next(iter(held))
+        elif held == block:
+            del self._by_key[key]
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
         """Farthest next use first (keys not in the plan before all others); fallback without a plan."""
