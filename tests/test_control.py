@@ -105,6 +105,16 @@ def test_warm_skips_what_is_resident_and_lands_in_the_tier_asked(bucket, mounter
     assert "6 file(s)" in proc.stderr and "fetched 0B from the store, 600.0K was already there" in proc.stderr
 
 
+def test_warm_is_complete_only_when_every_byte_is_resident(bucket, mounter):
+    fill(bucket, "train", 8, 1 * MiB)
+    m = mounter.mount(bucket.url, "--ram", "2M", "--block-size", "1M", endpoint=bucket.server.endpoint, ssd="4M")
+    for tier in ("ram", "ssd"):
+        proc = run_cli("warm", str(m.path / "train"), "-r", "--tier", tier)
+        assert_one_line_error(proc, "warm incomplete", f"not resident in {tier}", "too small")
+    proc = run_cli("warm", str(m.path / "train/000.bin"), "--tier", "ram")
+    assert proc.returncode == 0 and "warm complete" in proc.stderr
+
+
 def test_warm_can_be_interrupted_and_rerun(bucket, mounter, proxy):
     files = fill(bucket, "train", 8, 64 * KiB)
     m = mounter.mount(bucket.url, "--threads", "2", endpoint=proxy.endpoint)
