@@ -656,11 +656,11 @@ def test_output_slot_is_the_batch_memory():
 
 def test_staging_layout_round_trip():
     """The packing used for one-copy H2D transfers (exercised here on the CPU)."""
-    from tiercache.loaders.dataloader import _layout, _map_tensors, _pack, _tensors, _unpack
+    from tiercache.loaders.staging import _layout, _pack, _unpack, map_tensors, tensors_in
 
     data = {"img": torch.rand(2, 3, 5), "y": torch.tensor([1, 2]), "p": Point(torch.tensor([1.5]), "name"),
             "odd": torch.arange(7, dtype=torch.uint8), "t": (torch.ones(3, dtype=torch.float16).t(),)}
-    tensors = _tensors(data)
+    tensors = tensors_in(data)
     assert len(tensors) == 5
     offsets, total = _layout(tensors)
     assert all(o % 64 == 0 for o in offsets) and total % 64 == 0
@@ -669,6 +669,6 @@ def test_staging_layout_round_trip():
     views = _unpack(buf, tensors, offsets)
     assert all(v.data_ptr() >= buf.data_ptr() for v in views)
     it = iter(views)
-    rebuilt = _map_tensors(data, lambda _t: next(it))
+    rebuilt = map_tensors(data, lambda _t: next(it))
     assert same(rebuilt, data)
     assert isinstance(rebuilt["p"], Point) and rebuilt["p"].y == "name"

@@ -14,8 +14,7 @@ import torch
 from torch.utils.data import DataLoader as TorchLoader
 from torch.utils.data import Dataset
 
-from tiercache.loaders import Augment, DataLoader, output_slot
-from tiercache.loaders import dataloader as dl
+from tiercache.loaders import Augment, DataLoader, output_slot, staging
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,13 +37,13 @@ class FakeStream:
         self.waited += 1
 
 
-class CPUStager(dl._DeviceStager):
+class CPUStager(staging.DeviceStager):
     """The real stager with the CPU as its 'device' and unpinned staging buffers."""
 
     def __init__(self):
         self.device = torch.device("cpu")
         self.stream = FakeStream()
-        self.pool = dl._PinnedPool()
+        self.pool = staging.PinnedPool()
         self.pool_allocs = 0
         real_acquire = self.pool.acquire
 

@@ -30,31 +30,35 @@ Extras: ``device=`` (batches arrive on that CUDA device via pinned staging buffe
 ``gpu_augment=`` (an :class:`~tiercache.loaders.augment.Augment` applied per batch on the device),
 ``plans=`` (send each epoch's file order to the tiercache behind the dataset), :meth:`DataLoader.state_dict` /
 :meth:`DataLoader.load_state_dict` (resume mid-epoch), :meth:`DataLoader.stats` (stall attribution).
+
+This module holds the loader, its per-epoch iterator and the pipeline that loads one epoch's batches; the
+thread pool and per-thread context live in :mod:`.workers`, pinned buffers and device copies in
+:mod:`.staging`, RNG snapshots and sampler replay (for plans and resume) in :mod:`.replay`.
 """
 
 from __future__ import annotations
 
-import atexit
 import collections.abc
 import contextlib
 import inspect
 import itertools
 import logging
 import math
-import queue
-import sys
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.utils.data as tud
-from torch.utils.data import BatchSampler, IterableDataset
+from torch.utils.data import IterableDataset
 
 from . import plans as _plans
+from .replay import flatten, replayable, restore_rng, snapshot_rng
+from .staging import DeviceStager, advise_huge_pages, map_tensors, tensors_in
+from .workers import WorkerPool, check_worker_init, current_epoch, loading, output_slot, stage_timer, worker_id
 
 __all__ = ["DataLoader", "current_epoch", "output_slot", "stage_timer", "worker_id"]
 
@@ -63,281 +67,12 @@ log = logging.getLogger(__name__)
 STAGES = ("read", "decode", "augment", "collate", "h2d", "other")
 
 # ----------------------------------------------------------------------------------------------------------
-# Per-thread context: which epoch is loading (for deterministic augmentation) and where time goes.
-
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def stage_timer(stage: str) -> Iterator[None]:
-    """Attribute the enclosed time to ``stage`` ("read", "decode", "augment", ...) in :meth:`DataLoader.stats`.
-
-    Datasets wrap their file read and decode in this; outside a tiercache loader it costs two clock reads.
-    """
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        timers = getattr(_local, "timers", None)
-        if timers is not None:
-            timers[stage] = timers.get(stage, 0.0) + time.perf_counter() - t0
-
-
-def current_epoch() -> int | None:
-    """The epoch being loaded by the tiercache loader on this thread, or None outside one."""
-    return getattr(_local, "epoch", None)
-
-
-def worker_id() -> int | None:
-    """The id (0..num_workers-1) of the loader thread running this code, or None outside one."""
-    return getattr(_local, "worker_id", None)
-
-
-def output_slot(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
-    """Memory inside the batch for the sample being loaded on this thread, or None.
-
-    A dataset that produces its sample tensor itself (``ImageFolder`` with ``augment=``) may write it here,
-    as the tensor or as the first element of a tuple sample; when every sample of a batch did so, default
-    collation returns the batch tensor as is instead of stacking copies. None outside a tiercache loader,
-    with a custom ``collate_fn``, or when the shape/dtype differs from the batch's first sample.
-    """
-    slot = getattr(_local, "slot", None)
-    if slot is None:
-        return None
-    pipe, batch, pos = slot
-    return pipe.slot(batch, pos, tuple(shape), dtype)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Worker threads.
-
-_live_pools: set[_WorkerPool] = set()  # pools whose threads may still run; pruned as they finish
-_pool_ids = itertools.count()
-
-
-def _stop_all_pools(timeout: float = 3.0) -> None:
-    """At interpreter exit: signal every pool, then give the threads a moment to finish their current task.
-
-    On Python 3.11 a daemon thread that wakes up inside a torch op after finalization has started is killed
-    through a C++ frame, which aborts the process; letting workers finish their sample first avoids that.
-    A worker still stuck (say, in a hung read) after ``timeout`` seconds is left behind as a daemon.
-    """
-    pools = list(_live_pools)
-    for pool in pools:
-        pool.stop(join=False)
-    deadline = time.monotonic() + timeout
-    for pool in pools:
-        for t in pool.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-
-
-atexit.register(_stop_all_pools)
-
-
-def _worker_main(tasks: queue.SimpleQueue, stop: threading.Event, wid: int, init_fn: Callable | None) -> None:
-    _local.worker_id = wid
-    _local.init_error = None
-    if init_fn is not None:
-        try:
-            init_fn(wid)
-        except BaseException as exc:  # reported with every task this worker runs
-            _local.init_error = exc
-    while not stop.is_set():
-        task = tasks.get()
-        if task is None:
-            break
-        fn, args = task
-        fn(*args)
-        del task, fn, args
-
-
-class _WorkerPool:
-    """``n`` daemon threads running tasks from one queue; ``worker_init_fn(id)`` runs once in each."""
-
-    def __init__(self, n: int, init_fn: Callable[[int], None] | None):
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self._stop = threading.Event()
-        pid = next(_pool_ids)
-        self.threads = [
-            threading.Thread(
-                target=_worker_main, args=(self.tasks, self._stop, i, init_fn),
-                name=f"tiercache-loader-{pid}-{i}", daemon=True,
-            )
-            for i in range(n)
-        ]
-        for t in self.threads:
-            t.start()
-        for pool in [p for p in list(_live_pools) if not any(t.is_alive() for t in p.threads)]:
-            _live_pools.discard(pool)
-        _live_pools.add(self)
-
-    def submit(self, fn: Callable, *args: Any) -> None:
-        self.tasks.put((fn, args))
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def stop(self, join: bool = True, timeout: float = 5.0) -> None:
-        """Stop the threads after their current task; wait up to ``timeout`` s for them when ``join``."""
-        if self._stop.is_set() and not join:
-            return
-        if not self._stop.is_set():
-            self._stop.set()
-            for _ in self.threads:
-                self.tasks.put(None)
-        if join:
-            deadline = time.monotonic() + timeout
-            me = threading.current_thread()
-            for t in self.threads:
-                if t is not me:
-                    t.join(max(0.0, deadline - time.monotonic()))
-            if not any(t.is_alive() for t in self.threads):
-                _live_pools.discard(self)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Host -> device staging.
-
-
-def _map_tensors(data: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    """Apply ``fn`` to every tensor in a nested dict/list/tuple/namedtuple structure."""
-    if isinstance(data, torch.Tensor):
-        return fn(data)
-    if isinstance(data, (str, bytes)):
-        return data
-    if isinstance(data, collections.abc.Mapping):
-        try:
-            return type(data)({k: _map_tensors(v, fn) for k, v in data.items()})
-        except TypeError:
-            return {k: _map_tensors(v, fn) for k, v in data.items()}
-    if isinstance(data, tuple) and hasattr(data, "_fields"):
-        return type(data)(*(_map_tensors(v, fn) for v in data))
-    if isinstance(data, tuple):
-        return tuple(_map_tensors(v, fn) for v in data)
-    if isinstance(data, list):
-        return [_map_tensors(v, fn) for v in data]
-    return data
-
-
-def _tensors(data: Any) -> list[torch.Tensor]:
-    found: list[torch.Tensor] = []
-    _map_tensors(data, lambda t: found.append(t) or t)
-    return found
-
-
-_ALIGN = 64
-
-
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
-    """Byte offsets (64-byte aligned) of each tensor in one packed staging buffer, and the total size."""
-    offsets, pos = [], 0
-    for t in tensors:
-        offsets.append(pos)
-        pos += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
-    return offsets, pos
-
-
-def _pack(tensors: list[torch.Tensor], buf: torch.Tensor, offsets: list[int]) -> None:
-    """Copy ``tensors`` into the uint8 buffer ``buf`` at ``offsets``."""
-    for t, off in zip(tensors, offsets, strict=True):
-        nbytes = t.numel() * t.element_size()
-        buf[off : off + nbytes].view(t.dtype).view(t.shape).copy_(t)
-
-
-def _unpack(buf: torch.Tensor, like: list[torch.Tensor], offsets: list[int]) -> list[torch.Tensor]:
-    """Views into the uint8 buffer ``buf`` shaped like ``like`` (one storage, no copies)."""
-    out = []
-    for t, off in zip(like, offsets, strict=True):
-        nbytes = t.numel() * t.element_size()
-        out.append(buf[off : off + nbytes].view(t.dtype).view(t.shape))
-    return out
-
-
-class _PinnedPool:
-    """Reusable pinned host buffers; a buffer comes back once the copy that read it has finished."""
-
-    def __init__(self, keep: int = 8):
-        self._free: list[tuple[torch.Tensor, Any]] = []
-        self._lock = threading.Lock()
-        self._keep = keep
-
-    def acquire(self, nbytes: int) -> torch.Tensor:
-        with self._lock:
-            for i, (buf, event) in enumerate(self._free):
-                if buf.numel() >= nbytes and (event is None or event.query()):
-                    del self._free[i]
-                    return buf
-        size = max(1 << 20, 1 << (max(nbytes, 1) - 1).bit_length())
-        return torch.empty(size, dtype=torch.uint8, pin_memory=True)
-
-    def release(self, buf: torch.Tensor, event: Any) -> None:
-        with self._lock:
-            self._free.append((buf, event))
-            if len(self._free) > self._keep:
-                self._free.sort(key=lambda be: be[0].numel())
-                del self._free[0]
-
-
-class _DeviceStager:
-    """Moves collated batches (and ragged uint8 images) to a CUDA device on a side stream, one copy per batch."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.stream = torch.cuda.Stream(device=device)
-        self.pool = _PinnedPool()
-
-    def to_device(
-        self, tensors: list[torch.Tensor], staging: torch.Tensor | None = None
-    ) -> tuple[list[torch.Tensor], Any]:
-        """Copy ``tensors`` to the device; returns device tensors and the event that marks the copies done.
-
-        Tensors already in pinned memory (a batch built in a pinned slot) are copied directly; the others are
-        packed into one pooled pinned buffer and copied at once. ``staging``: a pooled pinned buffer that
-        backs some of ``tensors``; it goes back to the pool once the copies have finished.
-        """
-        direct = [t.is_pinned() and t.is_contiguous() for t in tensors]
-        host = [t for t, d in zip(tensors, direct, strict=True) if not d]
-        views, event, _, _ = self.to_device_packed(host, direct=[t for t, d in zip(tensors, direct, strict=True) if d])
-        packed, copied = iter(views[: len(host)]), iter(views[len(host) :])
-        out = [next(copied) if d else next(packed) for d in direct]
-        if staging is not None:
-            self.pool.release(staging, event)
-        return out, event
-
-    def to_device_packed(
-        self, tensors: list[torch.Tensor], direct: Sequence[torch.Tensor] = ()
-    ) -> tuple[list[torch.Tensor], Any, torch.Tensor, list[int]]:
-        """Pack ``tensors`` into one pinned buffer and copy it over (plus each of ``direct``, already pinned).
-
-        Returns the device views (``tensors`` then ``direct``), the ready event, the device buffer holding the
-        packed tensors and their byte offsets in it.
-        """
-        offsets, total = _layout(tensors)
-        staging = self.pool.acquire(total) if total else None
-        if staging is not None:
-            _pack(tensors, staging, offsets)
-        with torch.cuda.stream(self.stream):
-            dev = torch.empty(total, dtype=torch.uint8, device=self.device)
-            if staging is not None:
-                dev.copy_(staging[:total], non_blocking=True)
-            moved = []
-            for t in direct:
-                d = torch.empty(t.shape, dtype=t.dtype, device=self.device)
-                d.copy_(t, non_blocking=True)
-                moved.append(d)
-            copied = torch.cuda.Event()
-            copied.record(self.stream)
-        if staging is not None:
-            self.pool.release(staging, copied)
-        return _unpack(dev, tensors, offsets) + moved, copied, dev, offsets
-
-
-# ----------------------------------------------------------------------------------------------------------
 # One epoch.
 
 
 class _EpochStats:
+    """Counts and per-stage worker seconds of one epoch; what :meth:`DataLoader.stats` reports."""
+
     def __init__(self, epoch: int):
         self.epoch = epoch
         self.batches = 0
@@ -370,38 +105,9 @@ class _EpochStats:
         }
 
 
-_HUGE = 2 << 20
-_madvise: Any = None
-
-
-def _advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
-    """Ask Linux to back a fresh, untouched CPU tensor with transparent huge pages (MADV_HUGEPAGE).
-
-    A batch of 64 224x224 float images is 38 MB; faulting it in 4 KiB pages costs ~0.3 ms per image on a
-    small VM, 2 MiB pages a fraction of that. Purely advisory: does nothing where unsupported.
-    """
-    global _madvise
-    nbytes = t.numel() * t.element_size()
-    if nbytes < 2 * _HUGE or not sys.platform.startswith("linux"):
-        return t
-    if _madvise is None:
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            _madvise = libc.madvise
-        except (OSError, AttributeError):
-            _madvise = False
-    if _madvise:
-        start = -(-t.data_ptr() // _HUGE) * _HUGE
-        end = (t.data_ptr() + nbytes) // _HUGE * _HUGE
-        if end > start:
-            _madvise(start, end - start, 14)  # MADV_HUGEPAGE
-    return t
-
-
 class _Batch:
+    """One batch in flight: its indices, the samples loaded so far, then the collated data or the error."""
+
     __slots__ = (
         "seq", "indices", "samples", "remaining", "done", "data", "error", "event", "nsamples", "buffer", "staging",
     )
@@ -437,7 +143,7 @@ class _Pipeline:
         self.pin = loader.pin_memory and torch.cuda.is_available() and self.device is None
         self.in_order = loader.in_order if loader.num_workers > 0 else True
         self.timeout = loader.timeout if loader.num_workers > 0 else 0
-        self.pool: _WorkerPool | None = None
+        self.pool: WorkerPool | None = None
         self.window = max(1, (loader.prefetch_factor or 1) * max(1, loader.num_workers))
         self.stats = stats
         self.cond = threading.Condition()
@@ -461,25 +167,11 @@ class _Pipeline:
 
     def _fetch_one(self, index: Any, batch: _Batch | None = None, pos: int = 0) -> Any:
         """dataset[index] with this epoch in the thread context; returns the sample, records timings."""
-        prev_epoch = getattr(_local, "epoch", None)
-        _local.epoch = self.epoch
-        _local.slot = (self, batch, pos) if self.slots and batch is not None else None
-        _local.timers = timers = {}
-        t0 = time.perf_counter()
-        try:
-            init_error = getattr(_local, "init_error", None)
-            if init_error is not None:
-                raise RuntimeError(f"worker_init_fn failed in loader thread {worker_id()}") from init_error
+        with loading(self.epoch, self.stats.add, (self, batch, pos) if self.slots and batch is not None else None):
+            check_worker_init()
             if self.use_getitems:
                 return self.dataset.__getitems__(index)
             return self.dataset[index]
-        finally:
-            total = time.perf_counter() - t0
-            timers["other"] = timers.get("other", 0.0) + max(0.0, total - sum(timers.values()))
-            self.stats.add(timers)
-            _local.timers = None
-            _local.slot = None
-            _local.epoch = prev_epoch
 
     def slot(self, batch: _Batch, pos: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
         """Row ``pos`` of the batch tensor (allocated by the first sample that asks), if shape/dtype fit."""
@@ -499,7 +191,7 @@ class _Pipeline:
             return batch.staging[:nbytes].view(dtype).view(shape)
         if self.pin:
             return torch.empty(shape, dtype=dtype, pin_memory=True)
-        return _advise_huge_pages(torch.empty(shape, dtype=dtype))
+        return advise_huge_pages(torch.empty(shape, dtype=dtype))
 
     @staticmethod
     def _collate_slots(batch: _Batch) -> Any:
@@ -575,9 +267,9 @@ class _Pipeline:
                 data = tud._utils.pin_memory.pin_memory(data)
                 timers["h2d"] = time.perf_counter() - t1
             elif self.stager is not None:
-                moved, batch.event = self.stager.to_device(_tensors(data), staging=batch.staging)
+                moved, batch.event = self.stager.to_device(tensors_in(data), staging=batch.staging)
                 it = iter(moved)
-                data = _map_tensors(data, lambda _t: next(it))
+                data = map_tensors(data, lambda _t: next(it))
                 timers["h2d"] = time.perf_counter() - t1
         self.stats.add(timers)
         return data
@@ -615,7 +307,7 @@ class _Pipeline:
         timers["collate"] = t2 - t1
         if self.stager is not None:
             host = [im for im in images if im.device.type == "cpu"]
-            extra = _tensors(rest_data) if rest_data is not None else []
+            extra = tensors_in(rest_data) if rest_data is not None else []
             moved, event, dev_buf, offsets = self.stager.to_device_packed([*host, *extra])
             moved_iter = iter(moved)
             if len(host) == len(images):
@@ -628,7 +320,7 @@ class _Pipeline:
             else:
                 packed = [next(moved_iter) if im.device.type == "cpu" else im for im in images]
             if rest_data is not None:
-                rest_data = _map_tensors(rest_data, lambda _t: next(moved_iter))
+                rest_data = map_tensors(rest_data, lambda _t: next(moved_iter))
             t3 = time.perf_counter()
             timers["h2d"] = t3 - t2
             with torch.cuda.stream(self.stager.stream):
@@ -654,6 +346,15 @@ class _Pipeline:
         self.positions[seq] = getattr(self.index_iter, "last", seq)
         return indices
 
+    def _new_batch(self, seq: int, indices: Any) -> tuple[_Batch, list[tuple[int, Any]]]:
+        """A batch for ``indices`` and its ``(position, index)`` tasks: one per sample, or one for the batch."""
+        if self.auto_collation and not self.use_getitems:
+            return _Batch(seq, indices, len(indices)), list(enumerate(indices))
+        batch = _Batch(seq, indices, 1)
+        if self.use_getitems:
+            batch.nsamples = len(indices)
+        return batch, [(0, indices)]
+
     def handed_out(self) -> set[int]:
         """Absolute positions (in the epoch's batch order) of every batch handed out, resumed ones included."""
         return self.done_before | {self.positions.get(s, s) for s in self.yielded}
@@ -670,16 +371,7 @@ class _Pipeline:
                 self.exhausted = True
                 break
             self.next_submit += 1
-            if self.use_getitems:
-                batch = _Batch(seq, indices, 1)
-                batch.nsamples = len(indices)
-                tasks = [(0, indices)]
-            elif self.auto_collation:
-                batch = _Batch(seq, indices, len(indices))
-                tasks = list(enumerate(indices))
-            else:
-                batch = _Batch(seq, indices, 1)
-                tasks = [(0, indices)]
+            batch, tasks = self._new_batch(seq, indices)
             with self.cond:
                 self.inflight[seq] = batch
             if not tasks:
@@ -747,16 +439,8 @@ class _Pipeline:
         return batch
 
     def _timed_next(self) -> Any:
-        prev, _local.epoch = getattr(_local, "epoch", None), self.epoch
-        _local.timers = timers = {}
-        t0 = time.perf_counter()
-        try:
+        with loading(self.epoch, self.stats.add):
             return next(self.dataset_iter)
-        finally:
-            timers["other"] = timers.get("other", 0.0) + max(0.0, time.perf_counter() - t0 - sum(timers.values()))
-            self.stats.add(timers)
-            _local.timers = None
-            _local.epoch = prev
 
     def next_ready(self) -> _Batch:
         """Wait for the next batch to hand out (in order, or any finished one with ``in_order=False``)."""
@@ -804,29 +488,21 @@ class _Pipeline:
             if batch is None:
                 self.exhausted = True
                 raise StopIteration
-            if batch.error is not None:
-                return batch
-        else:
-            try:
-                indices = self._next_indices(seq)
-            except StopIteration:
-                self.exhausted = True
-                raise
-            if self.use_getitems or not self.auto_collation:
-                batch = _Batch(seq, indices, 1)
-                if self.use_getitems:
-                    batch.nsamples = len(indices)
-                self.run_sample(batch, 0, indices)
-                return batch
-            batch = _Batch(seq, indices, len(indices))
-            for pos, idx in enumerate(indices):
-                self.run_sample(batch, pos, idx)
-                if batch.error is not None:
-                    return batch
-            if batch.nsamples == 0:
+            if batch.error is None:
                 self.finish(batch)
             return batch
-        self.finish(batch)
+        try:
+            indices = self._next_indices(seq)
+        except StopIteration:
+            self.exhausted = True
+            raise
+        batch, tasks = self._new_batch(seq, indices)
+        for pos, idx in tasks:
+            self.run_sample(batch, pos, idx)
+            if batch.error is not None:
+                return batch
+        if not tasks:
+            self.finish(batch)
         return batch
 
     def shutdown(self) -> None:
@@ -863,65 +539,6 @@ def _raise_batch_error(batch: _Batch) -> None:
         except Exception:
             new = RuntimeError(msg)
     raise new from exc
-
-
-# ----------------------------------------------------------------------------------------------------------
-# RNG bookkeeping (for identical batches, plans and resume).
-
-
-def _base_sampler(s: Any) -> Any:
-    return s.sampler if isinstance(s, BatchSampler) else s
-
-
-def _sampler_generators(loader: DataLoader) -> list[torch.Generator]:
-    gens = []
-    if loader.generator is not None:
-        gens.append(loader.generator)
-    g = getattr(_base_sampler(loader._index_sampler), "generator", None)
-    if isinstance(g, torch.Generator) and all(g is not x for x in gens):
-        gens.append(g)
-    return gens
-
-
-def _uses_global_rng(loader: DataLoader) -> bool:
-    base = _base_sampler(loader._index_sampler)
-    return loader.generator is None or (hasattr(base, "generator") and base.generator is None)
-
-
-def _snapshot_rng(loader: DataLoader) -> dict[str, Any]:
-    return {
-        "generators": [g.get_state() for g in _sampler_generators(loader)],
-        "global": torch.get_rng_state() if _uses_global_rng(loader) else None,
-    }
-
-
-def _restore_rng(loader: DataLoader, snap: dict[str, Any]) -> None:
-    for g, state in zip(_sampler_generators(loader), snap["generators"], strict=False):
-        g.set_state(state)
-    if snap.get("global") is not None:
-        torch.set_rng_state(snap["global"])
-
-
-_REPLAYABLE = (
-    tud.SequentialSampler, tud.RandomSampler, tud.SubsetRandomSampler, tud.WeightedRandomSampler, range, list, tuple,
-)
-
-
-def _replayable(index_sampler: Any) -> bool:
-    """True when re-running the sampler after restoring torch RNG states reproduces its order."""
-    return type(_base_sampler(index_sampler)) in _REPLAYABLE and (
-        not isinstance(index_sampler, BatchSampler) or type(index_sampler) is BatchSampler
-    )
-
-
-def _flatten(order: Iterator[Any]) -> list[int]:
-    out: list[int] = []
-    for item in order:
-        if isinstance(item, (list, tuple)):
-            out.extend(int(i) for i in item)
-        else:
-            out.append(int(item))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -992,13 +609,13 @@ class DataLoader(tud.DataLoader):
         self.gpu_augment = gpu_augment
         self.plans = plans
         self._epoch = 0
-        self._pool: _WorkerPool | None = None
+        self._pool: WorkerPool | None = None
         self._pool_finalizer: weakref.finalize | None = None
         self._base_seed_drawn = False
         self._resume: dict[str, Any] | None = None
         self._current: weakref.ref[_LoaderIter] | None = None
         self._epoch_stats: list[_EpochStats] = []
-        self._device_stager: _DeviceStager | None = None
+        self._device_stager: DeviceStager | None = None
         self._plan_sender: Any = None
         self._plan_resolved = False
         self._plan_lock = threading.Lock()
@@ -1018,23 +635,23 @@ class DataLoader(tud.DataLoader):
         """Set the epoch number the next iterator uses (augmentation seeds, stats); it counts up from there."""
         self._epoch = int(epoch)
 
-    def _stager(self) -> _DeviceStager | None:
+    def _stager(self) -> DeviceStager | None:
         if self.device is None or self.device.type == "cpu":
             return None
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise RuntimeError(f"device={str(self.device)!r} requested but CUDA is not available")
         if self._device_stager is None:
-            self._device_stager = _DeviceStager(self.device)
+            self._device_stager = DeviceStager(self.device)
         return self._device_stager
 
-    def _get_pool(self) -> tuple[_WorkerPool | None, bool]:
+    def _get_pool(self) -> tuple[WorkerPool | None, bool]:
         """The thread pool for a new epoch and whether the epoch owns it (non-persistent)."""
         if self.num_workers == 0:
             return None, False
         if not self.persistent_workers:
-            return _WorkerPool(self.num_workers, self.worker_init_fn), True
+            return WorkerPool(self.num_workers, self.worker_init_fn), True
         if self._pool is None:
-            self._pool = _WorkerPool(self.num_workers, self.worker_init_fn)
+            self._pool = WorkerPool(self.num_workers, self.worker_init_fn)
             self._pool_finalizer = weakref.finalize(self, self._pool.stop, False)
         return self._pool, False
 
@@ -1063,19 +680,19 @@ class DataLoader(tud.DataLoader):
         target = self._plan_target()
         if target is None:
             return
-        if not _replayable(self._index_sampler):
+        if not replayable(self._index_sampler):
             log.debug("plan not sent: sampler %r cannot be replayed", type(self._index_sampler).__name__)
             return
-        snap = _snapshot_rng(self)
+        snap = snapshot_rng(self)
         try:
-            current = _flatten(
+            current = flatten(
                 b for pos, b in enumerate(iter(self._index_sampler)) if pos >= skip_batches and pos not in skip_seqs
-            ) if skip_seqs else _flatten(itertools.islice(iter(self._index_sampler), skip_batches, None))
+            ) if skip_seqs else flatten(itertools.islice(iter(self._index_sampler), skip_batches, None))
             if draw_next_base_seed:
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-            following = _flatten(iter(self._index_sampler))
+            following = flatten(iter(self._index_sampler))
         finally:
-            _restore_rng(self, snap)
+            restore_rng(self, snap)
         target.send_async(current + following)
 
     # -- resume --------------------------------------------------------------------------------------------
@@ -1087,7 +704,7 @@ class DataLoader(tud.DataLoader):
             return current._state()
         return {
             "epoch": self._epoch,
-            "rng": _snapshot_rng(self),
+            "rng": snapshot_rng(self),
             "draw_base_seed": not (self.persistent_workers and self._base_seed_drawn),
             "batches_yielded": 0,
             "yielded_seqs": [],
@@ -1126,16 +743,16 @@ class _LoaderIter:
             previous._shutdown()  # torch resets its single persistent iterator the same way
         resume, loader._resume = loader._resume, None
         if resume is not None:
-            _restore_rng(loader, resume["rng"])
+            restore_rng(loader, resume["rng"])
         self._loader_ref = weakref.ref(loader)
         self._epoch = loader._epoch
         loader._epoch += 1
-        self._rng_at_start = _snapshot_rng(loader)
+        self._rng_at_start = snapshot_rng(loader)
         self._skip = int(resume["batches_yielded"]) if resume else 0
         skip_seqs = set(resume.get("yielded_seqs", ())) if resume else set()
         self._finished = False
         self._owns_pool = False
-        self._pool: _WorkerPool | None = None
+        self._pool: WorkerPool | None = None
         self._stats = _EpochStats(self._epoch)
         loader._epoch_stats.append(self._stats)
         pipe = self._pipe = _Pipeline(loader, self._epoch, self._stats)
@@ -1217,7 +834,7 @@ class _LoaderIter:
         if batch.event is not None:
             stream = torch.cuda.current_stream(pipe.device)
             stream.wait_event(batch.event)
-            _map_tensors(data, lambda t: t.record_stream(stream) if t.is_cuda else None)
+            map_tensors(data, lambda t: t.record_stream(stream) if t.is_cuda else None)
         return data
 
     def _state(self) -> dict[str, Any]:
