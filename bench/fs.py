@@ -12,7 +12,11 @@ Phases: metadata walk (cold / warm), small-file reads with N threads (cold / war
 read (cold / warm / hot), 64 KiB random reads (N threads, after the large read; kernel page cache dropped).
 cold = fresh mount and empty cache; warm = the mount's own cache holds the data but the kernel page cache was
 dropped (posix_fadvise DONTNEED); hot = read again at once (kernel page cache). The local directory's "warm"
-is its page cache (it has no other cache). Writes bench/results/fs_LABEL.json and prints a table.
+is its page cache (it has no other cache). Warm and hot phases are the best of up to --rounds runs (a fast
+phase lasts tens of milliseconds on a shared machine); for each mount the local directory's hot reads are
+measured again between the mount's own rounds ("same time" rows), and the goals compare with those. The cold
+baseline (raw boto3) runs just before the tiercache mount. Writes bench/results/fs_LABEL.json and prints a
+table (and the same as markdown).
 """
 
 from __future__ import annotations
@@ -138,8 +142,10 @@ def check_server(endpoint: str, big: str, size: int) -> dict:
         client.get_object(Bucket=BUCKET, Key=big, Range=f"bytes={offset}-{offset + (64 << 10) - 1}")["Body"].read()
         times.append(time.perf_counter() - start)
     ranged = sorted(times)[len(times) // 2]
-    return {"full_get_ms": round(full * 1e3, 1), "range_64k_median_ms": round(ranged * 1e3, 2),
-            "range_costs_the_range": ranged < full / 20}
+    # stock moto: a range costs about the whole object; under ~64 MiB the whole is too quick to tell them apart
+    verdict = ranged < full / 4 if size >= 64 * MiB else None
+    return {"object_bytes": size, "full_get_ms": round(full * 1e3, 1), "range_64k_median_ms": round(ranged * 1e3, 2),
+            "range_costs_the_range": verdict}
 
 
 def tool_versions() -> dict:
@@ -229,23 +235,73 @@ def random_reads(path: str, count: int, threads: int, block: int = 64 << 10) -> 
     return {"seconds": seconds, "bytes": total, "ops_per_s": count / seconds, "mb_per_s": total / seconds / 1e6}
 
 
-def filesystem_phases(root: str, keys: list[str], big: str, args, fresh: bool = True) -> dict:
-    """All phases on a mounted (or local) tree; the first touches are cold when ``fresh``."""
+def best_of(measure, rounds: int, budget: float, metric: str) -> dict:
+    """The best of up to ``rounds`` runs of ``measure()`` by ``metric``: at least one, and no new round once
+    ``budget`` seconds are spent. The machine is shared and a fast phase lasts tens of milliseconds, so one
+    run measures the neighbours as much as the filesystem; slow targets (s3fs, rclone) get one round."""
+    start = time.perf_counter()
+    runs = []
+    while not runs or (len(runs) < rounds and time.perf_counter() - start < budget):
+        runs.append(measure())
+    best = max(runs, key=lambda r: r[metric])
+    return {**best, "rounds": len(runs), "all": [round(r[metric], 1) for r in runs]}
+
+
+def filesystem_phases(root: str, keys: list[str], big: str, args, reference: str | None = None) -> dict:
+    """All phases on a mounted (or local) tree, fresh (so the first touches are cold).
+
+    With ``reference`` (the local directory) the local hot reads are measured again, round by round
+    between this target's own rounds (``local_small_hot``, ``local_large_hot``): the goals compare with
+    those, not with a run minutes earlier under another load.
+    """
     small = [os.path.join(root, k) for k in keys]
     large = os.path.join(root, big)
+    ref_small = [os.path.join(reference, k) for k in keys] if reference else []
+    ref_large = os.path.join(reference, big) if reference else ""
+    rounds, budget = args.rounds, args.round_budget
     out: dict = {}
-    out["walk_cold" if fresh else "walk"] = walk(root)
-    out["walk_warm"] = walk(root)
+    refs: dict[str, list] = {"local_small_hot": [], "local_large_hot": []}
+
+    out["walk_cold"] = walk(root)
+    out["walk_warm"] = best_of(lambda: walk(root), rounds, budget, "files_per_s")
     out["small_cold"] = read_files(small, args.threads)
-    drop_page_cache(small)
-    out["small_warm"] = read_files(small, args.threads)
-    out["small_hot"] = read_files(small, args.threads)
+
+    def small_warm() -> dict:
+        drop_page_cache(small)
+        return read_files(small, args.threads)
+
+    def small_hot() -> dict:
+        if reference:
+            refs["local_small_hot"].append(read_files(ref_small, args.threads))
+        return read_files(small, args.threads)
+
+    out["small_warm"] = best_of(small_warm, rounds, budget, "files_per_s")
+    read_files(small, args.threads)  # the page cache holds every file again
+    if reference:
+        read_files(ref_small, args.threads)
+    out["small_hot"] = best_of(small_hot, rounds, budget, "files_per_s")
     out["large_cold"] = read_sequential(large)
-    drop_page_cache([large])
-    out["large_warm"] = read_sequential(large)
-    out["large_hot"] = read_sequential(large)
+
+    def large_warm() -> dict:
+        drop_page_cache([large])
+        return read_sequential(large)
+
+    def large_hot() -> dict:
+        if reference:
+            refs["local_large_hot"].append(read_sequential(ref_large))
+        return read_sequential(large)
+
+    out["large_warm"] = best_of(large_warm, rounds, budget, "mb_per_s")
+    read_sequential(large)
+    if reference:
+        read_sequential(ref_large)
+    out["large_hot"] = best_of(large_hot, rounds, budget, "mb_per_s")
     drop_page_cache([large])
     out["random_64k_warm"] = random_reads(large, args.random_reads, args.threads)
+    for name, metric in (("local_small_hot", "files_per_s"), ("local_large_hot", "mb_per_s")):
+        if refs[name]:
+            best = max(refs[name], key=lambda r, m=metric: r[m])
+            out[name] = {**best, "rounds": len(refs[name]), "all": [round(r[metric], 1) for r in refs[name]]}
     return out
 
 
@@ -433,6 +489,8 @@ ROWS = [
     ("large_warm", "mb_per_s", "large seq warm (MB/s)"),
     ("large_hot", "mb_per_s", "large seq hot (MB/s)"),
     ("random_64k_warm", "ops_per_s", "64K random (reads/s)"),
+    ("local_small_hot", "files_per_s", "local small hot, same time"),
+    ("local_large_hot", "mb_per_s", "local large hot, same time"),
     ("random_64k_cold", "ops_per_s", "64K random cold (reads/s)"),
 ]
 
@@ -457,18 +515,35 @@ def table(results: dict, targets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict, targets: list[str], goal_ratios: dict) -> str:
+    """The table and the goal ratios as markdown (for the README)."""
+    lines = ["| phase | " + " | ".join(targets) + " |", "|---" * (len(targets) + 1) + "|"]
+    for phase, metric, label in ROWS:
+        cells = [value(results, t, phase, metric) for t in targets]
+        if any(c is not None for c in cells):
+            lines.append(f"| {label} | " + " | ".join(f"{c:,.0f}" if c is not None else "-" for c in cells) + " |")
+    lines += ["", "| goal | ratio |", "|---|---|"]
+    lines += [f"| {name} | {ratio if ratio is not None else '-'} |" for name, ratio in goal_ratios.items()]
+    return "\n".join(lines)
+
+
 def goals(results: dict) -> dict:
     def ratio(a, b):
         return round(a / b, 3) if a is not None and b else None
 
-    tc, local, rclone = "tiercache", "local", "rclone"
+    tc, rclone = "tiercache", "rclone"
+
+    def local_ref(interleaved: str, phase: str, metric: str) -> float | None:
+        """The local directory measured between tiercache's own rounds, else its own run."""
+        return value(results, tc, interleaved, metric) or value(results, "local", phase, metric)
+
     return {
         "warm_small_vs_rclone (>=5)": ratio(value(results, tc, "small_warm", "files_per_s"),
                                             value(results, rclone, "small_warm", "files_per_s")),
         "warm_small_vs_local (>=0.5)": ratio(value(results, tc, "small_warm", "files_per_s"),
-                                             value(results, local, "small_hot", "files_per_s")),
+                                             local_ref("local_small_hot", "small_hot", "files_per_s")),
         "hot_large_vs_local (>=0.8)": ratio(value(results, tc, "large_hot", "mb_per_s"),
-                                            value(results, local, "large_hot", "mb_per_s")),
+                                            local_ref("local_large_hot", "large_hot", "mb_per_s")),
         "cold_small_vs_boto3 (>=0.9)": ratio(value(results, tc, "small_cold", "files_per_s"),
                                              value(results, "boto3", "small_cold", "files_per_s")),
         "cold_large_vs_boto3 (>=0.9)": ratio(value(results, tc, "large_cold", "mb_per_s"),
@@ -492,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", default="256M", help="size of the large file (default 256M)")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--random-reads", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5, help="best of N rounds for warm/hot phases (default 5)")
+    parser.add_argument("--round-budget", type=float, default=4.0,
+                        help="no new round once a phase has taken this many seconds (default 4)")
     parser.add_argument("--ram", default="1G", help="tiercache RAM tier")
     parser.add_argument("--latency", type=float, default=0.02, help="added time to first byte for the 2nd run")
     parser.add_argument("--skip-others", action="store_true", help="no s3fs / rclone")
@@ -516,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         upload(server.endpoint, local, [*keys, big])
         server_check = check_server(server.endpoint, big, size)
         print(f"server: {server_check}", flush=True)
-        if not server_check["range_costs_the_range"]:
+        if server_check["range_costs_the_range"] is False:
             notes.append("server: a 64 KiB ranged GET costs as much as a full GET (is fast_ranges in effect?)")
         drop_page_cache([os.path.join(local, k) for k in [*keys, big]])
         print("local directory ...", flush=True)
@@ -540,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             mounts.append(mount)
             try:
-                results[cls.name] = filesystem_phases(mount.path, keys, big, args)
+                results[cls.name] = filesystem_phases(mount.path, keys, big, args, reference=local)
                 if cls is TiercacheMount:
                     results["tiercache_stats"] = mount.stats()
             finally:
@@ -592,6 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(report, fh, indent=2)
     print()
     print(table(results, order))
+    print()
+    print(markdown(results, order, report["goals"]))
     print()
     for name, ratio in report["goals"].items():
         print(f"{name:<36} {ratio if ratio is not None else '-'}")
