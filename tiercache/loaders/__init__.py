@@ -14,9 +14,10 @@ This package imports torch; ``import tiercache`` alone does not.
 from __future__ import annotations
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD, Augment
-from .dataloader import DataLoader, current_epoch, output_slot, stage_timer, worker_id
+from .dataloader import DataLoader
 from .datasets import ArrayDataset, ImageFolder
 from .plans import PlanSender, plan_sender
+from .workers import current_epoch, output_slot, stage_timer, worker_id
 
 __all__ = [
     "IMAGENET_MEAN",

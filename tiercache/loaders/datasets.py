@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .augment import Augment
-from .dataloader import current_epoch, output_slot, stage_timer
 from .decode import dct_scale, decode_image, decode_raw, image_size
+from .workers import current_epoch, output_slot, stage_timer
 
 __all__ = ["IMG_EXTENSIONS", "ArrayDataset", "ImageFolder", "find_classes", "make_dataset", "synthetic_jpegs"]
 
