@@ -456,7 +456,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
     return EXIT_ERROR if incomplete else 0
 
 
-_WARM_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix} [{rate_fmt}, ETA {remaining}]"
+_WARM_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix} [{rate_fmt}, ETA {remaining}]"
 
 
 def _warm_one(mount: control.Mount, keys: list[str], args: argparse.Namespace) -> dict:
@@ -469,14 +469,16 @@ def _warm_one(mount: control.Mount, keys: list[str], args: argparse.Namespace) -
 
     def progress(msg: dict) -> None:
         if msg.get("phase") == "metadata":
-            bar.set_description("reading metadata")
+            bar.set_description_str("reading metadata")
             return
         state.update(msg)
         if bar.total != msg["bytes"]:
             bar.reset(total=msg["bytes"])
-            bar.set_description("warming")
-        bar.update(max(0, msg["done_bytes"] - bar.n))
+            bar.set_description_str("warming", refresh=False)
         bar.set_postfix_str(f"{msg['done_files']:,}/{msg['files']:,} files", refresh=False)
+        bar.update(max(0, msg["done_bytes"] - bar.n))
+        if msg["done_files"] == msg["files"]:
+            bar.refresh()
 
     try:
         report = mount.client(timeout=None).request(
