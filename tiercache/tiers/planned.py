@@ -140,9 +140,13 @@ class PlanAwarePolicy(Policy):
         heapq.heappush(self._heap, (-nxt, next(self._seq), block))
 
     def _rebuild(self) -> None:
-        self._heap.clear()
+        """Re-rank every resident block (a new plan): one heapify, not a push per block."""
+        entries = []
         for block in self._sizes:
-            self._push(block)
+            nxt = self._next[block] = self.next_use(key_of(block))
+            entries.append((-nxt, next(self._seq), block))
+        heapq.heapify(entries)
+        self._heap = entries
 
     # -- bookkeeping ---------------------------------------------------------------------------------
     def on_insert(self, block: Hashable, size: int) -> None:
