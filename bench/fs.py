@@ -155,12 +155,13 @@ def tool_versions() -> dict:
         if shutil.which(tool):
             proc = subprocess.run([tool, flag], capture_output=True, text=True)
             out[tool] = (proc.stdout or proc.stderr).strip().splitlines()[0] if (proc.stdout or proc.stderr) else "?"
-    try:
-        import mfusepy
+    from importlib import metadata
 
-        out["mfusepy"] = getattr(mfusepy, "__version__", "?")
-    except ImportError:
-        pass
+    for package in ("mfusepy", "moto", "boto3"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     return out
 
 
