@@ -66,7 +66,9 @@ class S3Store:
         self.bucket, self.prefix = parse_s3_url(url)
         self.endpoint_url = endpoint_url
         config = Config(
-            max_pool_connections=max(10, threads + 4),
+            # the cache's fetch pool and its two prefetch pools (threads/2 each) share this client, plus the
+            # uploader and metadata calls: a smaller pool discards connections and reconnects mid-read
+            max_pool_connections=2 * threads + 8,
             retries={"mode": "adaptive", "max_attempts": max_attempts},
             connect_timeout=5,
             read_timeout=60,
