@@ -1,7 +1,8 @@
 """Engine benchmark: cold reads via the cache vs raw boto3, warm tier reads vs local files, policy hit rates.
 
-Everything runs side by side in one process on a generated dataset served by a local S3 server
-(moto on 127.0.0.1 with ``fast_ranges``: a ranged GET costs what the range costs):
+Everything runs side by side in one script on a generated dataset served by a local S3 server
+(moto on 127.0.0.1 in its own process, so its GIL is not the readers'; ``fast_ranges``: a ranged GET costs
+what the range costs):
 
 * cold: every object read once through a fresh cache vs the same GETs with raw boto3, same thread count
   (small objects whole; the large object as ``block_size`` ranges in parallel, joined into one bytes
@@ -35,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tiercache  # noqa: E402
-from tiercache.devserver import LocalS3  # noqa: E402
+from tiercache.devserver import LocalS3Process  # noqa: E402
 from tiercache.tiers.policy import make_policy, simulate  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "engine.json"
@@ -59,7 +60,7 @@ def interleaved(runs: int, *fns) -> list[list[float]]:
 
 
 def make_dataset(
-    server: LocalS3, local: Path, files: int, size: int, big: int, threads: int
+    server: LocalS3Process, local: Path, files: int, size: int, big: int, threads: int
 ) -> dict[str, str]:
     """Upload the objects and write the same bytes as local files; returns key → sha256."""
     client = server.client()
@@ -84,14 +85,14 @@ def make_dataset(
     return digests
 
 
-def open_cache(server: LocalS3, cache_dir: Path, args, **options) -> tiercache.TieredCache:
+def open_cache(server: LocalS3Process, cache_dir: Path, args, **options) -> tiercache.TieredCache:
     opts = {"ram": "2G", "ssd": str(cache_dir), "ssd_size": "4G", "block_size": args.block_size,
             "threads": args.threads, "endpoint_url": server.endpoint, "metadata_ttl": "inf"}
     opts.update(options)
     return tiercache.open(f"s3://{BUCKET}", **opts)
 
 
-def cold_reads(server: LocalS3, work: Path, small: list[str], big_size: int, args) -> dict:
+def cold_reads(server: LocalS3Process, work: Path, small: list[str], big_size: int, args) -> dict:
     """Cold: raw boto3 GETs vs a fresh cache, alternating, best of ``args.runs``."""
     import boto3
     from botocore.config import Config
@@ -142,7 +143,7 @@ def cold_reads(server: LocalS3, work: Path, small: list[str], big_size: int, arg
     return out
 
 
-def warm_reads(server: LocalS3, work: Path, local: Path, small: list[str], digests: dict, args) -> dict:
+def warm_reads(server: LocalS3Process, work: Path, local: Path, small: list[str], digests: dict, args) -> dict:
     """Warm: SSD tier (RAM off) and RAM tier vs plain local files, same threads, best of ``args.runs``."""
 
     def local_small() -> None:
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="tiercache-bench-"))
     try:
-        with LocalS3(fast_ranges=True) as server:
+        with LocalS3Process(fast_ranges=True) as server:
             local = work / "local"
             print(f"generating {args.files} x {args.file_size} B + {args.big_mb} MB on {server.endpoint} ...")
             digests = make_dataset(server, local, args.files, args.file_size, args.big_mb << 20, args.threads)
@@ -269,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "server": {
-            "kind": "LocalS3: moto ThreadedMotoServer on 127.0.0.1, fast_ranges=True, no added latency",
+            "kind": "LocalS3Process: moto ThreadedMotoServer on 127.0.0.1 in its own process, fast_ranges=True, "
+                    "no added latency",
             "moto": moto.__version__,
         },
         "machine": {

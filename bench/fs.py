@@ -38,53 +38,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from tiercache.config import parse_size  # noqa: E402
+from tiercache.devserver import LocalS3Process  # noqa: E402
 
 BUCKET = "fsbench"
 MiB = 1 << 20
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-# ---------------------------------------------------------------- the server process
-
-
-def serve() -> None:
-    """Child process: a LocalS3(fast_ranges=True); stdin lines ``latency SECONDS`` change its latency."""
-    from tiercache.devserver import LocalS3
-
-    server = LocalS3(fast_ranges=True).start()
-    print(server.endpoint, flush=True)
-    for line in sys.stdin:
-        cmd, _, arg = line.strip().partition(" ")
-        if cmd == "latency":
-            server.latency = float(arg)
-            print("ok", flush=True)
-        elif cmd == "quit":
-            break
-    server.stop()
-
-
-class Server:
-    """The bench's S3 server, in its own process (so its GIL is not the readers')."""
-
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env={**os.environ, **CREDS})
-        self.endpoint = self.proc.stdout.readline().strip()
-        self.latency = 0.0
-
-    def set_latency(self, seconds: float) -> None:
-        self.proc.stdin.write(f"latency {seconds}\n")
-        self.proc.stdin.flush()
-        self.proc.stdout.readline()
-        self.latency = seconds
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
 
 
 def s3_client(endpoint: str, threads: int):
@@ -408,13 +366,8 @@ class TiercacheMount:
         self.cache = os.path.join(work, "tc-cache")
         os.makedirs(self.path, exist_ok=True)
         shutil.rmtree(self.cache, ignore_errors=True)
-        try:
-            import tiercache.tiers.ssd  # noqa: F401
-            ssd_size = "2G"
-        except ImportError:
-            ssd_size = "0"
         cmd = [sys.executable, "-m", "tiercache.cli", "mount", f"s3://{BUCKET}", self.path, "--ssd", self.cache,
-               "--ssd-size", ssd_size, "--ram", args.ram, "--mode", "readonly", "--metadata-ttl", "inf",
+               "--ssd-size", "2G", "--ram", args.ram, "--mode", "readonly", "--metadata-ttl", "inf",
                "--endpoint-url", endpoint, "--threads", str(max(16, args.threads))]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **CREDS})
         if proc.returncode != 0:
@@ -562,7 +515,6 @@ def goals(results: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("label", nargs="?", default="default")
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--files", type=int, default=2000, help="small files (default 2000)")
     parser.add_argument("--file-size", default="100K", help="mean small file size (default 100K)")
     parser.add_argument("--large", default="256M", help="size of the large file (default 256M)")
@@ -576,9 +528,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-others", action="store_true", help="no s3fs / rclone")
     parser.add_argument("--skip-latency", action="store_true", help="no run with added latency")
     args = parser.parse_args(argv)
-    if args.serve:
-        serve()
-        return 0
     os.environ.update(CREDS)
     work = tempfile.mkdtemp(prefix="tiercache-fsbench-")
     local = os.path.join(work, "local")
@@ -586,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     server_check: dict = {}
     load_start = load_average()
-    server = Server()
+    server = LocalS3Process(fast_ranges=True).start()
     mounts: list = []
     try:
         print(f"generating {args.files} small files and a {args.large} file under {local} ...", flush=True)
@@ -645,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for mount in mounts:
             mount.close()
-        server.close()
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
     order = [t for t in ("local", "tiercache", "boto3", "s3fs", "rclone") if t in results]
     order += [t for t in results if "@" in t]

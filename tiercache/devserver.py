@@ -9,8 +9,11 @@ bytes are kept in memory once and a ranged GET costs what the range costs, as on
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -69,13 +72,15 @@ def _enable_fast_ranges() -> None:
     FakeKey._tiercache_fast = True
 
 
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 class LocalS3:
     """A moto S3 server on 127.0.0.1 with a request log; use as a context manager."""
 
     def __init__(self, port: int = 0, fast_ranges: bool = False, latency: float = 0.0):
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        for name, value in _CREDENTIALS.items():
+            os.environ.setdefault(name, value)
         self.port = port
         self.fast_ranges = fast_ranges
         self.latency = latency
@@ -133,3 +138,81 @@ class LocalS3:
                 if r.method == "GET" and r.key and (bucket is None or r.bucket == bucket)
                 and (key is None or r.key == key)
             ]
+
+
+class LocalS3Process:
+    """A :class:`LocalS3` in a child process, so that its GIL is not the readers' (real S3 is remote).
+
+    Benchmarks use it: in one process the server's Python work and the client's compete for one GIL, and
+    any extra work the client does (a cache writing its SSD tier) then slows the server too. Same
+    ``endpoint`` and ``client()`` as LocalS3; the request log stays in the child. Use as a context manager.
+    """
+
+    def __init__(self, fast_ranges: bool = True, latency: float = 0.0):
+        self.fast_ranges = fast_ranges
+        self.latency = latency
+        self.endpoint = ""
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> LocalS3Process:
+        """Start the child; returns self once it serves."""
+        for name, value in _CREDENTIALS.items():
+            os.environ.setdefault(name, value)
+        cmd = [sys.executable, "-m", "tiercache.devserver", "--latency", str(self.latency)]
+        cmd += ["--fast-ranges"] if self.fast_ranges else []
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.endpoint = self._proc.stdout.readline().strip()
+        if not self.endpoint.startswith("http://"):
+            self.stop()
+            raise RuntimeError("the local S3 server process did not start")
+        return self
+
+    def set_latency(self, seconds: float) -> None:
+        """Change the time before the first byte of every response."""
+        self._proc.stdin.write(f"latency {seconds}\n")
+        self._proc.stdin.flush()
+        self._proc.stdout.readline()
+        self.latency = seconds
+
+    def stop(self) -> None:
+        """Stop the child."""
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.write("quit\n")
+            self._proc.stdin.flush()
+            self._proc.wait(10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self._proc.kill()
+        self._proc = None
+
+    def __enter__(self) -> LocalS3Process:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    client = LocalS3.client
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tiercache.devserver``: serve, print the endpoint, obey ``latency S`` / ``quit`` on stdin."""
+    parser = argparse.ArgumentParser(prog="python -m tiercache.devserver", description=__doc__.splitlines()[0])
+    parser.add_argument("--fast-ranges", action="store_true", help="a ranged GET costs what the range costs")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first byte")
+    args = parser.parse_args(argv)
+    server = LocalS3(fast_ranges=args.fast_ranges, latency=args.latency).start()
+    print(server.endpoint, flush=True)
+    for line in sys.stdin:
+        command, _, value = line.strip().partition(" ")
+        if command == "latency":
+            server.latency = float(value)
+            print("ok", flush=True)
+        elif command == "quit":
+            break
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
