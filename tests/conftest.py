@@ -1,4 +1,4 @@
-"""Shared fixtures: a real HTTP S3 server (moto on 127.0.0.1) and per-test buckets."""
+"""Shared fixtures: a real HTTP S3 server (moto on 127.0.0.1), per-test buckets, mounts and a pausable proxy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import pytest
 
 from tiercache.devserver import LocalS3
+
+from .fusehelpers import Mounter, PausableProxy
 
 _bucket_ids = itertools.count()
 
@@ -52,3 +54,23 @@ class Bucket:
 def bucket(s3_server) -> Bucket:
     """An empty bucket, unique to the test."""
     return Bucket(s3_server, f"test-{os.getpid()}-{next(_bucket_ids)}")
+
+
+@pytest.fixture
+def mounter(tmp_path):
+    """Mounts made in a test; all unmounted (lazily if need be) and their daemons stopped at teardown."""
+    m = Mounter(tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+
+
+@pytest.fixture
+def proxy(s3_server):
+    """A pausable TCP proxy in front of the test S3 server (to stall or cut traffic)."""
+    p = PausableProxy(s3_server.port)
+    try:
+        yield p
+    finally:
+        p.close()

@@ -137,13 +137,6 @@ class Mounter:
             force_cleanup(path, pid)
 
 
-def mounting(tmp_path: Path):
-    """Body of a ``mounter`` fixture: yields a Mounter, unmounts everything it made afterwards."""
-    m = Mounter(tmp_path)
-    try:
-        yield m
-    finally:
-        m.cleanup()
 
 
 class PausableProxy:

@@ -18,13 +18,7 @@ from tiercache import cli, control
 from tiercache.errors import ConfigError, NotFound
 from tiercache.fuse import mount as mountmod
 
-from .fusehelpers import CLI, assert_one_line_error, is_mounted, mounting, needs_fuse, run_cli
-
-
-@pytest.fixture
-def mounter(tmp_path):
-    """Mounts made in a test; all unmounted and their daemons stopped at teardown."""
-    yield from mounting(tmp_path)
+from .fusehelpers import CLI, assert_one_line_error, is_mounted, needs_fuse, run_cli
 
 
 @pytest.fixture
@@ -261,13 +255,15 @@ def test_control_refuses_other_users():
     srv = control.ControlServer(os.path.join(open_dir, "control.sock"), FakeDaemon()).start()
     try:
         os.chmod(srv.socket_path, 0o666)
-        _connect_as_nobody(srv)
+        reply = _reply_as_nobody(srv)
+        assert reply["ok"] is False and "permission denied" in reply["error"]
     finally:
         srv.stop()
         shutil.rmtree(open_dir, ignore_errors=True)
 
 
-def _connect_as_nobody(srv) -> None:
+def _reply_as_nobody(srv) -> dict:
+    """What the server answers a connection from uid 65534 (nobody), before any request."""
     code = (
         "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
         "print(s.makefile().readline())"  # refused at once, before any request
@@ -275,8 +271,7 @@ def _connect_as_nobody(srv) -> None:
     proc = subprocess.run(["/usr/bin/python3", "-c", code, srv.socket_path], user=65534, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    reply = json.loads(proc.stdout)
-    assert reply["ok"] is False and "permission denied" in reply["error"]
+    return json.loads(proc.stdout)
 
 
 def test_client_of_a_dead_daemon(tmp_path):

@@ -16,27 +16,15 @@ import urllib.request
 
 import pytest
 
-from .fusehelpers import CLI, PausableProxy, assert_one_line_error, mounting, needs_fuse, run_cli
+from .fusehelpers import CLI, assert_one_line_error, needs_fuse, run_cli
 
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(120)]
 
 KiB, MiB = 1 << 10, 1 << 20
 
 
-@pytest.fixture
-def mounter(tmp_path):
-    """Mounts made in a test; all unmounted and their daemons stopped at teardown."""
-    yield from mounting(tmp_path)
 
 
-@pytest.fixture
-def proxy(s3_server):
-    """A pausable TCP proxy in front of the S3 server."""
-    p = PausableProxy(s3_server.port)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def fill(bucket, prefix: str, count: int, size: int, seed: int = 1) -> dict[str, bytes]:

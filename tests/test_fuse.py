@@ -17,7 +17,7 @@ import pytest
 
 from tiercache import control
 
-from .fusehelpers import CLI, PausableProxy, is_mounted, mounting, needs_fuse
+from .fusehelpers import CLI, is_mounted, needs_fuse
 
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(90)]
 
@@ -70,20 +70,8 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
     return predicate()
 
 
-@pytest.fixture
-def mounter(tmp_path):
-    """Mounts made in a test; all unmounted (lazily if need be) and their daemons stopped at teardown."""
-    yield from mounting(tmp_path)
 
 
-@pytest.fixture
-def proxy(s3_server):
-    """A pausable proxy in front of the test S3 server (to stall uploads)."""
-    p = PausableProxy(s3_server.port)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture

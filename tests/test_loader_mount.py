@@ -11,15 +11,11 @@ from tiercache import control
 from tiercache.loaders import Augment, DataLoader, ImageFolder
 from tiercache.loaders.datasets import synthetic_jpegs
 
-from .fusehelpers import mounting, needs_fuse
+from .fusehelpers import needs_fuse
 
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(120)]
 
 
-@pytest.fixture
-def mounter(tmp_path):
-    """Mounts made in a test; all unmounted and their daemons stopped at teardown."""
-    yield from mounting(tmp_path)
 
 
 @pytest.fixture
