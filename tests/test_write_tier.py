@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from tiercache.errors import ConfigError, NoSpace, NotFound, ReadOnly, StoreError
+from tiercache.errors import ConfigError, DirectoryNotEmpty, NoSpace, NotFound, ReadOnly, StoreError
 from tiercache.store.s3 import S3Store
 from tiercache.tiers.journal import Journal
-from tiercache.tiers.write import DirectoryNotEmpty, WriteTier
+from tiercache.tiers.write import WriteTier
 
 MiB = 1 << 20
 

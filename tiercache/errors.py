@@ -38,6 +38,24 @@ class NotADirectory(TiercacheError, NotADirectoryError):
     errno = _errno.ENOTDIR
 
 
+class DirectoryNotEmpty(TiercacheError):
+    """rmdir of a directory that still holds files."""
+
+    errno = _errno.ENOTEMPTY
+
+
+class AlreadyExists(TiercacheError):
+    """mkdir where a file is."""
+
+    errno = _errno.EEXIST
+
+
+class BadHandle(TiercacheError):
+    """A write handle that is not open."""
+
+    errno = _errno.EBADF
+
+
 class StoreError(TiercacheError):
     """The object store failed after retries (network, 5xx, throttling)."""
 

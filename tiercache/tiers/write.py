@@ -19,7 +19,6 @@ Paths are store keys: relative to the store's prefix, "/"-separated, no leading 
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import os
@@ -30,14 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import (
+    AlreadyExists,
+    BadHandle,
     ConfigError,
+    DirectoryNotEmpty,
     IsADirectory,
     NoSpace,
     NotADirectory,
     NotFound,
     ReadOnly,
     StoreError,
-    TiercacheError,
 )
 from ..store.base import ObjectStore
 from .journal import CLEAN, COPY, DELETE, PUT, Changes, Journal, Record
@@ -47,24 +48,6 @@ from .uploader import Uploader
 log = logging.getLogger(__name__)
 
 MODES = ("writeback", "writethrough", "readonly")
-
-
-class DirectoryNotEmpty(TiercacheError):
-    """rmdir of a directory that still holds files."""
-
-    errno = errno.ENOTEMPTY
-
-
-class AlreadyExists(TiercacheError):
-    """mkdir where a file is."""
-
-    errno = errno.EEXIST
-
-
-class BadHandle(TiercacheError):
-    """A write handle that is not open."""
-
-    errno = errno.EBADF
 
 
 class WriteTier:
