@@ -128,9 +128,9 @@ def serve(latency: float) -> None:
 
 def _reader(mnt: Path, epochs: list[list[str]], compute: float, plan: bool) -> list[list[float]]:
     """Read every file of every epoch in order; stall seconds per read, per epoch."""
-    from tiercache import control
+    from tiercache import mounts
 
-    client = control.find_mount(str(mnt)).client() if plan else None
+    client = mounts.find_mount(str(mnt)).client() if plan else None
     stalls = []
     for e, order in enumerate(epochs):
         if client is not None:

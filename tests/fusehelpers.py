@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tiercache import control
+from tiercache import mounts
 
 CLI = [sys.executable, "-m", "tiercache.cli"]
 
@@ -55,7 +55,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
 
 def is_mounted(path: str | Path) -> bool:
     real = os.path.realpath(path)
-    return any(mp == real for mp, _fstype, _src in control.mounts())
+    return any(mp == real for mp, _fstype, _src in mounts.mount_table())
 
 
 def force_cleanup(path: str | Path, pid: int | None) -> None:
@@ -67,9 +67,9 @@ def force_cleanup(path: str | Path, pid: int | None) -> None:
                 break
     if pid is not None:
         deadline = time.monotonic() + 20
-        while control.pid_alive(pid) and time.monotonic() < deadline:
+        while mounts.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if control.pid_alive(pid):
+        if mounts.pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     if is_mounted(path):
@@ -88,7 +88,7 @@ class Mounted:
 
     @property
     def pid(self) -> int | None:
-        mount = control.find_mount(str(self.path))
+        mount = mounts.find_mount(str(self.path))
         return mount.pid if mount is not None else None
 
     @property
@@ -133,7 +133,7 @@ class Mounter:
 
     def cleanup(self) -> None:
         for path, pid in reversed(self.made):
-            pid = pid or (control.find_mount(str(path)).pid if control.find_mount(str(path)) else None)
+            pid = pid or (mounts.find_mount(str(path)).pid if mounts.find_mount(str(path)) else None)
             force_cleanup(path, pid)
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tiercache import cli, control
+from tiercache import cli, control, handlers, mounts  # noqa: F401 - importing handlers registers the control ops
 from tiercache.errors import ConfigError, NotFound
 from tiercache.fuse import mount as mountmod
 
@@ -180,9 +180,9 @@ def test_warm_evict_pin_plan_usage_errors(tmp_path):
 
 
 def test_mountinfo_unescape():
-    assert control._unescape(r"/tmp/a\040b") == "/tmp/a b"
-    assert control._unescape(r"/tmp/x\134y") == "/tmp/x\\y"
-    assert control.find_mount("/proc") is None
+    assert mounts._unescape(r"/tmp/a\040b") == "/tmp/a b"
+    assert mounts._unescape(r"/tmp/x\134y") == "/tmp/x\\y"
+    assert mounts.find_mount("/proc") is None
 
 
 # ---------------------------------------------------------------- control socket
@@ -281,7 +281,7 @@ def test_client_of_a_dead_daemon(tmp_path):
 
 def test_long_state_dir_gets_a_short_socket(tmp_path):
     deep = tmp_path / ("d" * 120)
-    path = control.socket_path_for(deep, "/mnt/somewhere")
+    path = mounts.socket_path_for(deep, "/mnt/somewhere")
     assert len(path.encode()) <= 107 and path.endswith(".sock")
 
 
@@ -348,7 +348,7 @@ def test_unmount_of_a_killed_daemon_needs_force(bucket, mounter):
     pid = m.pid
     os.kill(pid, signal.SIGKILL)
     threading.Event().wait(0.2)
-    while control.pid_alive(pid):
+    while mounts.pid_alive(pid):
         time.sleep(0.05)
     assert_one_line_error(run_cli("unmount", str(m.path)), "not running", "--force")
     forced = run_cli("unmount", "--force", str(m.path))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tiercache import control
+from tiercache import mounts
 
 from .fusehelpers import needs_fuse
 
@@ -25,7 +25,7 @@ def demo(tmp_path, *args: str) -> subprocess.Popen:
 
 def mounted_under(path) -> list[str]:
     root = os.path.realpath(path)
-    return [mp for mp, _fstype, _src in control.mounts() if mp == root or mp.startswith(root + os.sep)]
+    return [mp for mp, _fstype, _src in mounts.mount_table() if mp == root or mp.startswith(root + os.sep)]
 
 
 def test_demo_runs_the_whole_story_and_leaves_nothing_behind(tmp_path):

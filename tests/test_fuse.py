@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tiercache import control
+from tiercache import mounts
 
 from .fusehelpers import CLI, is_mounted, needs_fuse
 
@@ -230,7 +230,7 @@ def test_kill_9_during_upload_then_remount_uploads_everything(bucket, mounter, p
         os.rename(m.path / f"f{i}.bin", m.path / f"out/f{i}.bin")
     pid = m.pid
     os.kill(pid, signal.SIGKILL)
-    assert wait_for(lambda: not control.pid_alive(pid))
+    assert wait_for(lambda: not mounts.pid_alive(pid))
     subprocess.run(["fusermount3", "-uz", str(m.path)], capture_output=True)
     proxy.resume()
 
@@ -255,8 +255,8 @@ def test_unmount_drains_pending_uploads(bucket, mounter, proxy):
     assert unmounting.returncode == 0, err
     assert bucket_sha(bucket, "late.bin") == (5 * MiB, digest)
     assert not is_mounted(m.path)
-    assert not control.pid_alive(pid)
-    assert control.find_mount(str(m.path)) is None
+    assert not mounts.pid_alive(pid)
+    assert mounts.find_mount(str(m.path)) is None
 
 
 def test_unmount_force_leaves_uploads_to_the_next_mount(bucket, mounter, proxy):
@@ -280,7 +280,7 @@ def test_sigterm_unmounts_cleanly(bucket, mounter):
         fh.write(b"bye")
     pid = m.pid
     os.kill(pid, signal.SIGTERM)
-    assert wait_for(lambda: not control.pid_alive(pid))
+    assert wait_for(lambda: not mounts.pid_alive(pid))
     assert not is_mounted(m.path)
     assert bucket.get("a.txt") == b"bye"
 
@@ -331,17 +331,17 @@ def test_daemon_survives_a_vanished_object(bucket, dataset, mounter):
         (m.path / "train/c0/img_003.bin").read_bytes()
     assert info.value.errno in (errno.ENOENT, errno.EIO)
     assert file_sha(m.path / "train/c1/img_001.bin") == sha(dataset["train/c1/img_001.bin"])
-    assert control.pid_alive(m.pid)
+    assert mounts.pid_alive(m.pid)
 
 
 def test_stats_flush_and_discovery(bucket, dataset, mounter):
     m = mounter.mount(bucket.url)
     (m.path / "val/x.txt").read_bytes()
-    found = control.find_mount(str(m.path / "train/c0"))
+    found = mounts.find_mount(str(m.path / "train/c0"))
     assert found is not None and found.mountpoint == str(m.path) and found.source == bucket.url
     assert found.relpath(str(m.path / "train/c0/img_000.bin")) == "train/c0/img_000.bin"
     assert found.relpath(str(m.path)) == ""
-    assert control.find_mount(str(m.path.parent)) is None
+    assert mounts.find_mount(str(m.path.parent)) is None
     assert found.client().request("ping")["pid"] == found.pid
     data = json.loads(m.cli("stats", "--json").stdout)
     assert {"ram", "ssd"} <= set(data["cache"]) and "dirty_bytes" in data["writes"]

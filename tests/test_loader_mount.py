@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tiercache import control
+from tiercache import mounts
 from tiercache.loaders import Augment, DataLoader, ImageFolder
 from tiercache.loaders.datasets import synthetic_jpegs
 
@@ -48,7 +48,7 @@ def test_plans_reach_the_mount_and_gets_follow_them(jpeg_bucket, mounter):
     # --threads 2: one plan-prefetch thread, so the plan's fetches start and reach the server one at a time
     # (with more, they start in plan order but may arrive interleaved).
     m = mounter.mount(bucket.url, "--threads", "2", endpoint=bucket.server.endpoint)
-    mount = control.find_mount(str(m.path))
+    mount = mounts.find_mount(str(m.path))
     assert mount is not None
     ds = ImageFolder(str(m.path / "train"), augment=Augment(16))
     loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))

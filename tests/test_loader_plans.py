@@ -178,9 +178,9 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
     def find_mount(path):
         return Mount(str(mountpoint)) if os.path.realpath(path).startswith(str(mountpoint)) else None
 
-    fake = types.ModuleType("tiercache.control")
+    fake = types.ModuleType("tiercache.mounts")
     fake.find_mount = find_mount
-    monkeypatch.setitem(sys.modules, "tiercache.control", fake)
+    monkeypatch.setitem(sys.modules, "tiercache.mounts", fake)
 
     ds = Files(root=str(mountpoint / "train"))
     ds.root = str(mountpoint / "train")
@@ -200,7 +200,7 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
 
 
 def test_mount_mode_without_control_module_loads_without_plans(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tiercache.control", None)  # import fails
+    monkeypatch.setitem(sys.modules, "tiercache.mounts", None)  # import fails
     ds = Files(root=str(tmp_path))
     ds.root = str(tmp_path)
     assert plan_sender(ds) is None

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__, control
+from . import __version__
 from .config import parse_size
 from .errors import ConfigError, TiercacheError
+from .mounts import FSTYPE, Mount, find_mount, list_mounts, mount_table, pid_alive, unregister_mount
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -79,13 +80,13 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
-def _mount_of(path: str) -> control.Mount:
+def _mount_of(path: str) -> Mount:
     """The tiercache mount at or above ``path``, or one clear error."""
     import os
 
     if not os.path.lexists(path):
         raise ConfigError(f"{path}: no such file or directory")
-    mount = control.find_mount(path)
+    mount = find_mount(path)
     if mount is None:
         raise ConfigError(f"{path} is not inside a tiercache mount")
     return mount
@@ -163,7 +164,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- flush / unmount
 
 
-def _drain(mount: control.Mount, timeout: float | None, what: str) -> dict:
+def _drain(mount: Mount, timeout: float | None, what: str) -> dict:
     """Ask the daemon to upload everything now, showing what is left; returns the flush report."""
     from tqdm import tqdm
 
@@ -231,12 +232,12 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     from .fuse.mount import MountBusy, unmount
 
     real = os.path.realpath(args.mountpoint)
-    entry = next((m for m in control.mounts() if m[0] == real), None)
+    entry = next((m for m in mount_table() if m[0] == real), None)
     if entry is None:
         raise ConfigError(f"{args.mountpoint} is not a mount")
-    if entry[1] != control.FSTYPE:
+    if entry[1] != FSTYPE:
         raise ConfigError(f"{args.mountpoint} is not a tiercache mount (it is {entry[1]})")
-    mount = control.find_mount(real)
+    mount = find_mount(real)
     alive = mount is not None and mount.mountpoint == real and mount.daemon_alive()
     if alive and not args.force:
         report = _drain(mount, args.timeout, "uploading before unmount")
@@ -262,7 +263,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         sys.stderr.write(f"tiercache: {real} was busy; detached it lazily (gone once no longer used)\n")
     if mount is not None and mount.pid is not None:
         _wait_exit(mount.pid)
-        control.unregister_mount(real, mount.pid)
+        unregister_mount(real, mount.pid)
     sys.stderr.write(f"tiercache: unmounted {real}\n")
     return 0
 
@@ -270,7 +271,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 def _wait_exit(pid: int, timeout: float = 120.0) -> None:
     """Wait for the daemon to finish closing (it drains what is left, closes the cache)."""
     deadline = time.monotonic() + timeout
-    while control.pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             sys.stderr.write(f"tiercache: warning: daemon pid {pid} still running after {timeout:.0f} s\n")
             return
@@ -291,7 +292,7 @@ def _stats_args(p: argparse.ArgumentParser) -> None:
 def cmd_stats(args: argparse.Namespace) -> int:
     if not args.interval > 0:
         raise ConfigError(f"--interval: {args.interval} is not a positive number of seconds")
-    mounts = [_mount_of(args.mountpoint)] if args.mountpoint else control.list_mounts()
+    mounts = [_mount_of(args.mountpoint)] if args.mountpoint else list_mounts()
     if not mounts:
         raise ConfigError("no tiercache mounts")
     if not args.watch:
@@ -311,7 +312,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
 
 
-def _print_stats(mounts: list[control.Mount], args: argparse.Namespace) -> None:
+def _print_stats(mounts: list[Mount], args: argparse.Namespace) -> None:
     results = {m.mountpoint: m.client().request("stats") for m in mounts}
     if args.json:
         out: Any = results[mounts[0].mountpoint] if args.mountpoint else results
@@ -392,23 +393,23 @@ def _read_list(path: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _group_by_mount(paths: list[str], check_exists: bool = True) -> list[tuple[control.Mount, list[str]]]:
+def _group_by_mount(paths: list[str], check_exists: bool = True) -> list[tuple[Mount, list[str]]]:
     """Paths → (mount, mount-relative keys) in first-seen order; one clear error for a bad path."""
     import os
 
-    groups: dict[str, tuple[control.Mount, list[str]]] = {}
+    groups: dict[str, tuple[Mount, list[str]]] = {}
     for path in paths:
         if check_exists:
             mount = _mount_of(path)
         else:
-            mount = control.find_mount(os.path.dirname(os.path.abspath(path)) or "/")
+            mount = find_mount(os.path.dirname(os.path.abspath(path)) or "/")
             if mount is None:
                 raise ConfigError(f"{path} is not inside a tiercache mount")
         groups.setdefault(mount.mountpoint, (mount, []))[1].append(mount.relpath(path))
     return list(groups.values())
 
 
-def _targets(args: argparse.Namespace) -> list[tuple[control.Mount, list[str]]]:
+def _targets(args: argparse.Namespace) -> list[tuple[Mount, list[str]]]:
     """PATH arguments plus the lines of ``--from-list`` (if the command has it), grouped by mount."""
     paths = list(args.paths)
     from_list = getattr(args, "from_list", None)
@@ -459,7 +460,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
 _WARM_BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix} [{rate_fmt}, ETA {remaining}]"
 
 
-def _warm_one(mount: control.Mount, keys: list[str], args: argparse.Namespace) -> dict:
+def _warm_one(mount: Mount, keys: list[str], args: argparse.Namespace) -> dict:
     """One mount's warm request, with a progress bar (files, bytes, rate, ETA) fed by the daemon."""
     from tqdm import tqdm
 

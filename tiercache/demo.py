@@ -34,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import control
+from . import mounts
 from .devserver import LocalS3
 
 BUCKET = "demo-data"
@@ -123,7 +123,7 @@ def cli_ok(*args: str, timeout: float = 300) -> str:
 
 def mount_stats(mountpoint: str) -> dict:
     """The daemon's stats reply (what ``tiercache stats --json`` prints)."""
-    mount = control.find_mount(mountpoint)
+    mount = mounts.find_mount(mountpoint)
     if mount is None:
         raise SystemExit(f"demo: {mountpoint} is not a tiercache mount any more")
     return mount.client().request("stats")
@@ -140,7 +140,7 @@ def counter(stats: dict, *path: str) -> int:
 def is_mounted(path: str) -> bool:
     """Whether ``path`` is a mountpoint right now (/proc/self/mounts)."""
     real = os.path.realpath(path)
-    return any(mp == real for mp, _fstype, _src in control.mounts())
+    return any(mp == real for mp, _fstype, _src in mounts.mount_table())
 
 
 def warm(story: Story, path: str) -> None:
@@ -158,7 +158,7 @@ def warm(story: Story, path: str) -> None:
 def _warm_over_socket(path: str) -> None:
     from tqdm import tqdm
 
-    mount = control.find_mount(path)
+    mount = mounts.find_mount(path)
     if mount is None:
         raise SystemExit(f"demo: {path} is not in a tiercache mount")
     bar = tqdm(unit="B", unit_scale=True, desc="warming", disable=None, leave=False)
@@ -176,7 +176,7 @@ def _warm_over_socket(path: str) -> None:
 
 def cleanup_mount(mountpoint: str) -> None:
     """Make sure ``mountpoint`` is not mounted and its daemon is gone: forced, then lazy, unmount."""
-    mount = control.find_mount(mountpoint)
+    mount = mounts.find_mount(mountpoint)
     pid = mount.pid if mount is not None and mount.mountpoint == os.path.realpath(mountpoint) else None
     if is_mounted(mountpoint):
         cli("unmount", "--force", "--timeout", "10", mountpoint, timeout=60)
@@ -187,12 +187,12 @@ def cleanup_mount(mountpoint: str) -> None:
                     break
     if pid is not None:
         deadline = time.monotonic() + 20
-        while control.pid_alive(pid) and time.monotonic() < deadline:
+        while mounts.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if control.pid_alive(pid):
+        if mounts.pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        control.unregister_mount(os.path.realpath(mountpoint), pid)
+        mounts.unregister_mount(os.path.realpath(mountpoint), pid)
 
 
 # ---------------------------------------------------------------- 4. training

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .. import control
+from .. import control, handlers, mounts  # noqa: F401 - importing handlers registers the control ops
 from ..config import CacheConfig
 from ..errors import ConfigError, TiercacheError
 
@@ -122,7 +122,7 @@ def check_mountpoint(path: str, nonempty: bool = False) -> str:
     if not os.path.isdir(path):
         raise MountError(f"mountpoint {path} is not a directory")
     real = os.path.realpath(path)
-    for mountpoint, fstype, source in control.mounts():
+    for mountpoint, fstype, source in mounts.mount_table():
         if mountpoint == real and real != "/":
             raise MountBusy(f"mountpoint {path} is busy: {fstype} from {source} is already mounted there "
                             f"(unmount it first)")
@@ -280,7 +280,7 @@ class MountDaemon:
             self.writes = WriteTier(self.cache.store, config.write_dir, cache=self.cache, mode=config.mode,
                                     limit_bytes=config.write_limit)
             stack.callback(self._close_writes)
-            sock = control.socket_path_for(config.cache_dir, mountpoint)
+            sock = mounts.socket_path_for(config.cache_dir, mountpoint)
             self.info = {
                 "mountpoint": mountpoint, "source": config.source, "socket_path": sock, "pid": os.getpid(),
                 "uid": os.geteuid(), "cache_dir": str(config.cache_dir), "write_dir": str(config.write_dir),
@@ -294,8 +294,8 @@ class MountDaemon:
                 stack.callback(serve(lambda: control.HANDLERS["stats"](self, {}, lambda _msg: True), mountpoint,
                                      spec.metrics_port))
                 log.info("Prometheus metrics on %s", spec.metrics_port)
-            control.register_mount(self.info)
-            stack.callback(control.unregister_mount, mountpoint, os.getpid())
+            mounts.register_mount(self.info)
+            stack.callback(mounts.unregister_mount, mountpoint, os.getpid())
             from .ops import make_ops
 
             ops = make_ops(self.cache, self.writes, readonly=config.mode == "readonly",

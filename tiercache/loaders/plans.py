@@ -5,7 +5,7 @@ The one place that knows how plans travel:
 * library mode: the dataset holds a ``TieredCache`` as ``dataset.cache`` and its paths are keys relative to
   the cache's source; the plan goes to ``cache.set_plan(keys_in_order)``.
 * mount mode: the dataset's paths lie under a tiercache FUSE mount; the plan goes over the mount's control
-  socket: ``tiercache.control.find_mount(path).client().request("plan", paths=[mount-relative paths])``.
+  socket: ``tiercache.mounts.find_mount(path).client().request("plan", paths=[mount-relative paths])``.
 
 Paths come from ``dataset.path_of(index)`` or ``dataset.samples[index][0]`` (torchvision's ImageFolder /
 DatasetFolder layout), looking through ``torch.utils.data.Subset``. Anything else loads without plans.
@@ -112,9 +112,9 @@ def _library_sink(base: Any) -> Callable[[list[str]], Any] | None:
 
 def _mount_sink(probe: str) -> tuple[Callable[[list[str]], Any], str] | None:
     try:
-        from tiercache.control import find_mount
+        from tiercache.mounts import find_mount
     except ImportError:
-        log.debug("no plan: tiercache.control.find_mount is not available")
+        log.debug("no plan: tiercache.mounts.find_mount is not available")
         return None
     mount = find_mount(probe)
     if mount is None:
