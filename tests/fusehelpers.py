@@ -133,7 +133,8 @@ class Mounter:
 
     def cleanup(self) -> None:
         for path, pid in reversed(self.made):
-            pid = pid or (mounts.find_mount(str(path)).pid if mounts.find_mount(str(path)) else None)
+            found = None if pid else mounts.find_mount(str(path))
+            pid = pid or (found.pid if found else None)
             force_cleanup(path, pid)
 
 

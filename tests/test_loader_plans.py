@@ -199,7 +199,7 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
     assert plan_sender(outside) is None
 
 
-def test_mount_mode_without_control_module_loads_without_plans(tmp_path, monkeypatch):
+def test_mount_mode_without_the_mounts_module_loads_without_plans(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tiercache.mounts", None)  # import fails
     ds = Files(root=str(tmp_path))
     ds.root = str(tmp_path)

@@ -138,7 +138,7 @@ def counter(stats: dict, *path: str) -> int:
 
 
 def is_mounted(path: str) -> bool:
-    """Whether ``path`` is a mountpoint right now (/proc/self/mounts)."""
+    """Whether ``path`` is a mountpoint right now (/proc/self/mountinfo)."""
     real = os.path.realpath(path)
     return any(mp == real for mp, _fstype, _src in mounts.mount_table())
 
