@@ -43,21 +43,19 @@ class StatsCollector:
         self.stats = stats
         self.mountpoint = mountpoint
 
-    def _gauge(self, name: str, doc: str, value: Any) -> Metric | None:
+    def _one(self, kind: type, name: str, doc: str, value: Any) -> Metric | None:
         number = _num(value)
         if number is None:
             return None
-        family = GaugeMetricFamily(name, doc, labels=["mountpoint"])
+        family = kind(name, doc, labels=["mountpoint"])
         family.add_metric([self.mountpoint], number)
         return family
 
+    def _gauge(self, name: str, doc: str, value: Any) -> Metric | None:
+        return self._one(GaugeMetricFamily, name, doc, value)
+
     def _counter(self, name: str, doc: str, value: Any) -> Metric | None:
-        number = _num(value)
-        if number is None:
-            return None
-        family = CounterMetricFamily(name, doc, labels=["mountpoint"])
-        family.add_metric([self.mountpoint], number)
-        return family
+        return self._one(CounterMetricFamily, name, doc, value)
 
     def collect(self) -> Iterator[Metric]:
         """One scrape: the current stats as metrics."""
