@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tiercache.tiers.planned import BeladyPolicy, PlanAwarePolicy
+from tiercache.tiers.planned import BeladyPolicy, PlanAwarePolicy, replay_epochs
 from tiercache.tiers.policy import LRUPolicy, Policy, S3FIFOPolicy
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,22 +61,7 @@ def replay(name: str, epochs: list[list[str]], capacity: int) -> float:
                       "belady": BeladyPolicy}[name]()
     if name == "belady":
         policy.set_plan([key for order in epochs for key in order])
-    hits = total = 0
-    for e, order in enumerate(epochs):
-        if name == "plan":
-            policy.set_plan(order + (epochs[e + 1] if e + 1 < len(epochs) else []))
-        for key in order:
-            total += 1
-            if name in ("plan", "belady"):
-                policy.observe_read(key)
-            if key in policy:
-                hits += 1
-                policy.on_access(key)
-                continue
-            if policy.tracked_bytes + 1 > capacity:
-                policy.victims(policy.tracked_bytes + 1 - capacity)
-            policy.on_insert(key, 1)
-    return hits / total
+    return replay_epochs(policy, epochs, capacity)[0]
 
 
 def plot(results: dict, path: Path) -> bool:

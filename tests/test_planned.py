@@ -5,28 +5,14 @@ from __future__ import annotations
 import random
 
 from tiercache.tiers.base import BlockId
-from tiercache.tiers.planned import BeladyPolicy, PlanAwarePolicy
+from tiercache.tiers.planned import BeladyPolicy, PlanAwarePolicy, replay_epochs
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
 
 
 def replay(policy, epochs, capacity, plan_ahead=True):
-    hits = total = 0
-    for e, order in enumerate(epochs):
-        if plan_ahead and isinstance(policy, PlanAwarePolicy) and not isinstance(policy, BeladyPolicy):
-            policy.set_plan(order + (epochs[e + 1] if e + 1 < len(epochs) else []))
-        for key in order:
-            total += 1
-            if isinstance(policy, PlanAwarePolicy):
-                policy.observe_read(key)
-            if key in policy:
-                hits += 1
-                policy.on_access(key)
-                continue
-            if policy.tracked_bytes + 1 > capacity:
-                policy.victims(policy.tracked_bytes + 1 - capacity)
-            policy.on_insert(key, 1)
-            assert policy.tracked_bytes <= capacity
-    return hits / total
+    hit_rate, peak = replay_epochs(policy, epochs, capacity, plan_ahead)
+    assert peak <= capacity
+    return hit_rate
 
 
 def shuffled_epochs(items=600, epochs=4, seed=1):

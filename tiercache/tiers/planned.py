@@ -244,3 +244,30 @@ class BeladyPolicy(PlanAwarePolicy):
 
 
 register_policy("plan", PlanAwarePolicy)
+
+
+def replay_epochs(
+    policy: Policy, epochs: Sequence[Sequence[Hashable]], capacity: int, plan_ahead: bool = True
+) -> tuple[float, int]:
+    """Replay training epochs of unit-size items through ``policy`` over a cache of ``capacity`` items, the
+    way the DataLoader drives a mount: with ``plan_ahead``, a plan-aware policy gets this epoch's order plus
+    the next at each epoch start (a BeladyPolicy is expected to hold the whole future already). Returns
+    (hit rate, the most items ever held)."""
+    planned = isinstance(policy, PlanAwarePolicy)
+    hits = total = peak = 0
+    for e, order in enumerate(epochs):
+        if plan_ahead and planned and not isinstance(policy, BeladyPolicy):
+            policy.set_plan([*order, *(epochs[e + 1] if e + 1 < len(epochs) else [])])
+        for key in order:
+            total += 1
+            if planned:
+                policy.observe_read(key)
+            if key in policy:
+                hits += 1
+                policy.on_access(key)
+                continue
+            if policy.tracked_bytes + 1 > capacity:
+                policy.victims(policy.tracked_bytes + 1 - capacity)
+            policy.on_insert(key, 1)
+            peak = max(peak, policy.tracked_bytes)
+    return (hits / total if total else 0.0), peak
