@@ -1,0 +1,140 @@
+"""Namespace changes through the write tier: unlink, rename (files and directories), mkdir, rmdir. Each is
+journaled (and fsynced) before it returns, then run against the store in journal order."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from ..errors import AlreadyExists, ConfigError, DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound
+from .journal import COPY, DELETE, PUT
+from .write_state import WriteState, norm_path
+from .write_view import PendingView
+
+
+class NamespaceOps:
+    """unlink/rename/mkdir/rmdir of one write tier."""
+
+    def __init__(self, state: WriteState, view: PendingView):
+        self.state, self.view = state, view
+
+    def unlink(self, path: str) -> None:
+        """Remove a file: its pending uploads are dropped and the object deleted (journaled first)."""
+        st = self.state
+        st.writable()
+        path = norm_path(path)
+        if self.view.lookup(path)[0] == "dir":
+            raise IsADirectory(f"{path}: is a directory")
+        with st.cond:
+            sf = st.files.get(path)
+            if sf is not None:
+                sf.unlinked = True
+                st.files.unregister(sf)
+            dropped = st.changes.supersede(path)
+            rec = st.changes.add(DELETE, path)
+            st.journal.write(put=[rec], delete=dropped)
+        st.acknowledged(dropped, path)
+        st.uploader.try_now(rec)
+
+    def rename(self, old: str, new: str) -> None:
+        """Move a file or directory: pending uploads of ``old`` are redirected to ``new``, stored objects
+        copied then deleted (journaled first; done now unless an upload of the same key is in flight)."""
+        self.state.writable()
+        old, new = norm_path(old), norm_path(new)
+        if old == new:
+            return
+        if new.startswith(old + "/"):
+            raise ConfigError(f"rename {old} -> {new}: cannot move a directory into itself")
+        kind, size = self.view.lookup(old)
+        target = self.view.lookup(new, missing_ok=True)[0]
+        if kind == "dir":
+            if target == "file":
+                raise NotADirectory(f"{new}: not a directory")
+            self._rename_dir(old, new)
+        elif target == "dir":
+            raise IsADirectory(f"{new}: is a directory")
+        else:
+            self._rename_file(old, new, size)
+
+    def mkdir(self, path: str) -> None:
+        """Make a directory, kept in the write dir's journal (no marker object); an existing one is fine."""
+        st = self.state
+        st.writable()
+        path = norm_path(path)
+        with st.cond:
+            if st.names.live[path]:
+                raise AlreadyExists(f"{path}: a file exists there")
+            if path in st.names.dirs:
+                return
+            st.names.add_dirs(st.journal, {path: time.time()})
+        st.journal.sync()
+
+    def rmdir(self, path: str) -> None:
+        """Remove an empty directory (DirectoryNotEmpty, ENOTEMPTY, otherwise)."""
+        st = self.state
+        st.writable()
+        path = norm_path(path)
+        with st.cond:
+            if st.names.implied[path]:
+                raise DirectoryNotEmpty(f"{path}: directory not empty")
+            if st.names.live[path]:
+                raise NotADirectory(f"{path}: not a directory")
+            local = path in st.names.dirs
+        marker = remote = False
+        for info in st.store.list(path + "/"):
+            if info.key == path + "/":
+                marker = True
+            elif not self.view.is_deleted(info.key):
+                raise DirectoryNotEmpty(f"{path}: directory not empty")
+            else:
+                remote = True
+        if not (local or marker or remote):
+            raise NotFound(f"{path}: no such directory")
+        if marker:
+            st.uploader.retrying(st.store.delete, path + "/")
+        with st.cond:
+            st.names.remove_dirs(st.journal, [path])
+        st.journal.sync()
+
+    def _rename_file(self, old: str, new: str, size: int) -> None:
+        st = self.state
+        with st.cond:
+            sf_old, sf_new = st.files.get(old), st.files.get(new)
+            if sf_new is not None and sf_new is not sf_old:
+                sf_new.unlinked = True
+                st.files.unregister(sf_new)
+            dropped = st.changes.supersede(new)
+            cur = st.changes.current(old)
+            changed, run = [], []
+            if cur is not None and cur.op == PUT:
+                st.changes.rekey(cur, new)  # the pending upload now writes `new`
+                changed.append(cur)
+            elif cur is not None or sf_old is None or not sf_old.created:
+                run.append(st.changes.add(COPY, new, src=old, size=size))
+            dropped += st.changes.supersede(old)
+            run.append(st.changes.add(DELETE, old))
+            if sf_old is not None:
+                st.files.unregister(sf_old)
+                sf_old.path = new
+                st.files.register(sf_old)
+            st.journal.write(put=changed + run, delete=dropped)
+        st.acknowledged(dropped, old, new)
+        for rec in run:
+            st.uploader.try_now(rec)
+
+    def _rename_dir(self, old: str, new: str) -> None:
+        st = self.state
+        files = {info.key: info.size for info in st.store.list(old + "/") if not info.key.endswith("/")}
+        with st.cond:
+            for path in itertools.chain(st.names.live, st.files.by_path):
+                if path.startswith(old + "/"):
+                    sf = st.files.get(path)
+                    files[path] = sf.size if sf is not None else st.changes.current(path).size
+            moved = {p: t for p, t in st.names.dirs.items() if p == old or p.startswith(old + "/")}
+        for path in sorted(files):
+            if not self.view.is_deleted(path):
+                self._rename_file(path, new + path[len(old):], files[path])
+        with st.cond:
+            st.names.remove_dirs(st.journal, list(moved))
+            st.names.add_dirs(st.journal, {new + p[len(old):]: t for p, t in moved.items()} or {new: time.time()})
+        st.journal.sync()

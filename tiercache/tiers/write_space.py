@@ -1,0 +1,67 @@
+"""Space accounting of the write dir: bytes held by open files and pending uploads against the limit, and
+backpressure (writers wait past the high watermark while uploads drain)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import NoSpace
+from .journal import Changes
+
+
+class WriteSpace:
+    """The write dir's byte budget. ``limit_bytes`` 0: the free space of the write dir's filesystem minus
+    ``reserve_bytes``. Call every method but ``reserve``/``unreserve`` with ``cond`` held."""
+
+    def __init__(self, cond: threading.Condition, staging: Path, changes: Changes, *, limit_bytes: int,
+                 high_watermark: float, reserve_bytes: int, backpressure_timeout: float):
+        self.cond, self.staging, self.changes = cond, staging, changes
+        self.limit_bytes, self.high_watermark, self.reserve_bytes = limit_bytes, high_watermark, reserve_bytes
+        self.backpressure_timeout = backpressure_timeout
+        self.uploader: Any = None  # set once the uploader runs: ``draining()`` says whether waiting helps
+        self.open_bytes = 0  # bytes of staging files not yet owned by a journal record
+        self.waits = 0
+
+    def used(self) -> int:
+        """Bytes of staging files: open files' and pending uploads'."""
+        return self.open_bytes + self.changes.put_bytes
+
+    def hard_limit(self) -> int:
+        """The most bytes staging may hold now."""
+        st = os.statvfs(self.staging)
+        fs_limit = self.used() + st.f_bavail * st.f_frsize - self.reserve_bytes
+        return max(0, min(self.limit_bytes, fs_limit) if self.limit_bytes else fs_limit)
+
+    def reserve(self, nbytes: int) -> None:
+        """Account ``nbytes`` new bytes: past the high watermark wait for uploads; past the limit NoSpace."""
+        if nbytes <= 0:
+            return
+        with self.cond:
+            hard = self.hard_limit()
+            if self.used() + nbytes > hard * self.high_watermark and self._draining():
+                self.waits += 1
+                progress, since = self.changes.progress, time.monotonic()
+                while self.used() + nbytes > hard * self.high_watermark and self._draining():
+                    if self.changes.progress != progress:
+                        progress, since = self.changes.progress, time.monotonic()
+                    left = self.backpressure_timeout - (time.monotonic() - since)
+                    if left <= 0:
+                        break
+                    self.cond.wait(min(left, 1.0))
+                    hard = self.hard_limit()
+            if self.used() + nbytes > hard:
+                raise NoSpace(f"{self.staging.parent}: write dir full ({self.used()} of {hard} bytes in use)")
+            self.open_bytes += nbytes
+
+    def unreserve(self, nbytes: int) -> None:
+        """Give back bytes accounted by ``reserve``."""
+        with self.cond:
+            self.open_bytes -= nbytes
+            self.cond.notify_all()
+
+    def _draining(self) -> bool:
+        return self.uploader is not None and self.uploader.draining()
