@@ -109,7 +109,7 @@ class TieredCache:
         self.store: ObjectStore | None = None
         self._own_store = store is None
         try:
-            self.meta = Meta(cache_dir / "meta")
+            self.meta = Meta(cache_dir / "meta", disposable=True)  # a damaged index is moved aside
             if store is None:
                 store = open_store(config.source, config.endpoint_url, config.threads)
             self.store = store

@@ -1,4 +1,4 @@
-"""One owner per cache dir: an flock'ed lock file naming the owning process."""
+"""One owner per cache dir: an flock'ed lock file naming the owning process; taking it makes the dir private."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .errors import CacheDirLocked
+from .private import FILE_MODE, private_dir
 
 
 class CacheDirLock:
@@ -18,8 +19,8 @@ class CacheDirLock:
 
     def acquire(self) -> CacheDirLock:
         """Take the lock or raise CacheDirLocked naming the current owner."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        private_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

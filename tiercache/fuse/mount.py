@@ -35,6 +35,7 @@ from typing import Any
 from .. import control, handlers, mounts  # noqa: F401 - importing handlers registers the control ops
 from ..config import CacheConfig
 from ..errors import ConfigError, TiercacheError
+from ..private import open_private, private_dir
 
 log = logging.getLogger("tiercache.mount")
 
@@ -220,7 +221,8 @@ def setup_logging(log_path: Path | None, level: str, to_stderr: bool) -> None:
     for name in ("tiercache", "mfusepy"):
         logging.getLogger(name).setLevel(numeric if name == "tiercache" else max(numeric, logging.INFO))
     if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
+        os.close(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
         handler = logging.FileHandler(log_path)
         handler.setFormatter(fmt)
         root.addHandler(handler)
@@ -382,7 +384,7 @@ def start_daemon(spec: MountSpec, timeout: float = READY_TIMEOUT) -> int:
     config = spec.config()
     check_mountpoint(spec.mountpoint, spec.nonempty)
     check_fuse_access(spec.allow_other)
-    Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
+    private_dir(config.cache_dir)
     log_path = Path(config.cache_dir) / "mount.log"
     read_fd, write_fd = os.pipe()
     env = dict(os.environ)
@@ -391,7 +393,7 @@ def start_daemon(spec: MountSpec, timeout: float = READY_TIMEOUT) -> int:
     cmd = [sys.executable, "-m", "tiercache.fuse.mount", "--ready-fd", str(write_fd),
            "--spec", spec.to_json()]
     try:
-        with open(log_path, "ab") as log_file:
+        with os.fdopen(open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as log_file:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                                     pass_fds=(write_fd,), start_new_session=True, cwd="/", env=env)
     finally:

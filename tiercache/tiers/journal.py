@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..lock import CacheDirLock
+from ..private import private_dir
 from .meta import Meta
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class Journal:
         self.corrupt = self.dir / "corrupt"
         self._lock = CacheDirLock(self.dir).acquire()
         try:
-            self.staging.mkdir(parents=True, exist_ok=True)
+            private_dir(self.staging)
             self.meta = Meta(self.dir / "journal")
         except BaseException:
             self._lock.release()
