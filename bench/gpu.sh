@@ -62,10 +62,7 @@ if [ -n "$FETCH" ]; then
 fi
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/tiercache-gpu.XXXXXX") || exit 2
-LINK=""
-cleanup() { [ -n "$LINK" ] && rm -f "$LINK"; rm -rf "$STATE"; }
-trap cleanup EXIT
-
+trap 'rm -rf "$STATE"' EXIT
 if [ "$DRY" = 1 ]; then
   OUT_DIR=${OUT_DIR:-${TMPDIR:-/tmp}/tiercache-gpu-dry-run}
   LOG_NAME=dry_run.log
@@ -74,11 +71,12 @@ else
   OUT_DIR=${OUT_DIR:-$REPO/bench/results/gpu}
   LOG_NAME=gpu.log
 fi
-mkdir -p "$OUT_DIR" || exit 2
-exec > >(tee "$OUT_DIR/$LOG_NAME") 2>&1
 export PYTHONUNBUFFERED=1
 say() { echo "[gpu.sh] $*"; }
 
+run_all() {  # steps 0-4; runs in a subshell (a pipeline into tee); exit 2: nothing to run on, nothing written
+LINK=""
+trap '[ -n "$LINK" ] && rm -f "$LINK"' EXIT
 say "step 0: what is here ($(date -u +%FT%TZ), $(nproc) CPUs, $(uname -m))"
 if command -v nvidia-smi >/dev/null; then
   say "nvidia-smi: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -3)"
@@ -178,9 +176,17 @@ args=(--out "$OUT_DIR" --work "$STATE/work" --missing "$(echo $missing | tr ' ' 
 [ -n "$SKIP" ] && args+=(--skip "$SKIP")
 "$PY" bench/gpu_run.py "${args[@]}"
 rc=$?
-if [ -n "$COPY_TO" ]; then
-  mkdir -p "$COPY_TO/gpu" && cp "$OUT_DIR"/*.json "$OUT_DIR/$LOG_NAME" "$COPY_TO/gpu/" 2>/dev/null
-  say "copied the results to $COPY_TO/gpu/"
-fi
 say "done (exit $rc)"
 exit $rc
+}
+
+run_all 2>&1 | tee "$STATE/$LOG_NAME"
+rc=${PIPESTATUS[0]}
+if [ "$rc" != 2 ]; then  # step 0 found something to run on: keep the log beside the JSON
+  mkdir -p "$OUT_DIR" && cp "$STATE/$LOG_NAME" "$OUT_DIR/"
+  if [ -n "$COPY_TO" ]; then
+    mkdir -p "$COPY_TO/gpu" && cp "$OUT_DIR"/*.json "$OUT_DIR/$LOG_NAME" "$COPY_TO/gpu/" \
+      && echo "[gpu.sh] copied the results to $COPY_TO/gpu/"
+  fi
+fi
+exit "$rc"

@@ -193,8 +193,8 @@ def kernel_rows(kernels: dict) -> list[dict]:
                      "kernel_images_per_s": round(only["images_per_s"]),
                      "fraction_of_copy": round(only["fraction_of_copy"], 4),
                      "copy_GBps": round(res["copy_ (same bytes)"]["bandwidth_GBps"], 1),
-                     "speedup_vs_per_sample": round(fused["speedup_vs_per_sample"], 2),
-                     "speedup_vs_reference_batched": round(ref / fused["us_per_batch"], 2),
+                     "speedup_vs_per_sample": round(fused["speedup_vs_per_sample"], 4),
+                     "speedup_vs_reference_batched": round(ref / fused["us_per_batch"], 4),
                      "goals_pass": {k: g["pass"] for k, g in goals.items() if isinstance(g, dict)},
                      "max_abs_diff": cfg.get("max_abs_diff_fused_vs_reference")})
     return rows
