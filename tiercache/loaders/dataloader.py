@@ -287,21 +287,25 @@ class _Pipeline:
             for im, enc in zip(images, encoded, strict=True)
         ]
         boxes, flips = self.augment.params_batch(self.epoch, batch.indices, sizes)
+        t_params = time.perf_counter()  # header reads + crop/flip draws count as augment, not decode
         if any(encoded):
             on_gpu = self.device is not None and self.device.type == "cuda"
             if on_gpu and all(encoded):
                 try:
                     with torch.cuda.stream(self.stager.stream):  # ordered before the augment on that stream
                         images = decode_jpeg_cuda(images, self.device)
-                except RuntimeError:
+                except RuntimeError as exc:
                     on_gpu = False
+                    cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
+                    warnings.warn(f"GPU JPEG decode failed, decoding on the CPU instead: {exc}{cause}",
+                                  RuntimeWarning, stacklevel=1)
             if not on_gpu or not all(encoded):
                 images = [
                     decode_image(memoryview(im.numpy())) if enc else im
                     for im, enc in zip(images, encoded, strict=True)
                 ]
         t1 = time.perf_counter()
-        timers["decode"] = t1 - t0
+        timers["decode"] = t1 - t_params
         rest_data = self.collate_fn(rest) if rest and rest[0] else None
         t2 = time.perf_counter()
         timers["collate"] = t2 - t1
@@ -328,10 +332,10 @@ class _Pipeline:
                 out = self.augment.apply_batch(packed, boxes, flips)
                 batch.event = torch.cuda.Event()
                 batch.event.record(self.stager.stream)
-            timers["augment"] = time.perf_counter() - t3
+            timers["augment"] = time.perf_counter() - t3 + (t_params - t0)
         else:
             out = self.augment.apply_batch(images, boxes, flips)
-            timers["augment"] = time.perf_counter() - t2
+            timers["augment"] = time.perf_counter() - t2 + (t_params - t0)
         self.stats.add(timers)
         if rest_data is None:
             return out
