@@ -6,8 +6,10 @@ The FUSE binding is mfusepy (the maintained fusepy fork) on libfuse 3; it is imp
 
 from __future__ import annotations
 
+import functools
 import os
 from types import ModuleType
+from typing import Any
 
 from ..errors import TiercacheError
 
@@ -26,4 +28,20 @@ def binding() -> ModuleType:
         raise FuseUnavailable(
             f"cannot load FUSE ({exc}); install libfuse 3 (Debian: apt-get install fuse3) and mfusepy"
         ) from None
+    _pass_rename_flags(mfusepy)
     return mfusepy
+
+
+def _pass_rename_flags(mfusepy: ModuleType) -> None:
+    """mfusepy drops renameat2's flags (libfuse 3 passes them), which turns RENAME_EXCHANGE into a plain
+    rename that overwrites its target. Hand them to ``Operations.rename(old, new, flags)`` instead."""
+    fuse_class = mfusepy.FUSE
+    if getattr(fuse_class, "_tiercache_rename_flags", False) or not hasattr(fuse_class, "rename_fuse_3"):
+        return
+
+    def rename_fuse_3(self: Any, old: bytes, new: bytes, flags: int) -> int:
+        decode = functools.partial(bytes.decode, encoding=self.encoding, errors=self.errors)
+        return self.operations.rename(decode(old), decode(new), flags)
+
+    fuse_class.rename_fuse_3 = rename_fuse_3
+    fuse_class._tiercache_rename_flags = True

@@ -178,6 +178,7 @@ def fuse_options(config: CacheConfig, spec: MountSpec) -> dict[str, Any]:
         "fsname": "tiercache:" + config.source.replace("\\", "\\\\").replace(",", "\\,"),
         "subtype": "tiercache",
         "default_permissions": True,
+        "use_ino": True,  # st_ino as getattr says (ops.py: stable, kept across rename)
         "attr_timeout": timeout,
         "entry_timeout": timeout,
         "negative_timeout": timeout,

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import logging
 import os
 import stat
-import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import IsADirectory, NotFound, ReadOnly, TiercacheError
+from ..errors import IsADirectory, NotFound, ReadOnly
 from . import binding
+from .calls import errno_op as _errno_op
+from .calls import store_key as _key
+from .inodes import InodeTable
+from .posix_ops import PosixOps
+from .xattrs import XattrTable
 
 fuse = binding()
 
@@ -34,69 +36,6 @@ BLKSIZE = 128 << 10
 # sequential reader to one or two cache blocks being fetched at a time; more lets the read-ahead window's
 # blocks be fetched in parallel (the FUSE worker threads each fetch one).
 MAX_BACKGROUND = 64
-_QUIET_ENOENT = {"getattr", "access", "open"}
-
-
-def _thread_state_keeper() -> Callable[[], None]:
-    """A function that keeps the calling thread's Python thread state alive between FUSE callbacks.
-
-    libfuse's worker threads are not Python threads: for every callback, ctypes creates a Python thread
-    state and deletes it on return (in CPython 3.11+ that includes mmap/munmap of its frame stack), about a
-    fifth of the daemon's CPU per small-file READ. One extra ``PyGILState_Ensure`` on each worker thread's
-    first callback keeps its thread state for the thread's life (libfuse keeps its workers; at most
-    ``max_threads`` of them). A thread id seen again after its thread ended just takes the slow path.
-    """
-    if sys.implementation.name != "cpython" or not hasattr(ctypes, "pythonapi"):
-        return lambda: None
-    ensure = ctypes.pythonapi.PyGILState_Ensure  # a PYFUNCTYPE: called with the GIL held, keeps it
-    ensure.restype = ctypes.c_int
-    kept: set[int] = set()
-    lock = threading.Lock()
-
-    def keep() -> None:
-        ident = threading.get_ident()
-        if ident in kept:
-            return
-        with lock:
-            if ident in kept:
-                return
-            kept.add(ident)
-        ensure()
-
-    return keep
-
-
-_keep_thread_state = _thread_state_keeper()
-
-
-def _errno_op(fn: Callable) -> Callable:
-    """Turn whatever ``fn`` raises into a FuseOSError with the right errno; log what is not routine."""
-    name = fn.__name__
-
-    @functools.wraps(fn)
-    def wrapper(self: TiercacheOps, *args: Any) -> Any:
-        _keep_thread_state()
-        try:
-            return fn(self, *args)
-        except fuse.FuseOSError:
-            raise
-        except TiercacheError as exc:
-            code = exc.errno or errno.EIO
-            level = logging.DEBUG if code == errno.ENOENT and name in _QUIET_ENOENT else logging.WARNING
-            where = args[0] if args else ""
-            log.log(level, "%s %s: %s (%s)", name, where, exc, errno.errorcode.get(code, code))
-            raise fuse.FuseOSError(code) from None
-        except OSError as exc:
-            code = exc.errno if isinstance(exc.errno, int) and exc.errno > 0 else errno.EIO
-            log.warning("%s %s: %s", name, args[0] if args else "", exc)
-            raise fuse.FuseOSError(code) from None
-        except Exception:
-            log.exception("%s %s failed unexpectedly; returning EIO", name, args[0] if args else "")
-            raise fuse.FuseOSError(errno.EIO) from None
-
-    return wrapper
-
-
 def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
     """The bytes of a READ reply as the binding takes them (it copies ``len(x)`` bytes from ``x`` into
     libfuse's reply buffer), without a copy here: bytes (a cached block, or a slice of one) as they are; a
@@ -110,12 +49,7 @@ def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
     return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
 
 
-def _key(path: str | None) -> str:
-    """A FUSE path ("/a/b") as a cache key ("a/b"); the root is ""."""
-    return (path or "/").strip("/")
-
-
-class TiercacheOps(fuse.Operations):
+class TiercacheOps(PosixOps, fuse.Operations):
     """The mount's file operations: a thin client of ``cache`` (TieredCache) and ``writes`` (WriteTier)."""
 
     use_ns = True
@@ -131,6 +65,9 @@ class TiercacheOps(fuse.Operations):
         self.started = time.time()
         self.file_mode = 0o444 if self.readonly else 0o644
         self.dir_mode = 0o555 if self.readonly else 0o755
+        self.inodes = InodeTable()
+        write_dir = getattr(writes, "write_dir", None)
+        self.xattrs = XattrTable(os.path.join(write_dir, "xattrs")) if write_dir and not self.readonly else None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -146,6 +83,11 @@ class TiercacheOps(fuse.Operations):
         """Called by libfuse once the kernel connection is up."""
         if self.on_init is not None:
             self.on_init()
+
+    def destroy(self, path: str) -> None:
+        """Called by libfuse at unmount."""
+        if self.xattrs is not None:
+            self.xattrs.close()
 
     # ---------------------------------------------------------------- metadata
 
@@ -180,7 +122,10 @@ class TiercacheOps(fuse.Operations):
     @_errno_op
     def getattr(self, path: str, fh: Any = None) -> dict:
         """stat(2)."""
-        return self._attrs(*self._lookup(_key(path)))
+        key = _key(path)
+        attrs = self._attrs(*self._lookup(key))
+        attrs["st_ino"] = self.inodes.ino(key)
+        return attrs
 
     @_errno_op
     def access(self, path: str, amode: int) -> int:
@@ -225,7 +170,8 @@ class TiercacheOps(fuse.Operations):
                         kinds[name] = bool(entry["is_dir"])
         entries: list = [".", ".."]
         for name in sorted(kinds):
-            entries.append((name, {"st_mode": stat.S_IFDIR if kinds[name] else stat.S_IFREG}, 0))
+            mode = stat.S_IFDIR if kinds[name] else stat.S_IFREG
+            entries.append((name, {"st_mode": mode, "st_ino": self.inodes.ino(prefix + name)}, 0))
         return entries
 
     def _kind(self, key: str) -> bool | None:
@@ -344,13 +290,9 @@ class TiercacheOps(fuse.Operations):
     @_errno_op
     def unlink(self, path: str) -> int:
         """rm."""
-        self._writes().unlink(_key(path))
-        return 0
-
-    @_errno_op
-    def rename(self, old: str, new: str) -> int:
-        """mv (files and directories)."""
-        self._writes().rename(_key(old), _key(new))
+        key = _key(path)
+        self._writes().unlink(key)
+        self._forget(key)
         return 0
 
     @_errno_op
@@ -362,7 +304,9 @@ class TiercacheOps(fuse.Operations):
     @_errno_op
     def rmdir(self, path: str) -> int:
         """rmdir of an empty directory."""
-        self._writes().rmdir(_key(path))
+        key = _key(path)
+        self._writes().rmdir(key)
+        self._forget(key)
         return 0
 
     @_errno_op
@@ -390,6 +334,7 @@ class ReadOnlyOps(TiercacheOps):
 
     create = write = truncate = flush = fsync = release = None
     unlink = rename = mkdir = rmdir = chmod = chown = utimens = None
+    getxattr = setxattr = listxattr = removexattr = None
 
     def __init__(self, cache: Any, writes: Any | None, **kwargs: Any):
         super().__init__(cache, writes, readonly=True, **kwargs)
