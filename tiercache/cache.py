@@ -33,6 +33,7 @@ from .namespace import Entry, Namespace, normalize
 from .prefetch import Prefetcher
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId, key_prefix
+from .tiers.budget import MemoryBudget
 from .tiers.meta import Meta
 from .tiers.planned import PlanAwarePolicy
 from .tiers.policy import make_policy
@@ -120,17 +121,20 @@ class TieredCache:
             self._pins = {key.decode()[1:] for key, _ in self.meta.scan("pins")}  # stored as "/" + prefix
             self.protectors: list[Callable[[BlockId], bool]] = []  # e.g. the write tier's "dirty" test
             self.ssd = None
+            # blocks in RAM, in flight and queued for the SSD share --ram (at least a few blocks in flight)
+            self.memory = MemoryBudget(config.ram_bytes, floor=4 * config.block_size)
             if config.ssd_bytes > 0:
                 from .tiers.ssd import SsdTier
 
                 self.ssd = SsdTier(
                     cache_dir / "regions", config.ssd_bytes, self.meta, region_size=config.region_size,
                     policy=self._policy(), high=config.high_watermark, low=config.low_watermark,
-                    protected=self._protected,
+                    protected=self._protected, budget=self.memory,
                 )
             self.ram = RamTier(
                 config.ram_bytes, self._policy(), config.high_watermark, config.low_watermark,
                 protected=None if self.ssd is not None else self._protected, on_evict=self._demote,
+                budget=self.memory,
             )
         except BaseException:
             self._release()
@@ -353,7 +357,8 @@ class TieredCache:
         start = block.index * self.config.block_size
         end = min(info.size, start + self.config.block_size)
         try:
-            data = self.store.get_range(info.key, start, end, etag=info.etag)
+            with self.memory.hold(end - start, "fetches"):
+                data = self.store.get_range(info.key, start, end, etag=info.etag)
         except NotFound:
             raise _Stale(info.key) from None
         except StoreError:
@@ -657,6 +662,7 @@ class TieredCache:
             "block_size": self.config.block_size,
             "ram": ram,
             "ssd": ssd,
+            "memory": self.memory.stats(),
             "backend": {
                 "gets": c("backend_gets"), "bytes": c("backend_bytes"), "errors": c("backend_errors"),
                 "heads": self.namespace.heads, "lists": self.namespace.lists,

@@ -36,6 +36,7 @@ from .. import control, handlers, mounts  # noqa: F401 - importing handlers regi
 from ..config import CacheConfig
 from ..errors import ConfigError, TiercacheError
 from ..private import open_private, private_dir
+from ..tiers.budget import return_freed_memory_to_the_os
 
 log = logging.getLogger("tiercache.mount")
 
@@ -478,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = spec.config()
         setup_logging(Path(config.cache_dir) / "mount.log", spec.log_level, to_stderr=False)
+        return_freed_memory_to_the_os()  # keeps RSS near the memory budget (tiers/budget.py)
         # the log handler writes mount.log itself; stdout/stderr stay on it for libfuse's messages
         return MountDaemon(spec).run(notify)
     except TiercacheError as exc:

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Iterable
 
 from .base import BlockId
+from .budget import MemoryBudget
 from .policy import Policy, Protected, make_policy
 
 Evicted = Callable[[list[tuple[BlockId, bytes]]], None]
@@ -17,6 +18,8 @@ class RamTier:
     When an insert would pass ``high`` × capacity, the policy evicts down to ``low`` × capacity; the evicted
     blocks are handed to ``on_evict`` (outside the lock) so the cache can demote them to the SSD tier.
     Blocks for which ``protected`` is true are never evicted (they can still be discarded explicitly).
+    With a ``budget`` (shared with reads in flight and the SSD write queue), blocks are admitted only while
+    it has room, the tier evicts to make some, and ``reclaim`` gives bytes back to the budget on demand.
     """
 
     name = "ram"
@@ -29,12 +32,16 @@ class RamTier:
         low: float = 0.85,
         protected: Protected | None = None,
         on_evict: Evicted | None = None,
+        budget: MemoryBudget | None = None,
     ):
         self._capacity = max(0, int(capacity))
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.high, self.low = high, min(low, high)
         self.protected = protected
         self.on_evict = on_evict
+        self.budget = budget
+        if budget is not None:
+            budget.reclaimer = self.reclaim
         self._blocks: dict[BlockId, bytes] = {}
         self._used = 0
         self._lock = threading.Lock()
@@ -64,14 +71,14 @@ class RamTier:
                 self.policy.on_access(block)
                 return True
             if self._used + size > self.high * self._capacity:
-                need = self._used + size - int(self.low * self._capacity)
-                for victim in self.policy.victims(need, self.protected):
-                    old = self._blocks.pop(victim)
-                    self._used -= len(old)
-                    evicted.append((victim, old))
-                self.evictions += len(evicted)
-                self.evicted_bytes += sum(len(old) for _, old in evicted)
-            admitted = self._used + size <= self._capacity
+                self._evict(self._used + size - int(self.low * self._capacity), evicted)
+            if self.budget is not None:
+                short = self.budget.used() + size - self.budget.total
+                if short > 0:
+                    self._evict(short, evicted)
+            admitted = self._used + size <= self._capacity and (
+                self.budget is None or self.budget.try_reserve(size, "ram")
+            )
             if admitted:
                 self._blocks[block] = data
                 self._used += size
@@ -82,13 +89,42 @@ class RamTier:
             self.on_evict(evicted)
         return admitted
 
+    def _evict(self, need: int, evicted: list[tuple[BlockId, bytes]]) -> int:
+        """Drop the policy's victims for ``need`` bytes into ``evicted`` (caller holds the lock)."""
+        freed = 0
+        victims = self.policy.victims(need, self.protected)
+        for victim in victims:
+            old = self._blocks.pop(victim)
+            self._used -= len(old)
+            evicted.append((victim, old))
+            freed += len(old)
+        if self.budget is not None:
+            self.budget.release(freed, "ram")
+        self.evictions += len(victims)
+        self.evicted_bytes += freed
+        return freed
+
+    def reclaim(self, nbytes: int) -> int:
+        """Evict (and demote) about ``nbytes`` for the budget's other users; returns the bytes freed."""
+        evicted: list[tuple[BlockId, bytes]] = []
+        with self._lock:
+            freed = self._evict(nbytes, evicted)
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
+        return freed
+
+    def _forget(self, nbytes: int) -> None:
+        self._used -= nbytes
+        if self.budget is not None:
+            self.budget.release(nbytes, "ram")
+
     def discard(self, block: BlockId) -> int:
         """Drop a block; returns the bytes freed."""
         with self._lock:
             data = self._blocks.pop(block, None)
             if data is None:
                 return 0
-            self._used -= len(data)
+            self._forget(len(data))
             self.policy.on_remove(block)
             return len(data)
 
@@ -101,7 +137,7 @@ class RamTier:
                 if protected is not None and protected(block):
                     continue
                 data = self._blocks.pop(block)
-                self._used -= len(data)
+                self._forget(len(data))
                 self.policy.on_remove(block)
                 freed += len(data)
         return freed
@@ -138,7 +174,7 @@ class RamTier:
             for block in list(self._blocks):
                 self.policy.on_remove(block)
             self._blocks.clear()
-            self._used = 0
+            self._forget(self._used)
 
     def stats(self) -> dict:
         """Counters and occupancy, JSON-serializable."""

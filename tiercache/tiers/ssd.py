@@ -25,9 +25,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from .base import BlockId
+from .budget import MemoryBudget
 from .meta import Meta
 from .policy import Policy, Protected, make_policy
 from .regions import Region, RegionFiles
@@ -55,6 +57,7 @@ class SsdTier:
         protected: Protected | None = None,
         flush_interval: float = 0.005,
         queue_limit: int | None = None,
+        budget: MemoryBudget | None = None,
     ):
         self._quota = int(capacity)
         self.region_size = min(region_size, max(self._quota // 32, 64 << 10))
@@ -67,7 +70,12 @@ class SsdTier:
         self._lock = threading.Lock()
         self.index = SsdIndex(meta, flush_interval)
         limit = min(256 << 20, max(self._quota // 8, 4 << 20)) if queue_limit is None else queue_limit
-        self.queue = WriteQueue(self._lock, limit, lambda block, data: self.put(block, data, queued=True))
+        self.budget = budget
+        if budget is not None:
+            limit = min(limit, budget.total // 2)
+        self.queue = WriteQueue(
+            self._lock, limit, lambda block, data: self.put(block, data, queued=True), budget
+        )
         self._writing: set[BlockId] = set()
         self._regions = self.files.regions
         self.hits = self.misses = self.bytes_served = self.evictions = self.evicted_bytes = 0
@@ -154,7 +162,8 @@ class SsdTier:
                 region.readers += 1
             try:
                 if out is None:
-                    data = os.pread(region.fd, n, loc.offset + lo)
+                    with self._holding(n):
+                        data = os.pread(region.fd, n, loc.offset + lo)
                     got = len(data)
                 else:
                     data, got = out, os.preadv(region.fd, [out], loc.offset)
@@ -179,6 +188,10 @@ class SsdTier:
             with self._lock:
                 self.misses += 1
         return None
+
+    def _holding(self, nbytes: int) -> AbstractContextManager:
+        """The memory budget held while a read buffer of ``nbytes`` is filled (nothing without a budget)."""
+        return self.budget.hold(nbytes, "ssd_reads") if self.budget is not None else nullcontext()
 
     def _queued_hit(self, queued: bytes, count: bool, out: memoryview | None, start: int, end: int | None):
         """A hit on a block still waiting in the write queue (caller holds the lock)."""

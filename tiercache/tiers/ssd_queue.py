@@ -1,5 +1,6 @@
 """The SSD tier's write queue: blocks handed over with ``put_async``, written by one background thread,
-readable while they wait; bounded in bytes (a full queue refuses, it never blocks the reader)."""
+readable while they wait; bounded in bytes, and its bytes count against the memory budget when there is one
+(a full queue refuses, it never blocks the reader)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from .base import BlockId
+from .budget import MemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +19,10 @@ class WriteQueue:
     """Queued blocks in arrival order. Every method but ``drain`` and ``close`` expects the caller to hold
     ``lock`` (the tier's lock, shared so that lookups see a block either queued or indexed)."""
 
-    def __init__(self, lock: threading.Lock, limit: int, write: Callable[[BlockId, bytes], object]):
+    def __init__(self, lock: threading.Lock, limit: int, write: Callable[[BlockId, bytes], object],
+                 budget: MemoryBudget | None = None):
         self.limit = limit
+        self.budget = budget
         self._write = write
         self._cond = threading.Condition(lock)
         self._queue: OrderedDict[BlockId, bytes] = OrderedDict()
@@ -41,6 +45,8 @@ class WriteQueue:
         """Queue a block; False when closed or when it would pass ``limit`` bytes."""
         if self._stop or self.bytes + len(data) > self.limit:
             return False
+        if self.budget is not None and not self.budget.try_reserve(len(data), "ssd_queue"):
+            return False
         self._queue[block] = data
         self.bytes += len(data)
         if self._writer is None:
@@ -55,6 +61,8 @@ class WriteQueue:
         if data is None:
             return 0
         self.bytes -= len(data)
+        if self.budget is not None:
+            self.budget.release(len(data), "ssd_queue")
         return len(data)
 
     def _loop(self) -> None:
