@@ -21,6 +21,8 @@ from pathlib import Path
 
 import lmdb
 
+from ..private import private_dir
+
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 NAME_MAX = 255
 SIZE_MAX = 65536
@@ -37,8 +39,10 @@ class XattrTable:
 
     def __init__(self, directory: str | os.PathLike):
         self.path = Path(directory)
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.env = lmdb.open(str(self.path), map_size=1 << 34, max_dbs=1, sync=True, metasync=True)
+        private_dir(self.path)
+        self.env = lmdb.open(str(self.path), map_size=1 << 34, max_dbs=1, sync=True, metasync=True, mode=0o600)
+        for name in ("data.mdb", "lock.mdb"):  # private whatever the umask
+            os.chmod(self.path / name, 0o600)
         self._lock = threading.Lock()
 
     def close(self) -> None:
