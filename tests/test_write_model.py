@@ -1,6 +1,6 @@
-"""Random concurrent writes, overwrites, renames, unlinks and truncates against a model of the expected files,
-with a slow and flaky store and a restart midway: read-your-writes holds at every step, and the store ends
-exactly as the model says. (A local-directory store: this checks the write tier's ordering, not S3.)"""
+"""Random concurrent writes, overwrites, renames, unlinks, truncates and sparse growth against a model of the
+expected files, with a slow and flaky store and a restart midway: read-your-writes holds at every step, and
+the store ends exactly as the model says. (A local-directory store: this checks the write tier's ordering, not S3.)"""
 
 from __future__ import annotations
 
@@ -95,6 +95,14 @@ def random_ops(tier: WriteTier, store: LocalStore, thread: int, seed: int, model
                 tier.truncate(fh, length)
                 release(fh)
                 model[name] = model[name].ljust(length, b"\0")[:length]
+            elif op < 0.92:  # grow by a hole (sparse), then write into it
+                length = len(model[name]) + rng.randrange(1, 200_000)
+                offset, patch = rng.randrange(length), rng.randbytes(rng.randrange(1, 5000))
+                fh = tier.open(name)
+                tier.truncate(fh, length)
+                tier.write(fh, patch, offset)
+                release(fh)
+                model[name] = apply_patch(model[name].ljust(length, b"\0"), offset, patch)
             for path, want in model.items():  # read-your-writes: pending change, else the store
                 got = tier.read_pending(path, 0, 1 << 20)
                 if got is None:

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 PUT, DELETE, COPY = "put", "delete", "copy"
 PENDING, CLEAN = "pending", "clean"
-_PERSISTED = ("id", "op", "key", "seq", "size", "sha256", "src", "state", "ctime", "mtime")
+_PERSISTED = ("id", "op", "key", "seq", "size", "sha256", "src", "state", "ctime", "mtime", "disk")
 _CHUNK = 8 << 20
 
 
@@ -47,7 +47,9 @@ _CHUNK = 8 << 20
 class Record:
     """One acknowledged change: upload a staging file (put), delete a key, or copy ``src`` to it (rename).
 
-    ``seq`` orders changes: for one key only the newest counts. Fields after ``mtime`` live in memory only.
+    ``seq`` orders changes: for one key only the newest counts. ``disk``: the bytes its staging file holds
+    (less than ``size`` for a sparse file; -1, as in older journals, means ``size``). Fields after ``disk``
+    live in memory only.
     """
 
     id: str
@@ -60,6 +62,7 @@ class Record:
     state: str = PENDING
     ctime: float = field(default_factory=time.time)
     mtime: float = field(default_factory=time.time)
+    disk: int = -1
     inflight: bool = False
     superseded: bool = False
     done: bool = False
@@ -68,6 +71,11 @@ class Record:
     next_try: float = 0.0
     error: str = ""
     claimed: list[str] = field(default_factory=list)
+
+    @property
+    def charged(self) -> int:
+        """Bytes of the write dir's budget this change holds (its staging file's, for a put)."""
+        return self.size if self.disk < 0 else self.disk
 
     def keys(self) -> tuple[str, ...]:
         """Every store key this change touches (a copy reads ``src``)."""
@@ -255,7 +263,7 @@ class Changes:
             self.index.setdefault(key, []).append(rec)
         self._refresh(rec.key)
         if rec.op == PUT:
-            self.put_bytes += rec.size
+            self.put_bytes += rec.charged
         self.queue[rec.id] = None
         self.cond.notify_all()
 
@@ -303,7 +311,7 @@ class Changes:
             self.queue.pop(rec.id, None)
             self.records.pop(rec.id, None)
             if rec.op == PUT:
-                self.put_bytes -= rec.size
+                self.put_bytes -= rec.charged
             self.progress += 1
             self.cond.notify_all()
         return rec

@@ -164,7 +164,7 @@ class Handles:
             st.files.unregister(sf)
             private, fd, sf.fd = sf.private, sf.fd, None
             if private:
-                self.space.open_bytes -= sf.size
+                self.space.open_bytes -= sf.charged
         if fd is not None:
             os.close(fd)
         if private:
@@ -183,10 +183,10 @@ class Handles:
                     raise StoreError("the write tier is closed")
                 dropped = st.changes.supersede(sf.path)
                 rec = st.changes.add(
-                    PUT, sf.path, rid=sf.staging_id, size=sf.size, sha256=digest, mtime=sf.mtime
+                    PUT, sf.path, rid=sf.staging_id, size=sf.size, sha256=digest, mtime=sf.mtime, disk=sf.charged
                 )
                 st.journal.write(put=[rec], delete=dropped)
-                self.space.open_bytes -= sf.size
+                self.space.open_bytes -= sf.charged
                 sf.sealed, sf.dirty = True, False
         st.acknowledged(dropped, rec.key)
         return rec
