@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import mounts
-from .devserver import LocalS3
+from .devserver import LocalS3, missing_extra
 
 BUCKET = "demo-data"
 CLI = [sys.executable, "-m", "tiercache.cli"]
@@ -341,6 +341,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m tiercache.demo``."""
     args = _parse(argv)
+    missing = missing_extra({"moto": "demo", "flask": "demo", "torch": "demo"})
+    if missing:
+        sys.stderr.write(f"demo: error: {missing}\n")
+        return 1
     if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
         sys.stderr.write("demo: error: needs root and /dev/fuse (it mounts a FUSE file system)\n")
         return 1

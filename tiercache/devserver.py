@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -195,23 +196,67 @@ class LocalS3Process:
     client = LocalS3.client
 
 
+def missing_extra(modules: dict[str, str]) -> str | None:
+    """One line naming the extra to install when one of ``modules`` ({module: extra}) cannot be imported."""
+    import importlib.util
+
+    for module, extra in modules.items():
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed; install it with: pip install 'tiercache[{extra}]'"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m tiercache.devserver``: serve, print the endpoint, obey ``latency S`` / ``quit`` on stdin."""
+    """``python -m tiercache.devserver``: serve on 127.0.0.1 until SIGINT/SIGTERM (or ``quit`` on stdin), print
+    the endpoint first; ``latency S`` on stdin changes the time before the first byte."""
     parser = argparse.ArgumentParser(prog="python -m tiercache.devserver", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: one the OS picks)")
+    parser.add_argument("--bucket", action="append", default=[], metavar="NAME",
+                        help="create this bucket at start (repeatable)")
     parser.add_argument("--fast-ranges", action="store_true", help="a ranged GET costs what the range costs")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before the first byte")
     args = parser.parse_args(argv)
-    server = LocalS3(fast_ranges=args.fast_ranges, latency=args.latency).start()
-    print(server.endpoint, flush=True)
-    for line in sys.stdin:
-        command, _, value = line.strip().partition(" ")
-        if command == "latency":
-            server.latency = float(value)
-            print("ok", flush=True)
-        elif command == "quit":
-            break
-    server.stop()
+    missing = missing_extra({"moto": "devserver", "flask": "devserver"})
+    if missing:
+        sys.stderr.write(f"tiercache.devserver: error: {missing}\n")
+        return 1
+    if not 0 <= args.port <= 65535:
+        sys.stderr.write(f"tiercache.devserver: error: --port: {args.port} is not a port number (0-65535)\n")
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = LocalS3(port=args.port, fast_ranges=args.fast_ranges, latency=args.latency).start()
+    except OSError as exc:
+        sys.stderr.write(f"tiercache.devserver: error: cannot serve on port {args.port}: {exc.strerror or exc}\n")
+        return 1
+    try:
+        for name in args.bucket:
+            server.client().create_bucket(Bucket=name)
+        print(server.endpoint, flush=True)
+        threading.Thread(target=_obey_stdin, args=(server, stop), name="devserver-stdin", daemon=True).start()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
     return 0
+
+
+def _obey_stdin(server: LocalS3, stop: threading.Event) -> None:
+    """``latency S`` and ``quit`` lines from stdin (LocalS3Process drives the server this way); EOF is not a
+    stop: a server started with stdin closed serves on."""
+    try:
+        for line in sys.stdin:
+            command, _, value = line.strip().partition(" ")
+            if command == "latency":
+                server.latency = float(value)
+                print("ok", flush=True)
+            elif command == "quit":
+                stop.set()
+                return
+    except (OSError, ValueError):
+        return
 
 
 if __name__ == "__main__":
