@@ -35,9 +35,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from traces import simulate  # noqa: E402
+
 import tiercache  # noqa: E402
 from tiercache.devserver import LocalS3Process  # noqa: E402
-from tiercache.tiers.policy import make_policy, simulate  # noqa: E402
+from tiercache.tiers.policy import make_policy  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "engine.json"
 BUCKET = "bench-engine"

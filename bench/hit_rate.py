@@ -1,15 +1,17 @@
-"""Hit rate of the eviction policies on multi-epoch training traces (a simulation: no I/O).
+"""Hit rate of the eviction policies on multi-epoch training traces with K concurrent readers (no I/O).
 
-Traces: ``--epochs`` epochs over ``--items`` equally sized files, either a fresh random permutation per
-epoch (``shuffle``, what a DataLoader with shuffle=True reads) or the same order every epoch
-(``sequential``). Cache sizes: 10/25/50/75 % of the data. Policies:
+Traces: ``--epochs`` epochs over ``--items`` equally sized files read by K = 1, 2, 8 readers at once, each
+with its own DistributedSampler-style shard per epoch (a seeded permutation per epoch, padded, ``rank::K``),
+interleaved at slightly jittered paces into one merged trace. Cache sizes: 10/25/50/75 % of the data.
+Policies:
 
 - ``lru``: plain LRU, the baseline of generic FUSE caches;
-- ``default``: tiercache's scan-resistant default (S3-FIFO);
-- ``plan``: plan-aware, given what the loader sends (this epoch's order + the next epoch's, at each epoch start);
-- ``belady``: Belady's MIN with the whole future known, the optimum.
+- ``default``: tiercache's scan-resistant policy without plans (S3-FIFO);
+- ``plan``: plan-aware, given what the loaders send: each reader its own plan (its shard for this epoch and
+  the next) as its own client, at each of its epoch starts;
+- ``belady``: Belady's MIN on the merged trace with the whole future known, the optimum.
 
-Writes bench/results/hit_rate.json and hit_rate.png, and prints a table.
+Writes bench/results/hit_rate.json and hit_rate.png, and prints a table (goal: plan >= 0.95 x Belady).
 
 End to end (``--e2e``, needs root and /dev/fuse): a real mount over a local S3 server (own process, ranged
 GETs that cost what the range costs, ``--latency`` to first byte) holding data twice the RAM tier (no SSD
@@ -35,37 +37,30 @@ import tempfile
 import time
 from pathlib import Path
 
-from tiercache.tiers.planned import BeladyPolicy, PlanAwarePolicy, replay_epochs
-from tiercache.tiers.policy import LRUPolicy, Policy, S3FIFOPolicy
+from traces import belady, merged_trace, replay, replay_readers, shard_epochs, simulate
+
+from tiercache.tiers.planned import PlanAwarePolicy
+from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
 
 RESULTS = Path(__file__).parent / "results"
 POLICY_NAMES = ("lru", "default", "plan", "belady")
+READERS = (1, 2, 8)
+JITTER = 0.3  # readers' paces differ by up to 30 % per read
 
 
-def make_epochs(kind: str, items: int, epochs: int, seed: int) -> list[list[str]]:
-    """The key order of every epoch."""
-    keys = [f"train/{i:07d}.jpg" for i in range(items)]
-    rng = random.Random(seed)
-    out = []
-    for _ in range(epochs):
-        order = list(keys)
-        if kind == "shuffle":
-            rng.shuffle(order)
-        out.append(order)
-    return out
-
-
-def replay(name: str, epochs: list[list[str]], capacity: int) -> float:
-    """Hit rate of one policy over the trace, with unit-size items and a cache of ``capacity`` items."""
-    policy: Policy = {"lru": LRUPolicy, "default": S3FIFOPolicy, "plan": PlanAwarePolicy,
-                      "belady": BeladyPolicy}[name]()
-    if name == "belady":
-        policy.set_plan([key for order in epochs for key in order])
-    return replay_epochs(policy, epochs, capacity)[0]
+def hit_rates(shards: list, capacity: int) -> dict[str, float]:
+    """Every policy's hit rate over the readers' merged trace."""
+    trace, _ = merged_trace(shards, JITTER, seed=1)
+    return {
+        "lru": simulate(LRUPolicy(), trace, capacity),
+        "default": simulate(S3FIFOPolicy(), trace, capacity),
+        "plan": replay_readers(PlanAwarePolicy(), shards, capacity, JITTER, seed=1)[0],
+        "belady": replay(belady(trace), trace, capacity)[0],
+    }
 
 
 def plot(results: dict, path: Path) -> bool:
-    """Hit rate vs cache size, one panel per trace kind; False if matplotlib is missing."""
+    """Hit rate vs cache size, one panel per reader count; False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -81,7 +76,7 @@ def plot(results: dict, path: Path) -> bool:
         for name in POLICY_NAMES:
             style = {"linestyle": "--", "marker": "x"} if name == "belady" else {"marker": "o"}
             ax.plot(sizes, [row[name] for row in rows], label=name, **style)
-        ax.set_title(f"{kind} epochs ({results['items']} items × {results['epochs']})")
+        ax.set_title(f"{kind} ({results['items']} items x {results['epochs']} epochs)")
         ax.set_xlabel("cache size (% of data)")
         ax.set_ylabel("hit rate")
         ax.set_ylim(0, 1)
@@ -235,8 +230,8 @@ def print_e2e(out: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--items", type=int, default=8_000)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--e2e", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the end-to-end mount benchmark (root and /dev/fuse)")
@@ -252,20 +247,21 @@ def main() -> None:
         serve(args.serve)
         return
     fractions = (0.10, 0.25, 0.50, 0.75)
-    results = {"items": args.items, "epochs": args.epochs, "seed": args.seed, "traces": {}}
-    print(f"{'trace':<11}{'cache':>6}" + "".join(f"{n:>9}" for n in POLICY_NAMES) + f"{'plan/MIN':>10}{'def/LRU':>9}")
-    for kind in ("shuffle", "sequential"):
-        epochs = make_epochs(kind, args.items, args.epochs, args.seed)
+    results = {"items": args.items, "epochs": args.epochs, "seed": args.seed, "jitter": JITTER, "traces": {}}
+    print(f"{'readers':<9}{'cache':>6}" + "".join(f"{n:>9}" for n in POLICY_NAMES) + f"{'plan/MIN':>10}{'def/LRU':>9}")
+    for readers in READERS:
+        shards = shard_epochs(args.items, args.epochs, readers, args.seed)
         rows = []
         for fraction in fractions:
-            capacity = int(args.items * fraction)
-            row = {"cache_fraction": fraction, **{n: replay(n, epochs, capacity) for n in POLICY_NAMES}}
+            t0 = time.perf_counter()
+            row = {"cache_fraction": fraction, **hit_rates(shards, int(args.items * fraction))}
             row["plan_vs_belady"] = row["plan"] / row["belady"] if row["belady"] else 1.0
             row["default_vs_lru"] = row["default"] / row["lru"] if row["lru"] else float("inf")
+            row["seconds"] = time.perf_counter() - t0
             rows.append(row)
-            print(f"{kind:<11}{fraction:>6.0%}" + "".join(f"{row[n]:>9.3f}" for n in POLICY_NAMES)
+            print(f"K={readers:<7}{fraction:>6.0%}" + "".join(f"{row[n]:>9.3f}" for n in POLICY_NAMES)
                   + f"{row['plan_vs_belady']:>10.3f}{row['default_vs_lru']:>9.2f}")
-        results["traces"][kind] = rows
+        results["traces"][f"K={readers}"] = rows
     if args.e2e:
         results["e2e"] = e2e(args)
         if results["e2e"] is not None:

@@ -316,8 +316,10 @@ def test_pinned_blocks_survive_ssd_pressure(tmp_path):
 
 def test_prefetch_and_set_plan(bucket, objects, tmp_path):
     with open_s3(bucket, tmp_path) as cache:
-        cache.set_plan(["small/a.bin", "large/aligned.bin"])
-        assert cache.ram.policy.plan == ("small/a.bin", "large/aligned.bin") == cache.plan
+        assert cache.set_plan(["small/a.bin", "large/aligned.bin"], client="loader") == 2
+        [plan] = cache.plan_stats()
+        assert (plan["client"], plan["files"], plan["position"]) == ("loader", 2, 0)
+        assert cache.ram.policy.book is cache.plans is cache.ssd.policy.book, "one PlanBook for every part"
         cache.prefetch(["small/a.bin", "large/aligned.bin", "nope"])
         cache.prefetch(["small/b.bin"], deadline=time.monotonic() - 1)
         deadline = time.monotonic() + 20

@@ -123,16 +123,23 @@ def test_format_stats_shows_plan_rates_prefetch_and_jobs():
             "backend": {"gets": 4, "bytes": 1 << 20, "errors": 0, "heads": 1, "lists": 1, "gets_per_s": 2.5,
                         "bytes_per_s": 3 << 20},
             "read_hit_rate": 0.9,
-            "plan": {"files": 1200, "started": time.time() - 30, "hit_rate": 0.995},
-            "prefetcher": {"lead_files": 12, "lead_bytes": 6 << 20, "plan_files": 1200, "plan_position": 40,
+            "plans": [{"client": "train", "files": 1200, "position": 40, "lead_files": 12, "lead_bytes": 6 << 20,
+                       "started": time.time() - 30, "hit_rate": 0.995},
+                      {"client": "val", "files": 300, "position": 7, "lead_files": 0, "lead_bytes": 0,
+                       "started": time.time() - 5, "hit_rate": 0.5, "note": "this epoch only"}],
+            "prefetcher": {"lead_files": 12, "lead_bytes": 6 << 20,
                            "prefetched_bytes": 8 << 20, "prefetched_unread_bytes": 1 << 10},
         },
         "jobs": {"warm": 1},
     }
     text = cli.format_stats("/mnt/x", stats)
-    assert "hit rate 90.0% overall, 99.5% since the plan started (1,200 files" in text
+    assert "hit rate 90.0% overall" in text
+    train = next(line for line in text.splitlines() if line.strip().startswith("train"))
+    val = next(line for line in text.splitlines() if line.strip().startswith("val"))
+    assert "40 of 1,200" in train and "12 / 6.0M" in train and "99.5%" in train and "30s" in train
+    assert "7 of 300" in val and "50.0%" in val and "this epoch only" in val
     assert "now 2.5 GET/s, 3.0M/s" in text
-    assert "lead 12 file(s) / 6.0M ahead of the reader (plan position 40 of 1,200)" in text
+    assert "lead 12 file(s) / 6.0M ahead of the readers" in text
     assert "8.0M prefetched, 1.0K never read" in text and "running: 1 warm request(s)" in text
 
 

@@ -215,13 +215,56 @@ def test_plan_order_and_bounded_lead(bucket, mounter, tmp_path):
     pre = wait_for(settled, "the prefetcher to catch up")
     gets = [r.key for r in bucket.gets()[before:]]
     assert gets == plan[:len(gets)] and len(gets) <= 12 + 9, "never far ahead of the reader"
-    assert pre["plan_position"] == 12
+    assert [p["position"] for p in stats(m)["cache"]["plans"]] == [12]
     for key in plan[12:]:
         assert read(m.path / key) == files[key]
     gets = [r.key for r in bucket.gets()[before:]]
     assert gets == plan, "every file fetched once, in plan order"
-    cache = stats(m)["cache"]
-    assert cache["plan"]["files"] == 24 and cache["plan"]["hit_rate"] > 0
+    [plan] = stats(m)["cache"]["plans"]
+    assert (plan["client"], plan["files"]) == ("cli", 24) and plan["hit_rate"] > 0
+
+
+def test_plans_per_client_replace_only_their_own_and_end_with_their_session(bucket, mounter, tmp_path):
+    files = fill(bucket, "data", 12, 4 * KiB)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    m = mounter.mount(bucket.url, "--metrics-port", str(port), endpoint=bucket.server.endpoint)
+    keys = sorted(files)
+    lists = {}
+    for name, chosen in (("train", keys[:8]), ("val", keys[8:]), ("train2", keys[:3])):
+        lists[name] = tmp_path / f"{name}.txt"
+        lists[name].write_text("".join(k + "\n" for k in chosen))
+    run_cli("plan", str(m.path), "--client", "train", "--from-list", str(lists["train"]), check=True)
+    proc = run_cli("plan", str(m.path), "--client", "val", "--from-list", str(lists["val"]), check=True)
+    assert "client 'val'" in proc.stdout
+
+    def plans() -> dict:
+        return {p["client"]: p for p in stats(m)["cache"]["plans"]}
+
+    assert {c: p["files"] for c, p in plans().items()} == {"train": 8, "val": 4}
+    for key in keys[:2]:
+        read(m.path / key)
+    assert wait_for(lambda: plans()["train"]["position"] == 2, "train's position to follow its reads")
+    assert plans()["val"]["position"] == 0, "a read advances only the plan it belongs to"
+    run_cli("plan", str(m.path), "--client", "train", "--from-list", str(lists["train2"]), check=True)
+    assert {c: p["files"] for c, p in plans().items()} == {"train": 3, "val": 4}, "replaced only train's plan"
+    table = run_cli("stats", str(m.path), check=True).stdout
+    assert any(line.strip().startswith("train") for line in table.splitlines())
+    assert any(line.strip().startswith("val") for line in table.splitlines()), table
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert f'tiercache_plan_files{{client="val",mountpoint="{m.path}"}} 4.0' in metrics, metrics
+
+    from tiercache import mounts
+
+    session = mounts.find_mount(str(m.path)).session()
+    session.request("plan", paths=keys[4:6], client="rank0", bind=True)
+    assert set(plans()) == {"train", "val", "rank0"}
+    session.close()  # the loader went away: its plan ends with its connection
+    wait_for(lambda: "rank0" not in plans(), "the bound plan to end with its session")
+    proc = run_cli("plan", str(m.path), "--client", "val", "--end", check=True)
+    assert "ended" in proc.stdout and set(plans()) == {"train"}
+    assert_one_line_error(run_cli("plan", str(m.path), "--client", "", "--from-list", str(lists["val"])), "client")
 
 
 # ---------------------------------------------------------------- stats, metrics, bad input

@@ -233,7 +233,7 @@ def test_library_mode_loader_sends_plans_to_the_real_cache(plain_tree, tmp_path)
         ref = TorchLoader(range(len(ds)), batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(4))
         orders = [[i for b in ref for i in b.tolist()] for _ in range(2)]
         assert got == [ds.targets[i] for i in orders[0]]
-        assert list(cache.plan) == [ds.samples[i][0] for i in orders[0] + orders[1]]
+        assert cache.plan_keys(loader.plan_client) == [ds.samples[i][0] for i in orders[0] + orders[1]]
 
 
 def test_image_folder_url_root_opens_library_mode(plain_tree, tmp_path, monkeypatch):

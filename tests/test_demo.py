@@ -45,6 +45,8 @@ def test_demo_runs_the_whole_story_and_leaves_nothing_behind(tmp_path):
     stats = out[out.index("[6/7]"):out.index("[7/7]")]
     assert "hit rate" in stats and "ssd" in stats and "ram" in stats, stats
     assert "loader stall:" in stats, stats
+    lines = [line.split() for line in stats.splitlines()]
+    assert any(line[:1] == ["train"] for line in lines) and any(line[:1] == ["val"] for line in lines), stats
     assert "unmounted " in out, out
     assert mounted_under(tmp_path) == []
     assert os.listdir(tmp_path) == [], "the work directory is removed without --keep"

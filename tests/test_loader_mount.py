@@ -71,3 +71,41 @@ def test_plans_reach_the_mount_and_gets_follow_them(jpeg_bucket, mounter):
     displacement = max(abs(first_seen.index(key) - i) for i, key in enumerate(expected))
     assert displacement <= 1, (f"a cold epoch fetches the files in the planned order (displacement "
                                f"{displacement}):\n{first_seen}\n{expected}")
+
+
+def test_two_distributed_sampler_ranks_each_plan_their_own_shard(bucket, mounter, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch.utils.data import DistributedSampler
+
+    for rel, data in synthetic_jpegs(13, classes=2, size=(32, 32), seed=4):  # 13: DistributedSampler pads
+        bucket.put(f"train/{rel}", data)
+    m = mounter.mount(bucket.url, endpoint=bucket.server.endpoint)
+    root = str(m.path / "train")
+    script = str(Path(__file__).parent / "rank_reader.py")
+    procs = [subprocess.Popen([sys.executable, script, root, str(rank), "2", "2", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=100)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    names = [os.path.relpath(p, m.path) for p, _ in ImageFolder(root).samples]
+    for rank, got in enumerate(results):
+        torch_orders = []
+        for epoch in range(3):  # torch's own DistributedSampler: the ground truth
+            sampler = DistributedSampler(range(13), num_replicas=2, rank=rank, shuffle=True, seed=11)
+            sampler.set_epoch(epoch)
+            torch_orders.append([names[i] for i in sampler])
+        assert got["reads"] == torch_orders[:2], "the rank reads torch's order"
+        for epoch in range(2):
+            assert got["plans"][epoch] == got["reads"][epoch] + torch_orders[epoch + 1], (
+                f"rank {rank}, epoch {epoch}: its plan is the order it then reads, then the next epoch's")
+        other = set(results[1 - rank]["reads"][0])
+        last_own = max(i for i, key in enumerate(torch_orders[0]) if key not in other)
+        # (the padded entry, which the other rank reads too, may come from the kernel's page cache)
+        assert got["positions"][0] >= last_own + 1, "the daemon followed the rank through its shard"
+        assert got["stats"]["epochs"] == 2

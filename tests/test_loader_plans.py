@@ -22,14 +22,20 @@ class RecordingCache:
 
     def __init__(self, fail: bool = False):
         self.plans: list[list[str]] = []
+        self.clients: list[str] = []
+        self.ended: list[str] = []
         self.fail = fail
         self.event = threading.Event()
 
-    def set_plan(self, keys):
+    def set_plan(self, keys, client="default"):
+        self.clients.append(client)
         self.plans.append(list(keys))
         self.event.set()
         if self.fail:
             raise ConnectionError("cache went away")
+
+    def end_plan(self, client):
+        self.ended.append(client)
 
 
 class Files(Dataset):
@@ -133,7 +139,7 @@ def test_failing_sink_does_not_break_loading():
     assert cache.event.wait(5)
 
 
-def test_no_plan_for_unreplayable_samplers_or_plain_datasets():
+def test_a_sampler_that_cannot_tell_its_next_order_sends_this_epoch_and_says_so():
     class MySampler(torch.utils.data.Sampler):
         def __iter__(self):
             return iter(torch.randperm(23).tolist())
@@ -141,9 +147,39 @@ def test_no_plan_for_unreplayable_samplers_or_plain_datasets():
         def __len__(self):
             return 23
 
+    torch.manual_seed(4)
+    expect = [list(TorchLoader(Files(), batch_size=4, sampler=MySampler())) for _ in range(2)]
+    torch.manual_seed(4)
     cache = RecordingCache()
-    list(DataLoader(Files(cache=cache), batch_size=4, sampler=MySampler()))
-    assert cache.plans == []
+    loader = DataLoader(Files(cache=cache), batch_size=4, sampler=MySampler(), num_workers=2)
+    for epoch in range(2):
+        got = list(loader)
+        wait_plans(loader)
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(expect[epoch], got, strict=True)), "batches unchanged"
+        assert cache.plans[epoch] == [f"c{int(i) % 3}/{int(i):03d}.jpg" for b in got for i in b[0]]
+        plan = loader.stats()[epoch]["plan"]
+        assert plan["epochs"] == 1 and plan["files"] == 23 and "MySampler" in plan["reason"]
+
+
+def test_each_loader_is_its_own_client_and_its_plan_ends_with_it():
+    import gc
+
+    cache = RecordingCache()
+    train = DataLoader(Files(cache=cache), batch_size=4, shuffle=True, plan_client="train")
+    val = DataLoader(Files(cache=cache), batch_size=4)
+    list(train)
+    wait_plans(train)
+    list(val)
+    wait_plans(val)
+    assert cache.clients[0] == "train" and cache.clients[1].startswith(f"pid{os.getpid()}-loader")
+    assert train.stats()[0]["plan"]["epochs"] == 2
+    del train
+    gc.collect()
+    assert cache.ended == ["train"]
+
+
+def test_no_plan_for_plain_datasets():
+    cache = RecordingCache()
     assert plan_sender(torch.utils.data.TensorDataset(torch.zeros(3))) is None
     assert plan_sender(Files(cache=None)) is None  # relative keys, no cache, no mount
     assert DataLoader(Files(cache=cache), plans=False)._plan_target() is None
@@ -168,11 +204,14 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
             requests.append((op, kw))
             return {"ok": True}
 
+        def close(self):
+            requests.append(("closed", {}))
+
     class Mount:
         def __init__(self, mp):
             self.mountpoint = mp
 
-        def client(self):
+        def session(self):
             return Client()
 
     def find_mount(path):
@@ -190,6 +229,7 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
     second = list(loader)
     loader._plan_target().wait(10)
     assert [op for op, _ in requests] == ["plan", "plan"]
+    assert all(kw["bind"] and kw["client"] == loader.plan_client for _, kw in requests)
     names = [[f"train/c{int(i) % 3}/{int(i):03d}.jpg" for b in ep for i in b[0]] for ep in (first, second)]
     assert requests[0][1]["paths"] == names[0] + names[1]
     assert requests[1][1]["paths"][: len(names[1])] == names[1]

@@ -1,16 +1,33 @@
-"""Plan-aware eviction: farthest next use first, not-in-plan first, protected never, fallback without a plan."""
+"""Plan-aware eviction over the PlanBook: farthest next use across every live plan, not-in-plan first,
+protected never, fallback without plans; and the prefetcher in a cache."""
 
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
+from tiercache.plans import PlanBook
 from tiercache.tiers.base import BlockId
-from tiercache.tiers.planned import BeladyPolicy, PlanAwarePolicy, replay_epochs
+from tiercache.tiers.planned import PlanAwarePolicy
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
 
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+from traces import belady, merged_trace, replay, replay_readers, shard_epochs  # noqa: E402
 
-def replay(policy, epochs, capacity, plan_ahead=True):
-    hit_rate, peak = replay_epochs(policy, epochs, capacity, plan_ahead)
+
+def replay_epochs(policy, epochs, capacity):
+    """One reader: the plan (this epoch + the next) sent at each epoch start, as the DataLoader does."""
+    trace = [k for order in epochs for k in order]
+    starts = {sum(len(o) for o in epochs[:e]): e for e in range(len(epochs))}
+
+    def plans(i):
+        e = starts.get(i)
+        if e is None:
+            return []
+        return [("loader", [*epochs[e], *(epochs[e + 1] if e + 1 < len(epochs) else [])])]
+
+    hit_rate, peak = replay(policy, trace, capacity, plans)
     assert peak <= capacity
     return hit_rate
 
@@ -27,22 +44,43 @@ def shuffled_epochs(items=600, epochs=4, seed=1):
 
 def test_plan_aware_matches_belady_and_beats_lru_and_default():
     epochs = shuffled_epochs()
+    trace = [k for order in epochs for k in order]
     for fraction in (0.1, 0.5):
         capacity = int(600 * fraction)
-        optimum = replay(_belady(epochs), epochs, capacity)
-        planned = replay(PlanAwarePolicy(), epochs, capacity)
+        optimum = replay(belady(trace), trace, capacity)[0]
+        planned = replay_epochs(PlanAwarePolicy(), epochs, capacity)
         assert planned >= 0.95 * optimum
-        assert planned > replay(S3FIFOPolicy(), epochs, capacity) > replay(LRUPolicy(), epochs, capacity)
+        assert planned > replay_epochs(S3FIFOPolicy(), epochs, capacity) > replay_epochs(LRUPolicy(), epochs, capacity)
 
 
-def _belady(epochs):
-    policy = BeladyPolicy()
-    policy.set_plan([k for order in epochs for k in order])
-    return policy
+def test_k_readers_with_their_own_plans_match_belady_on_the_merged_trace():
+    for readers in (2, 8):
+        shards = shard_epochs(800, 3, readers, seed=readers)
+        trace, _ = merged_trace(shards, jitter=0.5, seed=1)
+        for fraction in (0.1, 0.5):
+            capacity = int(800 * fraction)
+            optimum = replay(belady(trace), trace, capacity)[0]
+            planned, _ = replay_readers(PlanAwarePolicy(), shards, capacity, jitter=0.5, seed=1)
+            assert planned >= 0.95 * optimum, (readers, fraction, planned, optimum)
+
+
+def test_one_plan_for_all_readers_is_what_the_old_single_plan_lost():
+    # the old cache kept one plan, the last sender's: with 2 readers that halves what eviction knows
+    shards = shard_epochs(800, 3, 2, seed=3)
+    trace, where = merged_trace(shards)
+    per_client, _ = replay_readers(PlanAwarePolicy(), shards, 200)
+
+    def last_writer_wins(i):
+        rank, epoch, index = where[i]
+        nxt = shards[epoch + 1][rank] if epoch + 1 < len(shards) else []
+        return [("one", [*shards[epoch][rank], *nxt])] if index == 0 else []
+
+    single = replay(PlanAwarePolicy(), trace, 200, last_writer_wins)[0]
+    assert per_client > single + 0.02
 
 
 def test_victims_farthest_next_use_first_and_unplanned_before_planned():
-    policy = PlanAwarePolicy(slack=0)
+    policy = PlanAwarePolicy(PlanBook(slack=0))
     policy.set_plan(["a", "b", "c", "d"])
     for key in ("x", "d", "b", "a", "c"):
         policy.on_insert(BlockId(key, "e", 0), 10)
@@ -54,8 +92,48 @@ def test_victims_farthest_next_use_first_and_unplanned_before_planned():
     assert len(policy) == 1 and policy.tracked_bytes == 10
 
 
+def test_two_tiers_share_one_book_and_each_client_replaces_only_its_own_plan():
+    book = PlanBook(slack=0)
+    ram, ssd = PlanAwarePolicy(book), PlanAwarePolicy(book)
+    book.set_plan(["t1", "t2", "t3"], "train")
+    book.set_plan(["v1", "v2"], "val")
+    for policy in (ram, ssd):
+        for key in ("t1", "t2", "t3", "v1", "v2", "other"):
+            policy.on_insert(key, 1)
+    assert ram.victims(1) == ["other"] and ssd.victims(1) == ["other"]
+    book.set_plan(["t3"], "train")  # train's new plan: val's stays
+    assert {p.client for p in book.plans()} == {"train", "val"}
+    assert set(ram.victims(2)) == {"t1", "t2"}, "no plan reads t1, t2 any more"
+    book.end("val")
+    assert [p.client for p in book.plans()] == ["train"]
+    assert set(ssd.victims(4)) == {"t1", "t2", "v1", "v2"}
+
+
+def test_a_plan_advances_at_its_own_readers_pace():
+    book = PlanBook(slack=0)
+    book.set_plan([f"f{i}" for i in range(100)], "fast")
+    book.set_plan([f"s{i}" for i in range(100)], "slow")
+    for i in range(60):  # the fast reader reads three files for each of the slow one's
+        book.observe(f"f{i}")
+        if i % 3 == 2:
+            book.observe(f"s{i // 3}")
+    fast, slow = book.get("fast"), book.get("slow")
+    assert (fast.position, slow.position) == (60, 20)
+    assert fast.rate > 2 * slow.rate
+    # ten files ahead of the slow reader are due later than ten ahead of the fast one
+    assert book.next_use("s30") > book.next_use("f70")
+
+
+def test_plan_arrays_are_compact():
+    book = PlanBook()
+    keys = [f"train/{i:07d}.jpg" for i in range(50_000)]
+    plan = book.set_plan(keys + keys[::-1], "loader")
+    assert plan.nbytes / len(plan) <= 16
+    assert book.next_use_many(["train/0000003.jpg", "nope"])[1] == float("inf")
+
+
 def test_protected_blocks_are_never_victims():
-    policy = PlanAwarePolicy(slack=0)
+    policy = PlanAwarePolicy(PlanBook(slack=0))
     policy.set_plan(["a", "b"])
     pinned = BlockId("zzz", "e", 0)
     policy.on_insert(pinned, 5)
@@ -86,24 +164,25 @@ def test_without_a_plan_it_is_the_fallback_and_stays_in_step():
 
 
 def test_out_of_order_readers_within_slack_do_not_lose_their_blocks():
-    policy = PlanAwarePolicy(slack=8)
+    book = PlanBook(slack=8)
+    policy = PlanAwarePolicy(book)
     order = [f"k{i}" for i in range(100)]
     policy.set_plan(order + order)
     for key in order[:20]:
         policy.on_insert(key, 1)
     policy.observe_read("k5")  # a fast thread ran ahead; k0..k4 are still about to be read
-    assert all(policy.next_use(f"k{i}") == i for i in range(5))
-    assert policy.next_use("k5") == 105
+    plan = book.get("default")
+    assert all(plan.next_index(book.table.lookup(f"k{i}")) == i for i in range(5))
+    assert plan.next_index(book.table.lookup("k5")) == 105
 
 
-def test_note_read_is_applied_at_the_next_eviction():
-    policy = PlanAwarePolicy(slack=0)
+def test_reads_from_another_thread_are_applied_at_the_next_eviction():
+    policy = PlanAwarePolicy(PlanBook(slack=0))
     policy.set_plan(["a", "b", "c"])
     for key in ("a", "b", "c"):
         policy.on_insert(BlockId(key, "e", 0), 1)
-    policy.note_read("a")  # from a reader thread, without the tier's lock
-    assert policy.next_use("a") == 0  # not applied yet
-    assert [b.key for b in policy.victims(1)] == ["a"]  # applied: "a" is never read again
+    policy.book.observe("a")  # a reader thread, without the tier's lock
+    assert [b.key for b in policy.victims(1)] == ["a"]  # "a" is never read again
 
 
 # ---------------------------------------------------------------- the prefetcher in a cache
@@ -131,14 +210,14 @@ def test_readahead_window_grows_on_sequential_reads_and_resets_on_seek(tmp_path)
         windows = []
         for i in range(5):
             assert cache.read("big.bin", i * bs, bs) == blob[i * bs:(i + 1) * bs]
-            windows.append(cache.prefetcher._streams["big.bin"][1])
+            windows.append(cache.prefetcher.readahead.window("big.bin"))
             _settle(cache)  # each window is fetched before the next read, so the counts below are exact
         assert windows == [bs, 2 * bs, 4 * bs, 8 * bs, 16 * bs]
         blocks = cache._block_ids(cache.namespace.info("big.bin"))
         ahead = [i for i, block in enumerate(blocks) if cache._in_tier(block, "ram")]
         assert ahead == list(range(5 + 16)), "the blocks of the window are fetched ahead of the reader"
         assert cache.read("big.bin", 40 * bs, bs) == blob[40 * bs:41 * bs]  # a seek
-        assert cache.prefetcher._streams["big.bin"][1] == bs
+        assert cache.prefetcher.readahead.window("big.bin") == bs
         pre = _settle(cache)
         assert [i for i, block in enumerate(blocks) if cache._in_tier(block, "ram")] == [*ahead, 40, 41]
         assert pre["readahead_bytes"] == (20 + 1) * bs and pre["prefetched_read_bytes"] == 4 * bs
@@ -156,6 +235,7 @@ def test_plan_prefetch_stays_within_the_ram_budget(tmp_path):
             assert cache.read(key) == files[key]
             assert cache.ram.used() <= cache.ram.capacity()
             pre = _settle(cache)  # a reader slower than the store: every read finds its file prefetched
-            assert pre["plan_position"] == n and pre["lead_bytes"] <= (512 << 10) + 100_000
+            [plan] = cache.plan_stats()
+            assert plan["position"] == n and pre["lead_bytes"] <= (512 << 10) + 100_000
         stats = cache.stats()
-        assert stats["plan"]["hit_rate"] == 1.0 and stats["prefetcher"]["prefetched_unread_bytes"] == 0
+        assert stats["plans"][0]["hit_rate"] == 1.0 and stats["prefetcher"]["prefetched_unread_bytes"] == 0

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from tiercache.tiers.base import BlockId, Tier, key_prefix
 from tiercache.tiers.meta import Meta
-from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy, make_policy, simulate
+from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy, make_policy
 from tiercache.tiers.ram import RamTier
 from tiercache.tiers.ssd import SsdTier
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+from traces import simulate  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -26,17 +26,18 @@ from pathlib import Path
 
 import numpy
 
+from .blocks import BlockMap
 from .config import CacheConfig
 from .errors import ConfigError, NotFound, StoreError
 from .lock import CacheDirLock
 from .namespace import Entry, Namespace, normalize
+from .plans import PlanBook
 from .prefetch import Prefetcher
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId, key_prefix
 from .tiers.budget import MemoryBudget
 from .tiers.meta import Meta
-from .tiers.planned import PlanAwarePolicy
-from .tiers.policy import make_policy
+from .tiers.policy import Policy, make_policy
 from .tiers.ram import RamTier
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class TieredCache:
         cache_dir = Path(config.cache_dir)
         self._dir_lock = CacheDirLock(cache_dir).acquire()
         self.meta: Meta | None = None
+        self.plans = PlanBook()
+        self.blocks = BlockMap(config.block_size)
         self.store: ObjectStore | None = None
         self._own_store = store is None
         try:
@@ -140,7 +143,6 @@ class TieredCache:
             self._release()
             raise
         self.counters = _Counters()
-        self.plan: tuple[str, ...] = ()
         self._flights: dict[BlockId, Future] = {}
         self._flight_lock = threading.Lock()
         self._fetch_pool = ThreadPoolExecutor(config.threads, thread_name_prefix="tiercache-fetch")
@@ -149,12 +151,15 @@ class TieredCache:
         )
         self._prefetch_pending = 0
         self._backend_rate = _Rate()
-        self._plan_start: dict = {"time": time.time(), "lookups": 0, "misses": 0}
-        self.prefetcher = Prefetcher(self, threads=max(1, config.threads // 2))
+        self.prefetcher = Prefetcher(
+            self.plans, self.blocks, config.ram_bytes, resident=self.ram.contains,
+            load=lambda info, blocks: self._get_blocks(blocks, info, "ram", want=False),
+            lookup=lambda key: self.namespace.info(key, revalidate=False), threads=max(1, config.threads // 2),
+        )
 
-    def _policy(self) -> PlanAwarePolicy:
-        """A tier's eviction policy: farthest next use under a plan, the configured policy without one."""
-        return PlanAwarePolicy(lambda: make_policy(self.config.policy))
+    def _policy(self) -> Policy:
+        """A tier's eviction policy, by its registered name; plan-aware ones read the one PlanBook."""
+        return make_policy(self.config.policy, self.plans)
 
     def _check_source(self) -> None:
         """A cache dir reused for another source starts over (its region files go when the SSD tier opens)."""
@@ -208,13 +213,12 @@ class TieredCache:
         self.counters.add("bytes_read", len(data))
         return data
 
-    def _observe(self, info: ObjectInfo, offset: int, end: int) -> None:
-        """Tell the policies and the prefetcher where the reader is (a file's first read moves it in the plan)."""
-        if offset == 0 and self.plan:
-            for tier in (self.ram, self.ssd):
-                note = getattr(getattr(tier, "policy", None), "note_read", None)
-                if note is not None:
-                    note(info.key)
+    def _observe(self, info: ObjectInfo, ids: list[BlockId], offset: int, end: int) -> None:
+        """Tell the plans and the prefetcher where the reader is (a file's first read moves it in its plan)."""
+        if offset == 0 and self.plans:
+            hit = all(self._in_tier(b, "any") for b in ids)
+            if self.plans.observe(info.key, hit):
+                self.prefetcher.wake()
         self.prefetcher.observe(info, offset, end)
 
     def _block_ids(self, info: ObjectInfo, offset: int = 0, size: int | None = None) -> list[BlockId]:
@@ -229,7 +233,7 @@ class TieredCache:
         if not ids:
             return b""
         end = info.size if size is None else min(info.size, offset + size)
-        self._observe(info, offset, end)
+        self._observe(info, ids, offset, end)
         if len(ids) > 1:
             out = self._assemble(ids, info, offset, end)
         else:
@@ -621,18 +625,48 @@ class TieredCache:
             with self._flight_lock:
                 self._prefetch_pending -= 1
 
-    def set_plan(self, keys_in_order: Sequence[str]) -> None:
-        """Store the loader's read plan (keys in read order; empty: none) for eviction and prefetch.
+    def set_plan(self, keys_in_order: Sequence[str], client: str = "default", bound: object = None,
+                 note: str = "") -> int:
+        """Set ``client``'s read plan (keys in read order; empty ends it) for eviction and prefetch.
 
-        Restarts the per-plan counters (hit rate since the plan started).
+        Other clients' plans stay. The plan is built (numpy arrays) before anything is locked and swapped in
+        by reference. ``bound``: a token the plan lives and dies with (``end_bound``); unbound plans end
+        when idle past the book's timeout. Returns the number of entries.
         """
-        self.plan = tuple(str(k).strip("/") for k in keys_in_order)
-        lookups, misses = self._reader_lookups()
-        self._plan_start = {"time": time.time(), "lookups": lookups, "misses": misses}
-        self.ram.set_plan(list(self.plan))
-        if self.ssd is not None:
-            self.ssd.set_plan(list(self.plan))
-        self.prefetcher.set_plan(self.plan)
+        keys = [str(k).strip("/") for k in keys_in_order]
+        plan = self.plans.build(keys, str(client), bound, note)
+        self.plans.install(plan)
+        self.prefetcher.wake()
+        return len(plan)
+
+    def end_plan(self, client: str = "default") -> bool:
+        """End ``client``'s plan; False when it had none."""
+        ended = self.plans.end(str(client))
+        self.prefetcher.wake()
+        return ended
+
+    def plan_keys(self, client: str = "default") -> list[str]:
+        """The keys of ``client``'s live plan, in order (empty when it has none)."""
+        plan = self.plans.get(str(client))
+        if plan is None:
+            return []
+        key = self.plans.table.key
+        return [key(i) for i in plan.ids.tolist()]
+
+    def end_bound(self, bound: object) -> list[str]:
+        """End the plans tied to ``bound`` (a closed control connection); the clients whose plans ended."""
+        ended = self.plans.end_bound(bound)
+        self.prefetcher.wake()
+        return ended
+
+    def plan_stats(self) -> list[dict]:
+        """Each live plan: client, files, position, lead (files, bytes ahead), hit rate since it started."""
+        leads = self.prefetcher.leads()
+        out = []
+        for plan in self.plans.stats():
+            files, nbytes = leads.get(plan.client, (0, 0))
+            out.append({**plan.__dict__, "lead_files": files, "lead_bytes": nbytes})
+        return out
 
     def _reader_lookups(self) -> tuple[int, int]:
         """(block lookups by readers, those that needed the store): warm and prefetch do not count."""
@@ -653,8 +687,6 @@ class TieredCache:
         }
         served = ram["bytes_served"] + ssd["bytes_served"]
         lookups, misses = self._reader_lookups()
-        start = self._plan_start
-        plan_lookups, plan_misses = lookups - start["lookups"], misses - start["misses"]
         gets_per_s, bytes_per_s = self._backend_rate.rates()
         return {
             "source": self.config.source,
@@ -669,10 +701,7 @@ class TieredCache:
                 "gets_per_s": gets_per_s, "bytes_per_s": bytes_per_s,
             },
             "read_hit_rate": 1 - misses / lookups if lookups else 0.0,
-            "plan": {
-                "files": len(self.plan), "started": start["time"], "lookups": plan_lookups,
-                "hit_rate": 1 - plan_misses / plan_lookups if plan_lookups else 0.0,
-            },
+            "plans": self.plan_stats(),
             "reads": c("reads"),
             "bytes_read": c("bytes_read"),
             "cache_bytes_served": served,
@@ -687,7 +716,8 @@ class TieredCache:
             },
             "prefetcher": self.prefetcher.stats(),
             "pins": sorted(self._pins),
-            "plan_keys": len(self.plan),
+            "plan_keys": sum(len(p) for p in self.plans.plans()),
+            "plan_bytes": self.plans.nbytes,
             "namespace": self.namespace.stats(),
         }
 

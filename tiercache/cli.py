@@ -342,13 +342,8 @@ def format_stats(mountpoint: str, stats: dict) -> str:
                      f"{_pct(rate):>10}{_num(hits):>10}{_num(misses):>10}")
     overall = cache.get("read_hit_rate", cache.get("hit_rate"))
     if overall is not None:
-        line = f"  hit rate {_pct(overall)} overall"
-        plan = cache.get("plan")
-        if isinstance(plan, dict) and plan.get("files"):
-            age = max(0.0, time.time() - float(plan.get("started") or time.time()))
-            line += (f", {_pct(plan.get('hit_rate'))} since the plan started ({_num(plan['files'])} files, "
-                     f"{age:.0f} s ago)")
-        lines.append(line)
+        lines.append(f"  hit rate {_pct(overall)} overall")
+    lines.extend(_plan_lines(cache.get("plans")))
     backend = cache.get("backend")
     if isinstance(backend, dict):
         rates = ""
@@ -359,10 +354,8 @@ def format_stats(mountpoint: str, stats: dict) -> str:
                      f"{_num(backend.get('errors'))} errors")
     pre = cache.get("prefetcher")
     if isinstance(pre, dict):
-        where = (f" (plan position {_num(pre.get('plan_position'))} of {_num(pre.get('plan_files'))})"
-                 if pre.get("plan_files") else "")
         lines.append(f"  prefetch: lead {_num(pre.get('lead_files'))} file(s) / {_human(pre.get('lead_bytes'))} "
-                     f"ahead of the reader{where}; {_human(pre.get('prefetched_bytes'))} prefetched, "
+                     f"ahead of the readers; {_human(pre.get('prefetched_bytes'))} prefetched, "
                      f"{_human(pre.get('prefetched_unread_bytes'))} never read")
     if writes:
         age = writes.get("oldest_pending_age_s") or 0
@@ -534,15 +527,25 @@ def cmd_unpin(args: argparse.Namespace) -> int:
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--from-list", metavar="FILE", required=True,
+    p.add_argument("--client", default="cli", metavar="NAME",
+                   help="whose plan this is (default: cli); it replaces only that client's plan")
+    p.add_argument("--from-list", metavar="FILE",
                    help="the files in read order, one a line (- for stdin): relative to MOUNTPOINT, or absolute")
+    p.add_argument("--end", action="store_true", help="end the client's plan instead of sending one")
 
 
 @command("plan", "send a read plan (files in the order they will be read), as the DataLoader does", _plan_args)
 def cmd_plan(args: argparse.Namespace) -> int:
     import os
 
+    if not args.end and not args.from_list:
+        raise ConfigError("plan: --from-list FILE is required (or --end)")
     mount = _mount_of(args.mountpoint)
+    if args.end:
+        report = mount.client().request("plan", client=args.client, end=True)
+        done = "ended" if report.get("ended") else "had no plan to end"
+        sys.stdout.write(f"client {args.client!r} {done} in {mount.mountpoint}\n")
+        return 0
     keys = []
     for line in _read_list(args.from_list):
         path = line if os.path.isabs(line) else os.path.join(mount.mountpoint, line)
@@ -552,9 +555,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for key in keys:
         if key == ".." or key.startswith("../"):
             raise ConfigError(f"{key}: outside the mount {mount.mountpoint}")
-    report = mount.client().request("plan", paths=keys)
-    sys.stdout.write(f"plan of {report['planned']:,} file(s) sent to {mount.mountpoint}\n")
+    report = mount.client().request("plan", paths=keys, client=args.client)
+    sys.stdout.write(f"plan of {report['planned']:,} file(s) for client {args.client!r} sent to "
+                     f"{mount.mountpoint}\n")
     return 0
+
+
+def _plan_lines(plans: Any) -> list[str]:
+    """The per-client plan table of ``stats``."""
+    if not isinstance(plans, list) or not plans:
+        return ["  plans: none"]
+    lines = [f"  {'plan (client)':<24}{'position':>20}{'lead':>16}{'hit rate':>10}{'age':>8}"]
+    now = time.time()
+    for plan in plans:
+        if not isinstance(plan, dict):
+            continue
+        age = max(0.0, now - float(plan.get("started") or now))
+        where = f"{_num(plan.get('position'))} of {_num(plan.get('files'))}"
+        lead = f"{_num(plan.get('lead_files'))} / {_human(plan.get('lead_bytes'))}"
+        note = f"  {plan['note']}" if plan.get("note") else ""
+        lines.append(f"  {str(plan.get('client'))[:23]:<24}{where:>20}{lead:>16}{_pct(plan.get('hit_rate')):>10}"
+                     f"{age:>7.0f}s{note}")
+    return lines
 
 
 def _human(value: Any) -> str:

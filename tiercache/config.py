@@ -113,8 +113,10 @@ class CacheConfig:
             raise ConfigError(f"threads: {threads} must be between 1 and 512")
         if mode not in WRITE_MODES:
             raise ConfigError(f"mode: {mode!r} is not one of {', '.join(WRITE_MODES)}")
-        if policy not in ("default", "lru"):
-            raise ConfigError(f"policy: {policy!r} is not one of default, lru")
+        from .tiers.policy import policy_names
+
+        if policy not in policy_names():
+            raise ConfigError(f"policy: {policy!r} is not one of {', '.join(policy_names())}")
         return cls(
             source=source,
             cache_dir=cache_dir,

@@ -15,6 +15,8 @@ The server answers the ops in ``HANDLERS``; add one with ``@handler("name")``. T
 ``tiercache.handlers`` and are registered when it is imported. A handler is called as
 ``fn(daemon, args, progress) -> dict`` where ``daemon`` is the running mount (``.cache``, ``.writes``,
 ``.info``, ``.request_shutdown(...)``) and ``progress(dict)`` sends an interim line to the client.
+A handler may tie state to the connection it serves: ``current_connection()`` is a token unique to that
+connection, and ``on_disconnect(fn)`` runs ``fn()`` when the client closes it (a loader's plan session).
 """
 
 from __future__ import annotations
@@ -74,6 +76,29 @@ def handler(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
+_serving = threading.local()  # the connection the current handler thread serves
+
+
+class Connection:
+    """One client connection as handlers see it: a token, and what to run when it closes."""
+
+    def __init__(self) -> None:
+        self.closers: list[Callable[[], None]] = []
+
+
+def current_connection() -> Connection | None:
+    """The connection the calling handler serves (None outside a handler)."""
+    return getattr(_serving, "connection", None)
+
+
+def on_disconnect(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` once the client closes the connection the calling handler serves."""
+    connection = current_connection()
+    if connection is None:
+        raise ConfigError("on_disconnect outside a control request")
+    connection.closers.append(fn)
+
+
 # ---------------------------------------------------------------- client
 
 
@@ -121,6 +146,73 @@ class ControlClient:
                 raise _error_from(msg)
         finally:
             sock.close()
+
+
+class ControlSession:
+    """Requests over one connection that stays open (state the daemon ties to it lives as long)."""
+
+    def __init__(self, socket_path: str, timeout: float | None = 30.0, mountpoint: str = ""):
+        self.socket_path, self.timeout, self.mountpoint = socket_path, timeout, mountpoint
+        self._sock: socket.socket | None = None
+        self._reader: Any = None
+        self._lock = threading.Lock()
+
+    def request(self, op: str, **args: Any) -> dict:
+        """Run ``op`` on the daemon over this session's connection (opened on first use, reopened once if
+        the daemon closed it)."""
+        with self._lock:
+            for attempt in (0, 1):
+                try:
+                    return self._request(op, args)
+                except (BrokenPipeError, ConnectionResetError, _Closed):
+                    self._close()
+                    if attempt:
+                        raise ControlError(f"{self.mountpoint or self.socket_path}: the daemon closed the "
+                                           f"connection during {op!r}") from None
+            raise AssertionError("unreachable")
+
+    def _request(self, op: str, args: dict) -> dict:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.socket_path)
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                sock.close()
+                raise DaemonUnreachable(f"{self.mountpoint or self.socket_path}: the tiercache daemon is not "
+                                        f"running ({exc.strerror}: {self.socket_path})") from None
+            self._sock, self._reader = sock, sock.makefile("rb")
+        self._sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        while True:
+            line = self._reader.readline(_MAX_LINE)
+            if not line:
+                raise _Closed()
+            msg = json.loads(line)
+            if "progress" in msg:
+                continue
+            if msg.get("ok"):
+                return msg.get("result") or {}
+            raise _error_from(msg)
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._reader.close()
+                self._sock.close()
+        self._sock = self._reader = None
+
+    def close(self) -> None:
+        """Close the connection (the daemon then drops what it tied to it)."""
+        with self._lock:
+            self._close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._close()
+
+
+class _Closed(Exception):
+    """The daemon closed a session's connection."""
 
 
 def _error_from(msg: dict) -> TiercacheError:
@@ -198,6 +290,18 @@ class ControlServer:
         return False
 
     def _serve(self, conn: socket.socket) -> None:
+        connection = _serving.connection = Connection()
+        try:
+            self._serve_requests(conn)
+        finally:
+            _serving.connection = None
+            for closer in connection.closers:
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - one failing closer must not skip the others
+                    log.exception("control: a disconnect callback failed")
+
+    def _serve_requests(self, conn: socket.socket) -> None:
         with conn:
             if not self._allowed(conn):
                 _send(conn, {"ok": False, "error": "permission denied: not the mounting user", "errno": 13,

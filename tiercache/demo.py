@@ -226,8 +226,9 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
     story.say(f"ImageFolder({mountpoint}/train): {len(train_ds)} images, {len(train_ds.classes)} classes; "
               f"val: {len(val_ds)} images")
     loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        generator=torch.Generator().manual_seed(args.seed), persistent_workers=True)
-    val_loader = DataLoader(val_ds, batch_size=2 * args.batch_size, num_workers=args.workers)
+                        generator=torch.Generator().manual_seed(args.seed), persistent_workers=True,
+                        plan_client="train")
+    val_loader = DataLoader(val_ds, batch_size=2 * args.batch_size, num_workers=args.workers, plan_client="val")
     target = loader._plan_target()
     story.say(f"DataLoader: batch {args.batch_size}, {args.workers} worker threads, shuffle (seed {args.seed}), "
               f"RandomResizedCrop({args.crop}) + flip + normalize; plans -> "
@@ -274,9 +275,9 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
         if sender is not None:
             sender.wait(30)
         plans[name] = sender.sent if sender is not None else 0
-        dl.shutdown()
+        dl.shutdown()  # the threads stop; each plan lives on until its loader is gone
     rows[-1]["plans_sent"] = plans
-    return model, rows
+    return model, rows, (loader, val_loader)
 
 
 # ---------------------------------------------------------------- 5. checkpoint
@@ -401,19 +402,21 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
               f"SSD tier now holds {_mb(counter(after, 'cache', 'ssd', 'used'))}")
 
     story.step(f"train a small CNN for {args.epochs} epoch(s) from the mount (tiercache DataLoader)")
-    model, rows = train(story, mountpoint, args)
+    model, rows, loaders = train(story, mountpoint, args)
     after = mount_stats(mountpoint)
     plans = rows[-1]["plans_sent"]
     story.say(f"GETs while training: {sum(r['gets'] for r in rows)} (train/ was warm; val/ has {args.val} files, "
               f"not warmed); plans sent to the mount: {plans['train']} by the train loader, {plans['val']} by "
-              f"the val loader (each: this pass's file order, then the next's; the mount holds "
-              f"{counter(after, 'cache', 'plan_keys')} planned keys now)")
+              f"the val loader (each its own plan client: this pass's file order, then the next's; the mount "
+              f"holds {len(after['cache'].get('plans') or [])} plans, {counter(after, 'cache', 'plan_keys')} "
+              f"planned keys now)")
 
     story.step("checkpoint through the write tier")
     checkpoint(story, model, mountpoint, client)
 
     story.step("tiercache stats, and where the loader waited")
     story.say(cli_ok("stats", mountpoint))
+    del loaders  # the loaders go: their plans end with their control sessions
     story.say(f"(train/ was warmed into the SSD tier, val/ was not; {sum(r['daemon_reads'] for r in rows[1:])} "
               f"read(s) of epochs 2-{len(rows)} reached the daemon at all: the kernel page cache served the rest)"
               if len(rows) > 1 else "(train/ was warmed into the SSD tier, val/ was not)")

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from .control import Daemon, Progress, handler
+from .control import Daemon, Progress, current_connection, handler, on_disconnect
 from .errors import ConfigError, NotFound
 
 
@@ -24,10 +24,12 @@ def keys_of(paths: Any) -> list[str]:
         raise ConfigError("paths: expected a list of paths relative to the mount")
     keys = []
     for path in paths:
-        key = os.path.normpath(str(path)).strip("/")
-        key = "" if key == "." else key
-        if key == ".." or key.startswith("../"):
-            raise ConfigError(f"{path}: outside the mount")
+        key = str(path).strip("/")
+        if "//" in key or "/." in key or key.startswith("."):  # only these can normalize to something else
+            key = os.path.normpath(key).strip("/")
+            key = "" if key == "." else key
+            if key == ".." or key.startswith("../"):
+                raise ConfigError(f"{path}: outside the mount")
         keys.append(key)
     return keys
 
@@ -124,12 +126,33 @@ def _unmount(daemon: Daemon, args: dict, progress: Progress) -> dict:
 # ---------------------------------------------------------------- data placement: plan, warm, evict, pins
 
 
+def _client_name(args: dict) -> str:
+    client = args.get("client", "default")
+    if not isinstance(client, str) or not client or len(client) > 200 or not client.isprintable():
+        raise ConfigError(f"client: {client!r} is not a name (1 to 200 printable characters)")
+    return client
+
+
 @handler("plan")
 def _plan(daemon: Daemon, args: dict, progress: Progress) -> dict:
-    """The loader's read plan (mount-relative paths in read order); restarts the per-plan hit rate."""
+    """One client's read plan: ``paths`` (mount-relative, in read order) replace that client's plan only.
+
+    ``client`` names the reader (default "default"); ``end`` true ends its plan; ``bind`` true ties the
+    plan to this connection: it ends when the client closes it (the DataLoader's session). Unbound plans end
+    when idle past the timeout. ``note`` is shown in ``stats``; ``show`` true returns the client's plan.
+    """
+    client = _client_name(args)
+    if args.get("show"):
+        return {"client": client, "paths": daemon.cache.plan_keys(client)}
+    if args.get("end"):
+        return {"client": client, "ended": bool(daemon.cache.end_plan(client))}
     keys = keys_of(args.get("paths", []))
-    daemon.cache.set_plan(keys)
-    return {"planned": len(keys)}
+    bound = None
+    if args.get("bind"):
+        bound = current_connection()
+        on_disconnect(lambda: daemon.cache.end_bound(bound))
+    planned = daemon.cache.set_plan(keys, client, bound=bound, note=str(args.get("note", ""))[:200])
+    return {"planned": planned, "client": client}
 
 
 def _threads(args: dict) -> int | None:

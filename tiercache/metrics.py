@@ -57,6 +57,25 @@ class StatsCollector:
     def _counter(self, name: str, doc: str, value: Any) -> Metric | None:
         return self._one(CounterMetricFamily, name, doc, value)
 
+    def _plans(self, plans: list) -> Iterator[Metric]:
+        """Per plan (labels: mountpoint, client): files, position, lead, reads and hit ratio since it started."""
+        fields = [
+            ("tiercache_plan_files", "Files in the client's read plan", "files", GaugeMetricFamily),
+            ("tiercache_plan_position", "Files of the plan the client has read", "position", GaugeMetricFamily),
+            ("tiercache_plan_lead_files", "Files prefetched ahead of the client", "lead_files", GaugeMetricFamily),
+            ("tiercache_plan_lead_bytes", "Bytes prefetched ahead of the client", "lead_bytes", GaugeMetricFamily),
+            ("tiercache_plan_reads", "Planned files read since the plan started", "reads", CounterMetricFamily),
+            ("tiercache_plan_hit_ratio", "Planned reads served without the store since the plan started",
+             "hit_rate", GaugeMetricFamily),
+        ]
+        for name, doc, field, kind in fields:
+            family = kind(name, doc, labels=["mountpoint", "client"])
+            for plan in plans:
+                number = _num(plan.get(field)) if isinstance(plan, dict) else None
+                if number is not None:
+                    family.add_metric([self.mountpoint, str(plan.get("client"))], number)
+            yield family
+
     def collect(self) -> Iterator[Metric]:
         """One scrape: the current stats as metrics."""
         reply = self.stats()
@@ -76,15 +95,13 @@ class StatsCollector:
                 if number is not None:
                     family.add_metric([self.mountpoint, tier], number)
             yield family
+        yield from self._plans(cache.get("plans") or [])
         backend = cache.get("backend") or {}
-        plan = cache.get("plan") or {}
         pre = cache.get("prefetcher") or {}
         single = [
             self._gauge("tiercache_hit_ratio", "Reader block lookups served without the store, overall",
                         cache.get("read_hit_rate")),
-            self._gauge("tiercache_plan_hit_ratio", "Reader hit ratio since the current plan started",
-                        plan.get("hit_rate")),
-            self._gauge("tiercache_plan_files", "Files in the current read plan", plan.get("files")),
+            self._gauge("tiercache_plans", "Live read plans (one per client)", len(cache.get("plans") or [])),
             self._counter("tiercache_backend_gets", "GETs sent to the object store", backend.get("gets")),
             self._counter("tiercache_backend_bytes", "Bytes fetched from the object store", backend.get("bytes")),
             self._counter("tiercache_backend_errors", "Failed object store requests", backend.get("errors")),

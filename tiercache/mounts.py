@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .control import ControlClient, ControlError
+from .control import ControlClient, ControlError, ControlSession
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,10 @@ class Mount:
     def client(self, timeout: float | None = 30.0) -> ControlClient:
         """A client for this mount's control socket."""
         return ControlClient(self.socket_path, timeout=timeout, mountpoint=self.mountpoint)
+
+    def session(self, timeout: float | None = 30.0) -> ControlSession:
+        """A connection to this mount's control socket that stays open (plans tied to it end when it closes)."""
+        return ControlSession(self.socket_path, timeout=timeout, mountpoint=self.mountpoint)
 
     def daemon_alive(self) -> bool:
         """True while the daemon process named in the registry runs (not a zombie)."""

@@ -1,16 +1,18 @@
-"""Prefetch: sequential read-ahead per file, and plan-driven prefetch a bounded distance ahead of the reader.
+"""Prefetch: sequential read-ahead per file, and plan prefetch by deadline within one lead budget.
 
-- **Read-ahead**: for objects larger than one block, each sequential read doubles a per-file window (up
-  to ``max_window`` bytes, at most a quarter of the RAM tier) and the blocks in it are fetched in
-  parallel (ranged GETs); a seek resets the window to one block. Small objects are one block, one GET.
-- **Plans**: given the loader's plan (files in the order it will read them), a background thread starts
-  whole-file fetches in plan order (at most ``threads`` at a time), never more than ``lead_files`` files
-  nor ``lead_bytes`` bytes (default half the RAM tier) ahead of the reader, whose position is learned from
-  the first read of each file. Prefetched blocks land in the RAM tier, so prefetch buffers count against
-  ``--ram``; plan-aware eviction keeps them because their next use is near.
+The prefetcher never sees the store, the tiers or the cache: the composition root hands it callables
+(``resident(block)``, ``load(info, blocks)``, ``lookup(key)``) and the shared PlanBook.
 
-Counters: prefetched bytes, those read since (and those never read), and the current lead (files and
-bytes ahead of the reader).
+- **Read-ahead** (:class:`ReadAhead`, a small state machine without I/O): for objects larger than one block,
+  each sequential read doubles a per-file window (up to ``max_window`` bytes, at most a quarter of the RAM
+  tier); a seek resets it to one block. The blocks in the window are fetched in parallel.
+- **Plans**: a background thread starts whole-file fetches for the live plans, always the entry with the
+  nearest predicted next use over all plans (deadline first), at most ``threads`` at a time. Each plan's
+  lead (:class:`PlanLead`: its own cursor, at or past the reader's position) is at most ``lead_files``
+  files, and all leads together at most ``lead_bytes`` (default half the RAM tier): prefetched blocks land
+  in the RAM tier and plan-aware eviction keeps them because their next use is near.
+
+Counters: prefetched bytes, those read since (and those never read), and each plan's lead.
 """
 
 from __future__ import annotations
@@ -19,54 +21,95 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+from .blocks import BlockMap
+from .plans import Plan, PlanBook
 from .store import ObjectInfo
 from .tiers.base import BlockId
-from .tiers.planned import PlanCursor
-
-if TYPE_CHECKING:
-    from .cache import TieredCache
 
 log = logging.getLogger(__name__)
 
+__all__ = ["PlanLead", "Prefetcher", "ReadAhead"]
+
+
+class ReadAhead:
+    """Per-object read-ahead windows (LRU over ``max_streams`` objects); pure bookkeeping."""
+
+    def __init__(self, block_size: int, max_window: int, max_streams: int = 1024):
+        self.block_size = block_size
+        self.max_window = max(max_window, block_size)
+        self.max_streams = max_streams
+        self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key → (next offset, window)
+
+    def on_read(self, key: str, size: int, offset: int, end: int) -> tuple[int, int]:
+        """A read of [offset, end) of an object of ``size`` bytes: block indices [first, last) to fetch ahead."""
+        bs = self.block_size
+        next_offset, window = self._streams.pop(key, (-1, 0))
+        window = min(window * 2, self.max_window) if offset == next_offset and window else bs
+        self._streams[key] = (end, window)
+        while len(self._streams) > self.max_streams:
+            self._streams.popitem(last=False)
+        return -(-end // bs), min(-(-size // bs), -(-(end + window) // bs))
+
+    def window(self, key: str) -> int:
+        """The current window of ``key`` in bytes (0 if not followed)."""
+        return self._streams.get(key, (0, 0))[1]
+
+
+@dataclass
+class PlanLead:
+    """The prefetcher's cursor in one plan: ``plan.position <= next_index``; files fetched ahead."""
+
+    plan: Plan
+    next_index: int
+    ahead: deque = field(default_factory=deque)  # (plan index, bytes) of files fetched ahead, oldest first
+    ahead_bytes: int = 0
+
+    def trim(self) -> None:
+        """Forget the files the reader has passed."""
+        position = self.plan.position
+        while self.ahead and self.ahead[0][0] < position:
+            self.ahead_bytes -= self.ahead.popleft()[1]
+        self.next_index = max(self.next_index, position)
+
 
 class Prefetcher:
-    """Read-ahead and plan prefetch for one TieredCache (which calls ``observe`` on every read)."""
+    """Read-ahead and plan prefetch; the cache calls ``observe`` on every read and ``wake`` on plan moves."""
 
     MAX_TRACKED = 1 << 20  # prefetched-but-unread blocks remembered for the "never read" counter
 
     def __init__(
         self,
-        cache: TieredCache,
+        book: PlanBook,
+        blocks: BlockMap,
+        ram_bytes: int,
+        resident: Callable[[BlockId], bool],
+        load: Callable[[ObjectInfo, list[BlockId]], None],
+        lookup: Callable[[str], ObjectInfo],
         threads: int = 8,
         lead_files: int = 256,
         lead_bytes: int | None = None,
         max_window: int = 64 << 20,
         max_streams: int = 1024,
     ):
-        self.cache = cache
-        self.block_size = cache.config.block_size
-        ram = cache.config.ram_bytes
+        self.book = book
+        self.blocks = blocks
+        self.resident, self.load, self.lookup = resident, load, lookup
+        bs = blocks.block_size
         self.lead_files = lead_files
-        self.lead_bytes = lead_bytes if lead_bytes is not None else max(ram // 2, self.block_size)
-        self.max_window = max(min(max_window, ram // 4), self.block_size)
+        self.lead_bytes = lead_bytes if lead_bytes is not None else max(ram_bytes // 2, bs)
+        self.readahead = ReadAhead(bs, min(max_window, ram_bytes // 4), max_streams)
         self.parallel = max(1, threads)
-        self.max_streams = max_streams
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="tiercache-readahead")
+        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="tiercache-readahead")
         self._lock = threading.Condition()
-        self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key → (next offset, window)
         self._scheduled: set[BlockId] = set()
         self._unread: dict[BlockId, int] = {}  # prefetched, not read yet (insertion order: oldest first)
         self._forgotten_unread = 0
         self._in_flight = 0
-        self._generation = 0
-        self._cursor = PlanCursor()
-        self._next_index = 0
-        self._ahead: deque[tuple[int, int]] = deque()  # (plan index, bytes) of files fetched ahead
-        self._ahead_bytes = 0
+        self._leads: dict[str, PlanLead] = {}
         self._closed = False
         self.prefetched_bytes = self.used_bytes = self.readahead_bytes = 0
         self._thread = threading.Thread(target=self._plan_loop, name="tiercache-plan-prefetch", daemon=True)
@@ -74,24 +117,14 @@ class Prefetcher:
 
     # ------------------------------------------------------------------ called by the cache
 
-    def set_plan(self, keys_in_order: Sequence[str]) -> None:
-        """Follow a new plan from its start."""
+    def wake(self) -> None:
+        """A plan arrived, ended or moved: look for work."""
         with self._lock:
-            self._cursor.set_plan(keys_in_order)
-            self._generation += 1
-            self._next_index = 0
-            self._ahead.clear()
-            self._ahead_bytes = 0
             self._lock.notify_all()
 
     def observe(self, info: ObjectInfo, offset: int, end: int) -> None:
-        """A reader read [offset, end) of an object: advance the plan position (on a file's first read, at
-        offset 0, so a file read in several calls counts once), extend read-ahead."""
-        if offset == 0 and self._cursor.plan:
-            with self._lock:
-                if self._cursor.observe(info.key) is not None:
-                    self._lock.notify_all()
-        if info.size > self.block_size:
+        """A reader read [offset, end) of an object: extend its read-ahead window."""
+        if info.size > self.blocks.block_size:
             self._readahead(info, offset, end)
 
     def mark_read(self, block: BlockId) -> None:
@@ -105,16 +138,10 @@ class Prefetcher:
     # ------------------------------------------------------------------ read-ahead
 
     def _readahead(self, info: ObjectInfo, offset: int, end: int) -> None:
-        bs = self.block_size
         with self._lock:
-            next_offset, window = self._streams.pop(info.key, (-1, 0))
-            window = min(window * 2, self.max_window) if offset == next_offset and window else bs
-            self._streams[info.key] = (end, window)
-            while len(self._streams) > self.max_streams:
-                self._streams.popitem(last=False)
-            first, last = -(-end // bs), min(-(-info.size // bs), -(-(end + window) // bs))
-            wanted = [BlockId(info.key, info.etag, i) for i in range(first, last)]
-            todo = [b for b in wanted if b not in self._scheduled and not self.cache._in_tier(b, "ram")]
+            first, last = self.readahead.on_read(info.key, info.size, offset, end)
+            todo = [b for b in self.blocks.indices(info, first, last)
+                    if b not in self._scheduled and not self.resident(b)]
             self._scheduled.update(todo)
         for block in todo:
             try:
@@ -124,15 +151,15 @@ class Prefetcher:
 
     def _fetch_blocks(self, blocks: list[BlockId], info: ObjectInfo, readahead: bool) -> None:
         try:
-            missing = [b for b in blocks if not self.cache._in_tier(b, "ram")]
+            missing = [b for b in blocks if not self.resident(b)]
             if missing:
-                self.cache._get_blocks(missing, info, "ram", want=False)
-                nbytes = sum(min(self.block_size, info.size - b.index * self.block_size) for b in missing)
+                self.load(info, missing)
+                sizes = {b: self.blocks.length(info, b) for b in missing}
+                nbytes = sum(sizes.values())
                 with self._lock:
                     self.prefetched_bytes += nbytes
                     self.readahead_bytes += nbytes if readahead else 0
-                    for b in missing:
-                        self._unread[b] = min(self.block_size, info.size - b.index * self.block_size)
+                    self._unread.update(sizes)
                     while len(self._unread) > self.MAX_TRACKED:  # bounded memory: the oldest stay unread
                         self._forgotten_unread += self._unread.pop(next(iter(self._unread)))
         except Exception as exc:  # noqa: BLE001 - prefetch is best effort; the reader will fetch itself
@@ -144,28 +171,64 @@ class Prefetcher:
 
     # ------------------------------------------------------------------ plan prefetch
 
+    def _sync_leads(self) -> None:
+        """One lead per live plan (a replaced plan starts a new lead at its reader's position)."""
+        plans = {p.client: p for p in self.book.plans()}
+        leads = {}
+        for client, plan in plans.items():
+            lead = self._leads.get(client)
+            if lead is None or lead.plan is not plan:
+                lead = PlanLead(plan, plan.position)
+            lead.trim()
+            leads[client] = lead
+        self._leads = leads
+
+    def _pick(self) -> PlanLead | None:
+        """The lead whose next entry is due soonest, if the budget allows one more fetch."""
+        self._sync_leads()
+        if self._in_flight >= self.parallel:
+            return None
+        if sum(lead.ahead_bytes for lead in self._leads.values()) >= self.lead_bytes:
+            return None
+        best, due = None, float("inf")
+        clock = self.book.clock
+        for lead in self._leads.values():
+            plan = lead.plan
+            if lead.next_index >= len(plan) or lead.next_index - plan.position >= self.lead_files:
+                continue
+            when = plan.predicted(lead.next_index, clock)
+            if when < due:
+                best, due = lead, when
+        return best
+
     def _plan_loop(self) -> None:
+        last_expiry = time.monotonic()
         while True:
             with self._lock:
-                while not self._closed and not self._can_advance():
+                lead = None
+                while not self._closed:
+                    lead = self._pick()
+                    if lead is not None:
+                        break
                     self._lock.wait(0.5)
+                    if time.monotonic() - last_expiry > 1.0:
+                        last_expiry = time.monotonic()
+                        self.book.expire()
                 if self._closed:
                     return
-                index = self._next_index = max(self._next_index, self._cursor.position)
-                key = self._cursor.plan[index]
-                generation = self._generation
-                self._next_index += 1
+                index = lead.next_index
+                lead.next_index += 1
+                key = self.book.table.key(int(lead.plan.ids[index]))
                 self._in_flight += 1
             try:
-                info = self.cache.namespace.info(key, revalidate=False)
+                info = self.lookup(key)
             except Exception as exc:  # noqa: BLE001 - a planned file may be gone; skip it
                 log.debug("plan prefetch: %s: %s", key, exc)
                 self._done()
                 continue
             with self._lock:
-                if generation == self._generation:
-                    self._ahead.append((index, info.size))
-                    self._ahead_bytes += info.size
+                lead.ahead.append((index, info.size))
+                lead.ahead_bytes += info.size
             try:
                 self._pool.submit(self._plan_fetch, info)
             except RuntimeError:  # closed
@@ -173,7 +236,7 @@ class Prefetcher:
 
     def _plan_fetch(self, info: ObjectInfo) -> None:
         try:
-            self._fetch_blocks(self.cache._block_ids(info), info, readahead=False)
+            self._fetch_blocks(self.blocks.ids(info), info, readahead=False)
         finally:
             self._done()
 
@@ -182,45 +245,38 @@ class Prefetcher:
             self._in_flight -= 1
             self._lock.notify_all()
 
-    def _can_advance(self) -> bool:
-        plan, position = self._cursor.plan, self._cursor.position
-        while self._ahead and self._ahead[0][0] < position:
-            self._ahead_bytes -= self._ahead.popleft()[1]
-        start = max(self._next_index, position)
-        return (
-            start < len(plan)
-            and self._in_flight < self.parallel
-            and start - position < self.lead_files
-            and self._ahead_bytes < self.lead_bytes
-        )
-
     # ------------------------------------------------------------------ reporting and lifecycle
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until nothing is in flight and the plan lead is used up (or the plan done); False on timeout."""
+        """Wait until nothing is in flight and every lead is used up (or its plan done); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._in_flight or self._scheduled or (self._cursor.plan and self._can_advance()):
+            while self._in_flight or self._scheduled or self._pick() is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._lock.wait(min(left, 0.05))
             return True
 
-    def stats(self) -> dict:
-        """Prefetched bytes, how many were read since, and the lead ahead of the reader."""
+    def leads(self) -> dict[str, tuple[int, int]]:
+        """Per client: (files, bytes) prefetched ahead of its reader."""
         with self._lock:
-            position = self._cursor.position
+            self._sync_leads()
+            return {c: (max(0, lead.next_index - lead.plan.position), lead.ahead_bytes)
+                    for c, lead in self._leads.items()}
+
+    def stats(self) -> dict:
+        """Prefetched bytes, how many were read since, and the leads ahead of the readers (all plans)."""
+        leads = self.leads()
+        with self._lock:
             return {
                 "prefetched_bytes": self.prefetched_bytes,
                 "readahead_bytes": self.readahead_bytes,
                 "prefetched_read_bytes": self.used_bytes,
                 "prefetched_unread_bytes": sum(self._unread.values()) + self._forgotten_unread,
                 "in_flight": self._in_flight,
-                "plan_files": len(self._cursor.plan),
-                "plan_position": position,
-                "lead_files": max(0, self._next_index - position),
-                "lead_bytes": self._ahead_bytes,
+                "lead_files": sum(files for files, _ in leads.values()),
+                "lead_bytes": sum(nbytes for _, nbytes in leads.values()),
             }
 
     def close(self) -> None:

@@ -56,7 +56,8 @@ import torch.utils.data as tud
 from torch.utils.data import IterableDataset
 
 from . import plans as _plans
-from .replay import flatten, replayable, restore_rng, snapshot_rng
+from .orders import EpochOrder, epoch_order
+from .replay import restore_rng, snapshot_rng
 from .staging import DeviceStager, advise_huge_pages, map_tensors, tensors_in
 from .workers import WorkerPool, check_worker_init, current_epoch, loading, output_slot, stage_timer, worker_id
 
@@ -82,6 +83,7 @@ class _EpochStats:
         self.started = time.perf_counter()
         self.ended: float | None = None
         self.lock = threading.Lock()
+        self.plan: dict[str, Any] = {"epochs": 0, "files": 0, "reason": "plans off or no tiercache behind the data"}
 
     def add(self, timers: dict[str, float]) -> None:
         with self.lock:
@@ -102,6 +104,7 @@ class _EpochStats:
             "wait_s": round(self.wait_s, 6),
             "worker_s": stage,
             "wait_split_s": split,
+            "plan": dict(self.plan),
         }
 
 
@@ -565,8 +568,11 @@ class DataLoader(tud.DataLoader):
             ``(image, *rest)`` with ``image`` a uint8 HWC tensor (or 1-D encoded JPEG bytes, decoded by nvJPEG
             on the GPU); batches are ``(images [B, C, H, W], *collate_fn(rest))``.
         plans: send each epoch's file order, followed by the next epoch's, to the tiercache serving the
-            dataset (library mode or a mount), when the dataset exposes ``samples`` or ``path_of(index)``
-            and the sampler's order can be replayed (torch's built-in samplers).
+            dataset (library mode or a mount), when the dataset exposes ``samples`` or ``path_of(index)``.
+            torch's samplers, ``DistributedSampler`` (this rank's shard) and samplers with ``set_epoch``
+            send both epochs; other samplers send this epoch only (``stats()[i]["plan"]`` says which).
+        plan_client: this loader's name as a plan client (default: unique per loader, with the sampler's
+            rank when it has one); each client's plan replaces only its own, and ends with the loader.
     """
 
     def __init__(
@@ -592,6 +598,7 @@ class DataLoader(tud.DataLoader):
         device: str | torch.device | None = None,
         gpu_augment: Any = None,
         plans: bool = True,
+        plan_client: str | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {
             "prefetch_factor": prefetch_factor,
@@ -612,6 +619,7 @@ class DataLoader(tud.DataLoader):
             raise ValueError("gpu_augment needs automatic batching (batch_size or batch_sampler)")
         self.gpu_augment = gpu_augment
         self.plans = plans
+        self.plan_client = plan_client or _default_client(self)
         self._epoch = 0
         self._pool: WorkerPool | None = None
         self._pool_finalizer: weakref.finalize | None = None
@@ -674,30 +682,28 @@ class DataLoader(tud.DataLoader):
         with self._plan_lock:
             if not self._plan_resolved:
                 self._plan_resolved = True
-                self._plan_sender = _plans.plan_sender(self.dataset) if self.plans else None
+                self._plan_sender = _plans.plan_sender(self.dataset, self.plan_client) if self.plans else None
+                if self._plan_sender is not None:
+                    weakref.finalize(self, self._plan_sender.close)  # the plan ends with the loader
             return self._plan_sender
 
-    def _send_plan(self, skip_batches: int, draw_next_base_seed: bool, skip_seqs: set[int] | None = None) -> None:
-        """Compute this epoch's remaining order and the next epoch's without disturbing any RNG; send async."""
+    def _send_plan(self, skip_batches: int, draw_next_base_seed: bool, skip_seqs: set[int] | None = None,
+                   index_iter: Any = None) -> EpochOrder | None:
+        """Compute this epoch's remaining order and the next epoch's without disturbing any RNG; send async.
+
+        Returns the order (its ``materialized`` items must then be the epoch's), or None when no plan goes.
+        """
         if isinstance(self.dataset, IterableDataset):
-            return
+            return None
         target = self._plan_target()
         if target is None:
-            return
-        if not replayable(self._index_sampler):
-            log.debug("plan not sent: sampler %r cannot be replayed", type(self._index_sampler).__name__)
-            return
-        snap = snapshot_rng(self)
-        try:
-            current = flatten(
-                b for pos, b in enumerate(iter(self._index_sampler)) if pos >= skip_batches and pos not in skip_seqs
-            ) if skip_seqs else flatten(itertools.islice(iter(self._index_sampler), skip_batches, None))
-            if draw_next_base_seed:
-                torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-            following = flatten(iter(self._index_sampler))
-        finally:
-            restore_rng(self, snap)
-        target.send_async(current + following)
+            return None
+        order = epoch_order(self, skip_batches, skip_seqs, draw_next_base_seed, index_iter)
+        if order.epochs:
+            target.send_async(order.indices)
+        else:
+            log.debug("plan not sent: %s", order.reason)
+        return order
 
     # -- resume --------------------------------------------------------------------------------------------
 
@@ -776,9 +782,14 @@ class _LoaderIter:
         if index_iter is not None:
             if loader.plans:
                 try:
-                    loader._send_plan(self._skip, not loader.persistent_workers, skip_seqs)
+                    order = loader._send_plan(self._skip, not loader.persistent_workers, skip_seqs, index_iter)
                 except Exception:  # a plan is a hint; loading must not fail because of it
                     log.debug("plan computation failed", exc_info=True)
+                    order = None
+                if order is not None:
+                    self._stats.plan = order.describe()
+                    if order.materialized is not None:
+                        index_iter = iter(order.materialized)
             for _ in range(self._skip):
                 next(index_iter, None)
             pipe.index_iter = _Positions(index_iter, skip_seqs, self._skip)
@@ -868,6 +879,20 @@ class _LoaderIter:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._shutdown()
+
+
+_loader_numbers = itertools.count(1)
+
+
+def _default_client(loader: DataLoader) -> str:
+    """A plan client name unique to this loader: pid, a counter, and the sampler's rank when it has one."""
+    import os
+
+    sampler = getattr(loader, "sampler", None)
+    rank = getattr(getattr(loader, "batch_sampler", None), "sampler", sampler)
+    rank = getattr(rank, "rank", getattr(sampler, "rank", None))
+    name = f"pid{os.getpid()}-loader{next(_loader_numbers)}"
+    return f"{name}-rank{rank}" if isinstance(rank, int) else name
 
 
 def _contiguous_prefix(seqs: set[int]) -> int:

@@ -3,9 +3,14 @@
 The one place that knows how plans travel:
 
 * library mode: the dataset holds a ``TieredCache`` as ``dataset.cache`` and its paths are keys relative to
-  the cache's source; the plan goes to ``cache.set_plan(keys_in_order)``.
-* mount mode: the dataset's paths lie under a tiercache FUSE mount; the plan goes over the mount's control
-  socket: ``tiercache.mounts.find_mount(path).client().request("plan", paths=[mount-relative paths])``.
+  the cache's source; the plan goes to ``cache.set_plan(keys_in_order, client=name)`` and is ended with
+  ``cache.end_plan(name)`` when the sender closes (the loader went away).
+* mount mode: the dataset's paths lie under a tiercache FUSE mount; the plan goes over a control session
+  that stays open (``Mount.session()``) as ``plan(paths=[mount-relative paths], client=name, bind=True)``:
+  the daemon ends the plan when the session closes, i.e. when the loader (or its process) goes away.
+
+Each sender is one client: a loader's plans replace only that loader's earlier plan, so train and val
+loaders, and every rank, have their own.
 
 Paths come from ``dataset.path_of(index)`` or ``dataset.samples[index][0]`` (torchvision's ImageFolder /
 DatasetFolder layout), looking through ``torch.utils.data.Subset``. Anything else loads without plans.
@@ -51,10 +56,12 @@ def path_function(dataset: Any) -> tuple[Any, Callable[[int], str]] | None:
 class PlanSender:
     """Maps sample indices to paths and delivers them to a sink, on a background thread, latest plan wins."""
 
-    def __init__(self, path_of: Callable[[int], str], sink: Callable[[list[str]], Any], describe: str):
+    def __init__(self, path_of: Callable[[int], str], sink: Callable[[list[str]], Any], describe: str,
+                 close: Callable[[], Any] | None = None):
         self.path_of = path_of
         self.sink = sink
         self.describe = describe
+        self._close = close
         self._lock = threading.Lock()
         self._pending: list[int] | None = None
         self._busy = False
@@ -88,6 +95,15 @@ class PlanSender:
             except Exception:  # a plan is a hint: never break loading over it
                 log.warning("could not send a plan to %s", self.describe, exc_info=True)
 
+    def close(self) -> None:
+        """End this client's plan in the cache (idempotent; errors are ignored: a plan is a hint)."""
+        close, self._close = self._close, None
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                log.debug("could not end the plan at %s", self.describe, exc_info=True)
+
     def wait(self, timeout: float = 10.0) -> bool:
         """Block until no plan is pending (tests, shutdown); True when idle."""
         deadline = time.monotonic() + timeout
@@ -99,7 +115,7 @@ class PlanSender:
         return False
 
 
-def _library_sink(base: Any) -> Callable[[list[str]], Any] | None:
+def _library_sink(base: Any, client: str) -> tuple[Callable[[list[str]], Any], Callable[[], Any] | None] | None:
     cache = getattr(base, "cache", None)
     if cache is None:
         return None
@@ -107,10 +123,25 @@ def _library_sink(base: Any) -> Callable[[list[str]], Any] | None:
     if not callable(set_plan):
         log.debug("no plan: %s has no set_plan", type(cache).__name__)
         return None
-    return set_plan
+    end_plan = getattr(cache, "end_plan", None)
+    return (lambda paths: set_plan(paths, client=client)), (
+        (lambda: end_plan(client)) if callable(end_plan) else None)
 
 
-def _mount_sink(probe: str) -> tuple[Callable[[list[str]], Any], str] | None:
+def mount_relative(paths: Sequence[str], mountpoint: str) -> list[str]:
+    """Paths under ``mountpoint`` (a real path) as mount-relative keys; a string prefix test first, the
+    file system (symlinks, ``..``) only for paths that do not start with the mountpoint."""
+    head = mountpoint.rstrip("/") + "/"
+    out = []
+    for path in paths:
+        if path.startswith(head) and "/." not in path and "//" not in path:
+            out.append(path[len(head):])
+        else:
+            out.append(os.path.relpath(os.path.realpath(path), mountpoint))
+    return out
+
+
+def _mount_sink(probe: str, client: str) -> tuple[Callable[[list[str]], Any], str, Callable[[], Any]] | None:
     try:
         from tiercache.mounts import find_mount
     except ImportError:
@@ -120,16 +151,17 @@ def _mount_sink(probe: str) -> tuple[Callable[[list[str]], Any], str] | None:
     if mount is None:
         return None
     mountpoint = os.path.realpath(mount.mountpoint)
+    session = mount.session()
 
     def sink(paths: list[str]) -> Any:
-        rel = [os.path.relpath(os.path.realpath(p), mountpoint) for p in paths]
-        return mount.client().request("plan", paths=rel)
+        return session.request("plan", paths=mount_relative(paths, mountpoint), client=client, bind=True)
 
-    return sink, f"mount {mountpoint}"
+    return sink, f"mount {mountpoint}", session.close
 
 
-def plan_sender(dataset: Any) -> PlanSender | None:
-    """A :class:`PlanSender` for ``dataset`` when its files come through tiercache, else None."""
+def plan_sender(dataset: Any, client: str = "default") -> PlanSender | None:
+    """A :class:`PlanSender` for ``dataset``, as plan client ``client``, when its files come through
+    tiercache; else None."""
     found = path_function(dataset)
     if found is None:
         return None
@@ -139,18 +171,18 @@ def plan_sender(dataset: Any) -> PlanSender | None:
             return None
     except TypeError:
         pass
-    library = _library_sink(base)
+    library = _library_sink(base, client)
     if library is not None:
-        return PlanSender(path_of, library, f"cache {type(base.cache).__name__}")
+        return PlanSender(path_of, library[0], f"cache {type(base.cache).__name__}", library[1])
     root = getattr(base, "root", None)
     probe = root if isinstance(root, str) and "://" not in root else path_of(0)
     if not isinstance(probe, str) or "://" in probe or not os.path.isabs(os.path.abspath(probe)):
         return None
     try:
-        mount = _mount_sink(os.path.abspath(probe))
+        mount = _mount_sink(os.path.abspath(probe), client)
     except Exception:
         log.debug("no plan: mount detection failed for %s", probe, exc_info=True)
         return None
     if mount is None:
         return None
-    return PlanSender(path_of, mount[0], mount[1])
+    return PlanSender(path_of, mount[0], mount[1], mount[2])

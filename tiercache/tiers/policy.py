@@ -1,7 +1,7 @@
 """Eviction policies: which blocks a full tier drops first.
 
 A policy only does bookkeeping — no I/O, no locks (the owning tier serialises calls) — so the same
-objects replay traces offline (``simulate``, bench/hit_rate.py). Blocks are any hashable ids (the tiers
+objects replay traces offline (bench/traces.py, bench/hit_rate.py). Blocks are any hashable ids (the tiers
 pass :class:`~tiercache.tiers.base.BlockId`); sizes are bytes (or 1 per block in a unit-size trace).
 
 Contract, shared by every policy:
@@ -14,19 +14,23 @@ Contract, shared by every policy:
 * ``set_plan(keys_in_order)`` hands over the loader's read plan (object keys in the order they will be
   read). The policies here only store it; a plan-aware policy overrides ``_plan_changed`` and
   ``victims`` (evict the block whose next use is farthest away, blocks of keys not in the plan first)
-  and registers itself with ``register_policy("plan", PlanAwarePolicy)``.
+  and registers itself with ``register_policy("plan", factory, plans=True)``: its factory gets the cache's
+  one PlanBook (``make_policy(name, book)``).
+
+Offline replay of traces (Belady, ``simulate``) lives in bench/traces.py.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 Protected = Callable[[Hashable], bool]
 
 
-def _never(_block: Hashable) -> bool:
+def never_protected(_block: Hashable) -> bool:
+    """The default ``protected``: no block is."""
     return False
 
 
@@ -106,7 +110,7 @@ class LRUPolicy(Policy):
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
         """Least recent first, skipping protected blocks."""
-        protected = protected or _never
+        protected = protected or never_protected
         out, freed = [], 0
         for block, size in self._queue.items():
             if freed >= bytes_needed:
@@ -250,7 +254,7 @@ class S3FIFOPolicy(Policy):
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
         """Stale main blocks first; then from the small queue while it is over its share, else from main."""
-        protected = protected or _never
+        protected = protected or never_protected
         out: list[Hashable] = []
         freed = self._stale(bytes_needed, protected, out)
         # Shares are of what remains after this eviction, so that batched evictions (a tier evicting from
@@ -309,47 +313,35 @@ class S3FIFOPolicy(Policy):
         return self._small_bytes + self._main_bytes
 
 
-POLICIES: dict[str, Callable[[], Policy]] = {
-    "default": S3FIFOPolicy, "s3fifo": S3FIFOPolicy, "lru": LRUPolicy,
+_FACTORIES: dict[str, tuple[Callable[..., Policy], bool, str]] = {
+    "s3fifo": (S3FIFOPolicy, False, "scan-resistant S3-FIFO, plans ignored"),
+    "lru": (LRUPolicy, False, "plain LRU, plans ignored (a baseline)"),
 }
 
 
-def register_policy(name: str, factory: Callable[[], Policy]) -> None:
-    """Make a policy available by name (CacheConfig.policy, bench/hit_rate.py)."""
-    POLICIES[name] = factory
+def register_policy(name: str, factory: Callable[..., Policy], plans: bool = False, doc: str = "") -> None:
+    """Make a policy available by name (CacheConfig.policy, ``--policy``, the benchmarks).
+
+    With ``plans`` the factory is called with the cache's PlanBook (``factory(book)``), else with nothing.
+    """
+    _FACTORIES[name] = (factory, plans, doc)
 
 
-def make_policy(name: str = "default") -> Policy:
-    """A fresh policy by name: "default" (S3-FIFO), "s3fifo", "lru", or any registered one."""
+def _registered() -> dict[str, tuple[Callable[..., Policy], bool, str]]:
+    from . import planned  # noqa: F401 - registers the plan-aware policies
+
+    return _FACTORIES
+
+
+def policy_names() -> dict[str, str]:
+    """Every registered policy name and what it does."""
+    return {name: doc for name, (_f, _p, doc) in sorted(_registered().items())}
+
+
+def make_policy(name: str = "default", book: object = None) -> Policy:
+    """A fresh policy by name; plan-aware ones read ``book`` (a PlanBook; a private one when None)."""
     try:
-        return POLICIES[name]()
+        factory, plans, _doc = _registered()[name]
     except KeyError:
-        raise ValueError(f"unknown eviction policy {name!r} (known: {', '.join(sorted(POLICIES))})") from None
-
-
-def simulate(
-    policy: Policy,
-    trace: Iterable[Hashable],
-    capacity: int,
-    size: Callable[[Hashable], int] | int = 1,
-    protected: Protected | None = None,
-) -> float:
-    """Replay ``trace`` through ``policy`` over a tier of ``capacity`` bytes; returns the hit rate."""
-    sizer = size if callable(size) else (lambda _b, _s=size: _s)
-    hits = total = 0
-    for block in trace:
-        total += 1
-        if block in policy:
-            hits += 1
-            policy.on_access(block)
-            continue
-        need = sizer(block)
-        if need > capacity:
-            continue
-        over = policy.tracked_bytes + need - capacity
-        if over > 0:
-            policy.victims(over, protected)
-            if policy.tracked_bytes + need > capacity:
-                continue
-        policy.on_insert(block, need)
-    return hits / total if total else 0.0
+        raise ValueError(f"unknown eviction policy {name!r} (known: {', '.join(policy_names())})") from None
+    return factory(book) if plans else factory()
