@@ -99,8 +99,9 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE", help="s3://BUCKET[/PREFIX] or file:///DIR")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     p.add_argument("--ram", default="1G", metavar="SIZE", help="RAM tier size (default 1G)")
-    p.add_argument("--ssd", metavar="DIR[:SIZE]", help="cache dir on local SSD (default ~/.cache/...)")
-    p.add_argument("--ssd-size", metavar="SIZE", help="SSD tier size (default: half the free space)")
+    p.add_argument("--ssd", metavar="DIR[:SIZE]",
+                   help="cache dir on local SSD (default $XDG_CACHE_HOME/tiercache/SOURCE, ~/.cache/tiercache/...)")
+    p.add_argument("--ssd-size", metavar="SIZE", help="SSD tier size (default: half the free space; 0: none)")
     p.add_argument("--write-dir", metavar="DIR",
                    help="durable staging dir for writes (default: CACHE_DIR/write — durable only if that is)")
     p.add_argument("--mode", choices=("writeback", "writethrough", "readonly"), default="writeback")
@@ -333,6 +334,9 @@ def format_stats(mountpoint: str, stats: dict) -> str:
         name: cache[name] for name in ("ram", "ssd") if isinstance(cache.get(name), dict)
     }
     for name, tier in tiers.items():
+        if name == "ssd" and not tier.get("capacity", tier.get("capacity_bytes")):
+            lines.append(f"  {name:<6}{'none':>12}  (no SSD tier: --ssd-size 0; the RAM tier holds everything)")
+            continue
         hits, misses = tier.get("hits"), tier.get("misses")
         rate = tier.get("hit_rate")
         if rate is None and isinstance(hits, int) and isinstance(misses, int) and hits + misses:
@@ -438,15 +442,18 @@ def cmd_warm(args: argparse.Namespace) -> int:
     for mount, keys in _targets(args):
         report = _warm_one(mount, keys, args)
         where = f"{mount.mountpoint} ({report['files']:,} file(s), {_human(report['bytes'])})"
+        tier = report.get("tier") or args.tier
+        if tier != args.tier:
+            tier = f"{tier} (the mount has no {args.tier} tier)"
         if report.get("complete"):
-            sys.stderr.write(f"tiercache: warm complete: {where} resident in {args.tier}; fetched "
+            sys.stderr.write(f"tiercache: warm complete: {where} resident in {tier}; fetched "
                              f"{_human(report['fetched_bytes'])} from the store, "
                              f"{_human(report['skipped_bytes'])} was already there\n")
             continue
         incomplete += 1
         why = f"{report['errors']} file(s) failed, e.g. {report['error']}" if report.get("errors") else (
-            f"the {args.tier} tier is too small for it (see: tiercache stats {mount.mountpoint})")
-        _fail(f"warm incomplete: {where}: {_human(report['missing_bytes'])} not resident in {args.tier}; {why}")
+            f"the {tier} tier is too small for it (see: tiercache stats {mount.mountpoint})")
+        _fail(f"warm incomplete: {where}: {_human(report['missing_bytes'])} not resident in {tier}; {why}")
     return EXIT_ERROR if incomplete else 0
 
 

@@ -52,9 +52,14 @@ def parse_ttl(value: str | float | None) -> float:
 
 
 def default_cache_root() -> Path:
-    """Where cache dirs go when the user names none: $TIERCACHE_HOME or ~/.cache/tiercache."""
+    """Where cache dirs go when the user names none: $TIERCACHE_HOME, else $XDG_CACHE_HOME/tiercache, else
+    ~/.cache/tiercache."""
     env = os.environ.get("TIERCACHE_HOME")
-    return Path(env) if env else Path.home() / ".cache" / "tiercache"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and os.path.isabs(os.path.expanduser(xdg)) else Path.home() / ".cache"
+    return base / "tiercache"
 
 
 @dataclass
@@ -103,12 +108,10 @@ class CacheConfig:
         block = parse_size(block_size, "block size")
         if block < 4096 or block > (256 << 20):
             raise ConfigError(f"block size: {block_size!r} must be between 4K and 256M")
-        if ssd is None:
-            cache_dir = default_cache_root() / _slug(source)
-            ssd_bytes = parse_size(ssd_size, "ssd size") if ssd_size is not None else 0
-        else:
-            cache_dir = Path(ssd).expanduser()
-            ssd_bytes = parse_size(ssd_size, "ssd size") if ssd_size is not None else _default_ssd_size(cache_dir)
+        # no ssd: a cache dir of its own under default_cache_root(); either way the SSD tier defaults to half
+        # the free space where the cache dir lives (ssd_size=0: no SSD tier)
+        cache_dir = default_cache_root() / _slug(source) if ssd is None else Path(ssd).expanduser()
+        ssd_bytes = parse_size(ssd_size, "ssd size") if ssd_size is not None else _default_ssd_size(cache_dir)
         if threads < 1 or threads > 512:
             raise ConfigError(f"threads: {threads} must be between 1 and 512")
         if mode not in WRITE_MODES:

@@ -200,7 +200,9 @@ def _run_warm(daemon: Daemon, args: dict, progress: Progress) -> dict:
                 cancel.set()  # the client went away (Ctrl-C): stop between files
 
     result = daemon.cache.warm_files(infos, tier, report, threads=threads, cancel=cancel)
-    return {**result, "tier": tier}
+    # without an SSD tier, "ssd" data lands in RAM: say so instead of claiming the SSD holds it
+    held = "ram" if tier == "ssd" and getattr(daemon.cache, "ssd", None) is None else tier
+    return {**result, "tier": held, "tier_asked": tier}
 
 
 def _display(daemon: Daemon, key: str) -> str:
