@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
-from .config import parse_size
 from .errors import ConfigError, TiercacheError
+from .mount_command import build_spec, run_mount, split_ssd
 from .mounts import FSTYPE, Mount, find_mount, list_mounts, mount_table, pid_alive, unregister_mount
 
 EXIT_ERROR = 1
@@ -96,70 +96,46 @@ def _mount_of(path: str) -> Mount:
 
 
 def _mount_args(p: argparse.ArgumentParser) -> None:
+    # defaults are None here: an option not given comes from TIERCACHE_* or the config file (mount_options)
+    p.epilog = ("Options not given come from TIERCACHE_<OPTION> environment variables, then the config file "
+                "($TIERCACHE_CONFIG, ~/.config/tiercache/config.toml, /etc/tiercache/config.toml), then the "
+                "defaults shown.")
     p.add_argument("source", metavar="SOURCE", help="s3://BUCKET[/PREFIX] or file:///DIR")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
-    p.add_argument("--ram", default="1G", metavar="SIZE", help="RAM tier size (default 1G)")
+    p.add_argument("--ram", metavar="SIZE", help="RAM tier size (default 1G)")
     p.add_argument("--ssd", metavar="DIR[:SIZE]",
                    help="cache dir on local SSD (default $XDG_CACHE_HOME/tiercache/SOURCE, ~/.cache/tiercache/...)")
     p.add_argument("--ssd-size", metavar="SIZE", help="SSD tier size (default: half the free space; 0: none)")
     p.add_argument("--write-dir", metavar="DIR",
                    help="durable staging dir for writes (default: CACHE_DIR/write — durable only if that is)")
-    p.add_argument("--mode", choices=("writeback", "writethrough", "readonly"), default="writeback")
+    p.add_argument("--mode", choices=("writeback", "writethrough", "readonly"), help="(default writeback)")
     p.add_argument("--endpoint-url", metavar="URL", help="S3-compatible endpoint URL")
-    p.add_argument("--block-size", default="4M", metavar="SIZE", help="cache block size (default 4M)")
-    p.add_argument("--metadata-ttl", default="60", metavar="0|SECONDS|inf",
-                   help="how long listings and attributes are trusted (inf: immutable data, kernel caching)")
-    p.add_argument("--threads", type=int, default=16, metavar="N", help="parallel requests to the store")
+    p.add_argument("--block-size", metavar="SIZE", help="cache block size (default 4M)")
+    p.add_argument("--metadata-ttl", metavar="0|SECONDS|inf",
+                   help="how long listings and attributes are trusted (default 60; inf: immutable data, "
+                        "kernel caching)")
+    p.add_argument("--threads", type=int, metavar="N", help="parallel requests to the store (default 16)")
     p.add_argument("--write-limit", metavar="SIZE", help="hard limit of the write dir (ENOSPC past it)")
     p.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
-    p.add_argument("--allow-other", action="store_true", help="let other users access the mount")
-    p.add_argument("--nonempty", action="store_true", help="allow mounting over a non-empty directory")
-    p.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="on SIGTERM, wait this long for pending uploads (the rest resumes at the next mount)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--allow-other", action="store_true", default=None, help="let other users access the mount")
+    p.add_argument("--nonempty", action="store_true", default=None,
+                   help="allow mounting over a non-empty directory")
+    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                   help="on SIGTERM, wait this long for pending uploads (default 30; the rest resumes at the "
+                        "next mount)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(default info)")
     p.add_argument("--metrics-port", metavar="PORT",
                    help="serve Prometheus metrics on this port (127.0.0.1; ADDR:PORT for another address)")
 
 
-def _split_ssd(ssd: str | None, ssd_size: str | None) -> tuple[str | None, str | None]:
-    """``--ssd DIR:SIZE`` (DESIGN.md's form) → (DIR, SIZE) when the part after the last colon is a size."""
-    if ssd and ":" in ssd and ssd_size is None:
-        head, _, tail = ssd.rpartition(":")
-        try:
-            parse_size(tail)
-        except ConfigError:
-            return ssd, ssd_size
-        return head, tail
-    return ssd, ssd_size
+_split_ssd = split_ssd  # tests and older callers
 
 
 @command("mount", "mount SOURCE at MOUNTPOINT (returns once the mount is ready)", _mount_args)
 def cmd_mount(args: argparse.Namespace) -> int:
-    from .fuse.mount import MountDaemon, MountSpec, exit_now, setup_logging, start_daemon
-
-    ssd, ssd_size = _split_ssd(args.ssd, args.ssd_size)
-    spec = MountSpec(
-        source=args.source, mountpoint=args.mountpoint, ram=args.ram, ssd=ssd, ssd_size=ssd_size,
-        write_dir=args.write_dir, mode=args.mode, endpoint_url=args.endpoint_url, block_size=args.block_size,
-        metadata_ttl=args.metadata_ttl, threads=args.threads, write_limit=args.write_limit,
-        allow_other=args.allow_other, nonempty=args.nonempty, log_level=args.log_level,
-        drain_timeout=args.drain_timeout, metrics_port=args.metrics_port,
-    )
-    config = spec.config()
-    if args.metrics_port is not None:
-        from .metrics import parse_listen
-
-        parse_listen(args.metrics_port)
-    if args.foreground:
-        from pathlib import Path
-
-        setup_logging(Path(config.cache_dir) / "mount.log", spec.log_level, to_stderr=True)
-        exit_now(MountDaemon(spec).run(lambda error: None))
-    pid = start_daemon(spec)
-    durable = "" if args.write_dir or config.mode == "readonly" else " (write dir inside the cache dir)"
-    sys.stderr.write(f"tiercache: mounted {config.source} at {spec.mountpoint} (pid {pid}, mode {config.mode}"
-                     f"{durable}; log {config.cache_dir}/mount.log)\n")
-    return 0
+    flags = {k: v for k, v in vars(args).items() if k not in ("source", "mountpoint", "foreground", "run",
+                                                               "command")}
+    return run_mount(build_spec(args.source, args.mountpoint, flags), foreground=args.foreground)
 
 
 # ---------------------------------------------------------------- flush / unmount
