@@ -237,12 +237,25 @@ class TieredCache:
         if len(ids) > 1:
             out = self._assemble(ids, info, offset, end)
         else:
-            data = self._get_blocks(ids, info, "ram")[0]
             start = offset - ids[0].index * self.config.block_size
-            out = data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+            out = self._ssd_part(ids[0], info, start, end - offset)
+            if out is None:
+                data = self._get_blocks(ids, info, "ram")[0]
+                out = data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
         for block in ids:
             self.prefetcher.mark_read(block)
         return out
+
+    def _ssd_part(self, block: BlockId, info: ObjectInfo, start: int, length: int) -> bytes | None:
+        """Part of a block RAM lacks, from just the SSD pages it needs, while the block has not earned a
+        whole read and a place in RAM (``SsdTier.read_part``); None: take the whole-block path."""
+        if self.ssd is None or self.ram.contains(block):
+            return None
+        block_len = min(self.config.block_size, info.size - block.index * self.config.block_size)
+        part = self.ssd.read_part(block, start, start + length, block_len)
+        if part is not None:
+            self.ram.count_miss()
+        return part
 
     def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int) -> memoryview:
         """A multi-block range copied once into one buffer. Without a RAM tier to promote into, whole

@@ -48,11 +48,15 @@ class ReadAhead:
         """A read of [offset, end) of an object of ``size`` bytes: block indices [first, last) to fetch ahead."""
         bs = self.block_size
         next_offset, window = self._streams.pop(key, (-1, 0))
-        window = min(window * 2, self.max_window) if offset == next_offset and window else bs
+        if offset == next_offset or offset == 0:  # a stream: read ahead, doubling the window
+            window = min(window * 2, self.max_window) if window else bs
+        else:  # a scattered read earns no read-ahead (it would fetch whole blocks nobody reads)
+            window = 0
         self._streams[key] = (end, window)
         while len(self._streams) > self.max_streams:
             self._streams.popitem(last=False)
-        return -(-end // bs), min(-(-size // bs), -(-(end + window) // bs))
+        first = -(-end // bs)
+        return first, (min(-(-size // bs), -(-(end + window) // bs)) if window else first)
 
     def window(self, key: str) -> int:
         """The current window of ``key`` in bytes (0 if not followed)."""

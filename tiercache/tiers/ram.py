@@ -60,6 +60,11 @@ class RamTier:
             self.policy.on_access(block)
             return data
 
+    def count_miss(self) -> None:
+        """Count a lookup that another tier answered without asking this one."""
+        with self._lock:
+            self.misses += 1
+
     def put(self, block: BlockId, data: bytes) -> bool:
         """Admit a block, evicting by policy first; False if it cannot fit."""
         size = len(data)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .budget import MemoryBudget
 from .meta import Meta
 from .policy import Policy, Protected, make_policy
 from .regions import Region, RegionFiles
-from .ssd_format import FORMAT, PAGE_SIZE, Location, checksums, page_span, verify
+from .ssd_format import FORMAT, PAGE_SIZE, Location, checksums, page_count, page_span, verify
 from .ssd_index import SsdIndex
 from .ssd_queue import WriteQueue
 
@@ -44,6 +45,7 @@ class SsdTier:
     """Region-file block store with an LMDB index; thread-safe; see the module docstring."""
 
     name = "ssd"
+    TOUCHED_MAX = 8192  # blocks whose last part read is remembered (read_part)
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class SsdTier:
             self._lock, limit, lambda block, data: self.put(block, data, queued=True), budget
         )
         self._writing: set[BlockId] = set()
+        self._touched: OrderedDict[BlockId, int] = OrderedDict()  # where the last part read ended
         self._regions = self.files.regions
         self.hits = self.misses = self.bytes_served = self.evictions = self.evicted_bytes = 0
         self.relocated_bytes = self.crc_errors = self.rejected = self.dropped_at_open = self.write_errors = 0
@@ -135,6 +138,24 @@ class SsdTier:
             return None
         skip = start - page_span(start, end)[0] * PAGE_SIZE
         return data[skip:skip + end - start]
+
+    def read_part(self, block: BlockId, start: int, end: int, block_len: int) -> bytes | None:
+        """Bytes [start, end) of a resident block for a reader, from just the pages they need, until the
+        block earns a whole read (and so a place in RAM) by being read on from where its last part ended
+        (a sequential reader). Scattered reads never pull whole blocks. None then, for blocks of up to two
+        pages, or on a miss: the caller takes the whole-block path."""
+        if page_count(block_len) <= 2:
+            return None
+        with self._lock:
+            if block not in self.policy and block not in self.queue:
+                return None
+            last_end = self._touched.pop(block, None)
+            if last_end is not None and abs(start - last_end) <= PAGE_SIZE:
+                return None
+            self._touched[block] = end
+            while len(self._touched) > self.TOUCHED_MAX:
+                self._touched.popitem(last=False)
+        return self.get_range(block, start, end)
 
     def _read(self, block: BlockId, count: bool, out: memoryview | None, start: int, end: int | None):
         key = block.encode()
