@@ -48,10 +48,10 @@ class ReadAhead:
         """A read of [offset, end) of an object of ``size`` bytes: block indices [first, last) to fetch ahead."""
         bs = self.block_size
         next_offset, window = self._streams.pop(key, (-1, 0))
-        if offset == next_offset or offset == 0:  # a stream: read ahead, doubling the window
-            window = min(window * 2, self.max_window) if window else bs
-        else:  # a scattered read earns no read-ahead (it would fetch whole blocks nobody reads)
-            window = 0
+        # a stream reads ahead, doubling its window; a scattered read earns none (it would fetch whole
+        # blocks nobody reads)
+        streaming = offset == next_offset or offset == 0
+        window = (min(window * 2, self.max_window) if window else bs) if streaming else 0
         self._streams[key] = (end, window)
         while len(self._streams) > self.max_streams:
             self._streams.popitem(last=False)
