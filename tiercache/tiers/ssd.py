@@ -79,7 +79,7 @@ class SsdTier:
             self._lock, limit, lambda block, data: self.put(block, data, queued=True), budget
         )
         self._writing: set[BlockId] = set()
-        self._touched: OrderedDict[BlockId, int] = OrderedDict()  # where the last part read ended
+        self._touched: OrderedDict[BlockId, tuple[int, int]] = OrderedDict()  # (last part's end, run)
         self._regions = self.files.regions
         self.hits = self.misses = self.bytes_served = self.evictions = self.evicted_bytes = 0
         self.relocated_bytes = self.crc_errors = self.rejected = self.dropped_at_open = self.write_errors = 0
@@ -141,18 +141,19 @@ class SsdTier:
 
     def read_part(self, block: BlockId, start: int, end: int, block_len: int) -> bytes | None:
         """Bytes [start, end) of a resident block for a reader, from just the pages they need, until the
-        block earns a whole read (and so a place in RAM) by being read on from where its last part ended
-        (a sequential reader). Scattered reads never pull whole blocks. None then, for blocks of up to two
-        pages, or on a miss: the caller takes the whole-block path."""
+        block earns a whole read (and so a place in RAM) by being read on twice in a row from where its
+        last part ended (a sequential reader). Scattered reads do not pull whole blocks. None then, for
+        blocks of up to two pages, or on a miss: the caller takes the whole-block path."""
         if page_count(block_len) <= 2:
             return None
         with self._lock:
             if block not in self.policy and block not in self.queue:
                 return None
-            last_end = self._touched.pop(block, None)
-            if last_end is not None and abs(start - last_end) <= PAGE_SIZE:
+            last_end, run = self._touched.pop(block, (-1, 0))
+            run = run + 1 if start == last_end else 0
+            if run >= 2:
                 return None
-            self._touched[block] = end
+            self._touched[block] = (end, run)
             while len(self._touched) > self.TOUCHED_MAX:
                 self._touched.popitem(last=False)
         return self.get_range(block, start, end)
