@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tiercache.errors import ConfigError, DirectoryNotEmpty, NoSpace, NotFound, ReadOnly, StoreError
+from tiercache.errors import ConfigError, DirectoryNotEmpty, NoSpace, NotFound, ReadOnly, StoreError, WriteFailed
 from tiercache.store.s3 import S3Store
 from tiercache.tiers.journal import Journal
 from tiercache.tiers.write import WriteTier
@@ -380,7 +380,8 @@ def test_readonly_refuses_every_write(make_tier, s3store, bucket):
     assert bucket.keys() == ["ro/a"]
 
 
-def test_hard_limit_gives_enospc_and_keeps_closed_files(make_tier, s3store, bucket):
+def test_hard_limit_gives_enospc_keeps_closed_files_and_publishes_nothing_of_the_failed_one(
+        make_tier, s3store, bucket):
     store = GatedStore(s3store)
     tier = make_tier(store, limit_bytes=4 * MiB, high_watermark=0.5, backpressure_timeout=0.2)
     a, b = os.urandom(MiB), os.urandom(MiB)
@@ -396,10 +397,13 @@ def test_hard_limit_gives_enospc_and_keeps_closed_files(make_tier, s3store, buck
     assert info.value.errno == errno.ENOSPC
     assert len(written) == 2 * MiB and tier.read(fh, 0, 4 * MiB) == written
     assert tier.stats()["write_dir_used"] == 4 * MiB and tier.stats()["limit"] == 4 * MiB
-    tier.release(fh)
+    with pytest.raises(WriteFailed) as poisoned:  # the handle is poisoned: its close fails too
+        tier.release(fh)
+    assert poisoned.value.errno == errno.ENOSPC
+    assert tier.pending_entry("full/c") is None  # the failed create leaves no name behind
     store.gate.set()
     tier.flush_all(timeout=60)
-    assert bucket.get("full/a") == a and bucket.get("full/b") == b and bucket.get("full/c") == written
+    assert bucket.get("full/a") == a and bucket.get("full/b") == b and "full/c" not in bucket.keys()
     assert tier.stats()["write_dir_used"] == 0
 
 

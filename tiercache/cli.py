@@ -172,6 +172,11 @@ def _drain(mount: Mount, timeout: float | None, what: str) -> dict:
 
 def _report_left(report: dict, mountpoint: str) -> str | None:
     left, failed = report.get("left") or [], report.get("failed") or []
+    lost = report.get("lost") or []
+    if lost:
+        shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        return (f"{len(lost)} written file(s) LOST, not uploaded (their staging bytes were damaged; kept in the "
+                f"write dir's corrupt/): {shown}; they read EIO in the mount until removed (rm) or rewritten")
     if not left:
         return None
     why = f"; last error: {report['last_error']}" if report.get("last_error") else ""
@@ -216,6 +221,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.mountpoint} is not a tiercache mount (it is {entry[1]})")
     mount = find_mount(real)
     alive = mount is not None and mount.mountpoint == real and mount.daemon_alive()
+    lost: list[str] = []
     if alive and not args.force:
         report = _drain(mount, args.timeout, "uploading before unmount")
         problem = _report_left(report, real)
@@ -225,6 +231,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         mount.client().request("shutdown", drain=True)
     elif alive:
         try:
+            lost = (mount.client().request("stats").get("writes") or {}).get("lost_files") or []
             mount.client().request("shutdown", drain=False)
         except TiercacheError as exc:
             sys.stderr.write(f"tiercache: warning: {exc}\n")
@@ -241,6 +248,9 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if mount is not None and mount.pid is not None:
         _wait_exit(mount.pid)
         unregister_mount(real, mount.pid)
+    if lost:
+        return _fail(f"unmounted {real}, but {len(lost)} written file(s) are LOST (staging bytes damaged, kept in "
+                     f"the write dir's corrupt/): {', '.join(lost[:5])}")
     sys.stderr.write(f"tiercache: unmounted {real}\n")
     return 0
 
@@ -346,6 +356,10 @@ def format_stats(mountpoint: str, stats: dict) -> str:
                      f"failing {_num(writes.get('failed_uploads'))}")
         if writes.get("last_error"):
             lines.append(f"  last upload error: {writes['last_error']}")
+        if writes.get("lost_files"):
+            lost = writes["lost_files"]
+            lines.append(f"  LOST (not uploaded, staging damaged; rm or rewrite to clear): {len(lost)} file(s): "
+                         + ", ".join(lost[:10]))
     jobs = {k: v for k, v in (stats.get("jobs") or {}).items() if v}
     if jobs:
         lines.append("  running: " + ", ".join(f"{n} {kind} request(s)" for kind, n in jobs.items()))

@@ -102,3 +102,12 @@ class Corrupt(TiercacheError):
     """Cached bytes failed their checksum; callers drop the entry and refetch."""
 
     errno = _errno.EIO
+
+
+class WriteFailed(TiercacheError):
+    """An earlier write to an open file failed: the file's new version is not published; ``errno`` is the
+    failed write's."""
+
+    def __init__(self, message: str, code: int = _errno.EIO):
+        super().__init__(message)
+        self.errno = code

@@ -49,6 +49,22 @@ def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
     return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
 
 
+def _caller() -> int | None:
+    """The process (thread group id) making the current FUSE request; None if unknown (another pid
+    namespace). The write tier tells the writer's own close(2) from a forked or exec'd child's by it."""
+    pid = fuse.fuse_get_context()[2]
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return pid
+
+
 class TiercacheOps(PosixOps, fuse.Operations):
     """The mount's file operations: a thin client of ``cache`` (TieredCache) and ``writes`` (WriteTier)."""
 
@@ -227,7 +243,7 @@ class TiercacheOps(PosixOps, fuse.Operations):
         """open(2): write opens (and O_TRUNC) get the write tier's handle; read opens get 0 (read by path)."""
         key = _key(path)
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
-            return self._write_handle(self._writes().open(key, truncate=bool(flags & os.O_TRUNC)))
+            return self._write_handle(self._writes().open(key, truncate=bool(flags & os.O_TRUNC), owner=_caller()))
         if self._lookup(key)[0]:
             raise IsADirectory(f"{key}: is a directory")
         return 0
@@ -235,7 +251,7 @@ class TiercacheOps(PosixOps, fuse.Operations):
     @_errno_op
     def create(self, path: str, mode: int, flags: int | None = None) -> int:
         """open(2) with O_CREAT of a new file."""
-        return self._write_handle(self._writes().create(_key(path)))
+        return self._write_handle(self._writes().create(_key(path), owner=_caller()))
 
     @_errno_op
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
@@ -265,22 +281,23 @@ class TiercacheOps(PosixOps, fuse.Operations):
 
     @_errno_op
     def flush(self, path: str | None, fh: int) -> int:
-        """Each close(2): commit what was written (durable in the journal before close returns)."""
+        """Each close(2): durable before close returns; the writer's own close also journals the version so
+        a crash replays it, a child's close (another process) publishes nothing. A failed write's errno."""
         if fh:
-            self.writes.flush(fh)
+            self.writes.flush(fh, owner=_caller())
         return 0
 
     @_errno_op
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        """fsync(2): the staging bytes are on disk, and the file is committed for upload."""
+        """fsync(2): as the caller's close (see ``flush``), without closing: published at the last close."""
         if fh:
             self.writes.fsync(fh)
-            self.writes.flush(fh)
+            self.writes.flush(fh, owner=_caller())
         return 0
 
     @_errno_op
     def release(self, path: str | None, fh: int) -> int:
-        """Last close of an open file."""
+        """Last close of an open file: its newest version is published (queued for upload)."""
         if fh:
             self.writes.release(fh)
         return 0

@@ -7,7 +7,10 @@ Layout of a write dir (self-contained, so it survives the loss of an ephemeral c
     WRITE_DIR/journal/    LMDB env (tiercache.tiers.meta.Meta): sub-db "journal" holds the records,
                           sub-db "misc" the directories made with mkdir
     WRITE_DIR/staging/    one file per written file version, named by its record id
-    WRITE_DIR/corrupt/    staging files whose size or sha256 no longer matched their record (kept for humans)
+    WRITE_DIR/corrupt/    staging files whose size or sha256 no longer matched their record (kept for humans),
+                          each with a ``.json`` note; while that note exists the file is "lost": the mount shows
+                          it unreadable (EIO), ``flush``/``unmount`` fail naming it. Removing the file (rm in the
+                          mount) or writing a new version renames the note ``.json.acknowledged``.
 
 DESIGN.md puts the journal in the cache dir's LMDB; it lives here instead because the cache dir may sit on
 ephemeral NVMe while the write dir is on durable storage, and a journal that outlives neither its staging
@@ -24,6 +27,7 @@ import heapq
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 
 PUT, DELETE, COPY = "put", "delete", "copy"
 PENDING, CLEAN = "pending", "clean"
+# HELD: acknowledged by the writer's close (durable, replayed and published after a crash) but not published
+# while the file stays open (its handle keeps it, not ``Changes``)
+HELD = "held"
 _PERSISTED = ("id", "op", "key", "seq", "size", "sha256", "src", "state", "ctime", "mtime", "disk")
 _CHUNK = 8 << 20
 
@@ -71,6 +78,8 @@ class Record:
     next_try: float = 0.0
     error: str = ""
     claimed: list[str] = field(default_factory=list)
+    landed: bool = False  # the store operation succeeded (what fails after it is local: not redone)
+    local_fails: int = 0  # failures not of the store (journal, staging file) in a row
 
     @property
     def charged(self) -> int:
@@ -122,14 +131,40 @@ class Journal:
             self._lock.release()
             raise
         self.closed = False
+        self.lost = self._load_lost()  # key → quarantine note, for files whose acknowledged bytes are lost
 
     def staging_path(self, rid: str) -> Path:
         """Where the staging file of record ``rid`` lives."""
         return self.staging / rid
 
     def load(self) -> list[Record]:
-        """Every record, oldest first."""
-        return sorted((Record.loads(raw) for _, raw in self.meta.scan("journal")), key=lambda r: r.seq)
+        """Every readable record, oldest first. A record that cannot be read is salvaged as far as it goes:
+        its raw bytes go to corrupt/ with a note (lost: reported by ``flush``, ``unmount`` and ``stats``)."""
+        recs = []
+        for rid, raw in self.meta.scan("journal"):
+            try:
+                recs.append(Record.loads(raw))
+            except (ValueError, TypeError, KeyError) as exc:
+                self._salvage(rid, raw, f"journal record unreadable ({type(exc).__name__}: {exc})")
+        return sorted(recs, key=lambda r: r.seq)
+
+    def _salvage(self, rid: bytes, raw: bytes, reason: str) -> None:
+        """Keep an unreadable record's bytes in corrupt/, note it as lost, drop it from the journal."""
+        name = rid.decode(errors="replace").replace("/", "_")[:100]
+        found = re.search(rb'"key":"((?:[^"\\]|\\.)*)"', raw)
+        key = json.loads(b'"' + found.group(1) + b'"') if found else ""
+        self.corrupt.mkdir(exist_ok=True)
+        dest = self.corrupt / f"{name}.record"
+        dest.write_bytes(raw)
+        staging = self.staging_path(name)
+        if staging.exists():
+            os.replace(staging, self.corrupt / f"{name}-staging")
+        note = {"id": name, "key": key, "size": 0, "mtime": time.time(), "reason": reason}
+        self._note_lost(dest, note)
+        with self.meta.write() as txn:
+            txn.delete(rid, db=self.meta.db("journal"))
+        self.sync()
+        log.error("write journal: record %s is damaged (%s); %s kept at %s", name, reason, key or "its file", dest)
 
     def write(self, put: list[Record] = (), delete: list[Record] = ()) -> None:
         """Store and remove records in one transaction (not yet fsynced)."""
@@ -197,11 +232,41 @@ class Journal:
             os.replace(self.staging_path(rec.id), dest)
         except FileNotFoundError:
             pass
-        meta = json.loads(rec.dumps()) | {"reason": reason}
-        dest.with_name(dest.name + ".json").write_text(json.dumps(meta, indent=1) + "\n")
+        self._note_lost(dest, json.loads(rec.dumps()) | {"reason": reason})
         self.write(delete=[rec])
         self.sync()
         return dest
+
+    def _note_lost(self, dest: Path, note: dict) -> None:
+        note_path = dest.with_name(dest.name + ".json")
+        note_path.write_text(json.dumps(note, indent=1) + "\n")
+        self.lost[note.get("key") or f"<unknown key, record {note.get('id')}>"] = note | {"note": str(note_path)}
+
+    def _load_lost(self) -> dict[str, dict]:
+        lost: dict[str, dict] = {}
+        if not self.corrupt.is_dir():
+            return lost
+        for entry in sorted(os.scandir(self.corrupt), key=lambda e: e.name):
+            if entry.name.endswith(".json"):
+                try:
+                    note = json.loads(Path(entry.path).read_text())
+                except (OSError, ValueError):
+                    note = {"id": entry.name[:-5], "key": "", "reason": "quarantine note unreadable"}
+                key = note.get("key") or f"<unknown key, record {note.get('id')}>"
+                lost[key] = note | {"note": entry.path}
+        return lost
+
+    def acknowledge_lost(self, key: str) -> bool:
+        """The user acted on lost file ``key`` (removed it, or wrote a new version): it stops being reported.
+        Its bytes stay in corrupt/; the note is renamed ``.json.acknowledged``."""
+        note = self.lost.pop(key, None)
+        if note is None:
+            return False
+        try:
+            os.replace(note["note"], note["note"] + ".acknowledged")
+        except OSError:
+            pass
+        return True
 
     def corrupt_count(self) -> int:
         """How many quarantined staging files wait in corrupt/."""
@@ -247,6 +312,11 @@ class Changes:
         """A fresh record/staging id (ids increase)."""
         self.seq += 1
         return f"{self.seq:016x}"
+
+    def next_seq(self) -> int:
+        """A fresh sequence number (the newest so far)."""
+        self.seq += 1
+        return self.seq
 
     def add(self, op: str, key: str, rid: str = "", **fields) -> Record:
         """A new newest change of ``key``, queued; the caller supersedes older ones first and journals it."""

@@ -59,6 +59,8 @@ class StagedFile:
         self.hasher: Any = None  # sha256 of bytes [0, hashed), while writes come in order
         self.hashed = 0
         self.charged = 0  # bytes of the write dir's budget the private staging file holds (see settle)
+        self.held: Any = None  # the journal record (state HELD) of the last version its writer closed
+        self.failed: Exception | None = None  # a write failed: no version of this open file is published
 
     @property
     def private(self) -> bool:

@@ -25,6 +25,8 @@ from .journal import CLEAN, COPY, PUT, Changes, Journal, Record, file_sha256
 
 log = logging.getLogger(__name__)
 
+LOCAL_FAIL_LIMIT = 3
+
 
 class Uploader:
     """Threads that run pending changes (put, copy, delete) against the store, or one in a caller's thread.
@@ -148,6 +150,7 @@ class Uploader:
         info = self.retrying(self.store.put_file, key, str(path))
         if info.size != rec.size:
             raise StoreError(f"upload {key}: the store holds {info.size} bytes, expected {rec.size}")
+        rec.landed = True
         while True:
             landed = self._follow(rec, key, info)
             if landed is None:
@@ -169,6 +172,7 @@ class Uploader:
     def _copy(self, rec: Record) -> None:
         try:
             info = self.retrying(self.store.copy, rec.src, rec.key)
+            rec.landed = True
         except NotFound:
             log.warning("rename %s -> %s: source gone from the store (moved already?)", rec.src, rec.key)
             self._done(rec)
@@ -182,6 +186,7 @@ class Uploader:
 
     def _delete(self, rec: Record) -> None:
         self.retrying(self.store.delete, rec.key)
+        rec.landed = True
         self._done(rec)
         self.tell_cache("invalidate", rec.key)
 
@@ -247,6 +252,11 @@ class Uploader:
         return False
 
     def _failed(self, rec: Record, exc: Exception) -> None:
+        """A change failed. A store error: retried with backoff, for as long as it takes. A local failure
+        (the journal, a staging file) after the store op succeeded: not redone (the store is right; the
+        journal entry left behind is redone once at the next start); before it: retried
+        ``LOCAL_FAIL_LIMIT`` times, then given up and reported (a put is quarantined: lost, not silent)."""
+        local = not isinstance(exc, StoreError)
         with self.cond:
             if self.journal.closed:
                 return
@@ -254,10 +264,38 @@ class Uploader:
             self.last_error = f"{rec.op} {rec.key}: {exc}"
             if rec.superseded or rec.done:
                 return
-            self.failing = True
+            if local:
+                self.counts["local_errors"] += 1
+                rec.local_fails += 1
+                if rec.landed or rec.local_fails >= LOCAL_FAIL_LIMIT:
+                    self._give_up(rec, exc)
+                    return
+            if not local:
+                self.failing = True
             rec.fails += 1
             rec.error = str(exc)
             delay = min(300.0, self.retry_interval * 2 ** min(rec.fails - 1, 10))
             self.changes.delay(rec, time.monotonic() + delay)
             self.cond.notify_all()
         log.warning("%s %s failed (%s); still pending, next try in %.0f s", rec.op, rec.key, exc, delay)
+
+    def _give_up(self, rec: Record, exc: Exception) -> None:
+        """Stop running ``rec`` after a local failure (call holding the lock); never retried in this run."""
+        self.changes.forget(rec)
+        if rec.landed:
+            log.error("%s %s: done at the store, but the write journal failed after it (%s); it is not "
+                      "redone now (its journal entry is redone once at the next start)", rec.op, rec.key, exc)
+            return
+        reason = f"local failure {rec.local_fails} times: {exc}"
+        if rec.op == PUT:
+            try:
+                dest = self.journal.quarantine(rec, reason)
+            except Exception as again:  # noqa: BLE001 - the journal itself is failing
+                self.journal.lost[rec.key] = {"id": rec.id, "key": rec.key, "size": rec.size, "reason": reason,
+                                              "mtime": rec.mtime, "note": ""}
+                log.error("%s %s: given up (%s); the journal failed too (%s)", rec.op, rec.key, reason, again)
+                return
+            log.error("upload %s given up (%s): NOT uploaded, kept at %s", rec.key, reason, dest)
+        else:
+            log.error("%s %s given up (%s); it stays in the journal, redone at the next start", rec.op, rec.key,
+                      reason)

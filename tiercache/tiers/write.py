@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["MODES", "WriteTier"]
 
+HELD_GRACE_S = 2.0
+
 
 class WriteTier:
     """Durable write tier over an ObjectStore, optionally feeding a TieredCache (``cache``); handles are ints.
@@ -92,6 +94,7 @@ class WriteTier:
                 names.dirs[path] = mtime
                 names.imply(path, +1)
             self._replay()
+            self.space.check_room()
         except BaseException:
             self.journal.close()
             raise
@@ -105,13 +108,13 @@ class WriteTier:
 
     # ---------------------------------------------------------------- handles (write_handles)
 
-    def create(self, path: str) -> int:
-        """Open ``path`` as a new, empty file; returns a handle."""
-        return self.handles.create(path)
+    def create(self, path: str, owner: Any = None) -> int:
+        """Open ``path`` as a new, empty file; returns a handle (``owner``: who opens it, see ``flush``)."""
+        return self.handles.create(path, owner)
 
-    def open(self, path: str, truncate: bool = False) -> int:
+    def open(self, path: str, truncate: bool = False, owner: Any = None) -> int:
         """Open an existing file for writing (copy-on-write at the first change unless ``truncate``)."""
-        return self.handles.open(path, truncate)
+        return self.handles.open(path, truncate, owner)
 
     def write(self, fh: int, data: bytes, offset: int) -> int:
         """Write ``data`` at ``offset``; waits past the high watermark, raises NoSpace at the limit."""
@@ -129,12 +132,14 @@ class WriteTier:
         """Make the handle's bytes durable in staging."""
         self.handles.fsync(fh)
 
-    def flush(self, fh: int) -> None:
-        """Commit what was written so far (see ``Handles.flush``)."""
-        self.handles.flush(fh)
+    def flush(self, fh: int, owner: Any = None) -> None:
+        """A close(2) of one descriptor: by the writer (``owner`` None or the opener) the version so far is
+        made durable and journaled, published by ``release`` (or replayed after a crash); by another owner
+        only fsynced (see ``Handles.flush``)."""
+        self.handles.flush(fh, owner)
 
     def release(self, fh: int) -> None:
-        """Close a handle (see ``Handles.release``)."""
+        """The last close of a handle: its newest version is published (see ``Handles.release``)."""
         self.handles.release(fh)
 
     # ---------------------------------------------------------------- namespace (write_namespace)
@@ -178,10 +183,17 @@ class WriteTier:
     def flush_all(self, timeout: float | None = None) -> dict:
         """Run every pending change now and wait until each is done or failed once (or ``timeout``).
 
-        Returns paths: {"uploaded": [...], "left": [...], "failed": [...] (part of left), "open": [...]}.
+        Returns paths: {"uploaded": [...], "left": [...], "failed": [...] (part of left), "open": [...],
+        "lost": [...] (acknowledged files whose bytes were found damaged: never uploaded)}. Files whose
+        writer closed them but whose last close (FUSE RELEASE, sent asynchronously) has not arrived yet are
+        waited for a moment (``HELD_GRACE_S``), then count as open.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        files = self._state.files
         with self._cond:
+            held_until = time.monotonic() + HELD_GRACE_S
+            while any(sf.held is not None for sf in files.by_path.values()) and time.monotonic() < held_until:
+                self._cond.wait(0.05)
             targets = list(self.changes.records.values())
             fails = {rec.id: rec.fails for rec in targets}
             self.changes.retry_now(targets)
@@ -200,7 +212,8 @@ class WriteTier:
                 "uploaded": [r.key for r in targets if r.done],
                 "left": [r.key for r in targets if not r.done],
                 "failed": [r.key for r in targets if not r.done and r.fails],
-                "open": sorted(p for p, sf in self._state.files.by_path.items() if sf.dirty),
+                "open": sorted(p for p, sf in files.by_path.items() if sf.dirty or sf.held is not None),
+                "lost": sorted(self.journal.lost),
             }
 
     def stats(self) -> dict:
@@ -211,10 +224,12 @@ class WriteTier:
             now, hard = time.time(), self.space.hard_limit()
             counts = self.uploader.counts
             open_files = self._state.files.by_path
+            held = [f for f in open_files.values() if f.held is not None]  # closed by the writer, still open
             return {
                 "mode": self.mode,
-                "dirty_bytes": sum(r.size for r in puts) + sum(f.size for f in open_files.values() if f.dirty),
-                "pending_files": len(puts),
+                "dirty_bytes": sum(r.size for r in puts)
+                + sum(f.size for f in open_files.values() if f.dirty or f.held is not None),
+                "pending_files": len(puts) + len(held),
                 "pending_ops": len(recs),
                 "open_files": len(open_files),
                 "in_flight": self.changes.inflight,
@@ -223,8 +238,10 @@ class WriteTier:
                 "uploaded_bytes": counts["uploaded_bytes"],
                 "failed_uploads": sum(1 for r in recs if r.fails),
                 "upload_errors": counts["errors"],
+                "local_errors": counts["local_errors"],
                 "last_error": self.uploader.last_error,
                 "corrupt_files": self.journal.corrupt_count(),
+                "lost_files": sorted(self.journal.lost),
                 "backpressure_waits": self.space.waits,
                 "write_dir_used": self.space.used(),
                 "limit": hard,

@@ -23,9 +23,10 @@ class NamespaceOps:
         st = self.state
         st.writable()
         path = norm_path(path)
-        if self.view.lookup(path)[0] == "dir":
+        if self.view.lookup(path, allow_lost=True)[0] == "dir":
             raise IsADirectory(f"{path}: is a directory")
         with st.cond:
+            st.journal.acknowledge_lost(path)
             sf = st.files.get(path)
             if sf is not None:
                 sf.unlinked = True
@@ -111,6 +112,10 @@ class NamespaceOps:
                 changed.append(cur)
             elif cur is not None or sf_old is None or not sf_old.created:
                 run.append(st.changes.add(COPY, new, src=old, size=size))
+            held = sf_old.held if sf_old is not None else None
+            if held is not None:  # a version its writer closed, not yet published: a crash replays it at `new`
+                held.key, held.seq = new, st.changes.next_seq()
+                changed.append(held)
             dropped += st.changes.supersede(old)
             run.append(st.changes.add(DELETE, old))
             if sf_old is not None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import NoSpace
+from ..errors import ConfigError, NoSpace
 from .journal import Changes
 
 
@@ -37,25 +37,37 @@ class WriteSpace:
         return max(0, min(self.limit_bytes, fs_limit) if self.limit_bytes else fs_limit)
 
     def reserve(self, nbytes: int) -> None:
-        """Account ``nbytes`` new bytes: past the high watermark wait for uploads; past the limit NoSpace."""
+        """Account ``nbytes`` new bytes: past the high watermark wait for uploads, at most
+        ``backpressure_timeout`` seconds in all (then NoSpace: the write fails); past the limit NoSpace."""
         if nbytes <= 0:
             return
         with self.cond:
             hard = self.hard_limit()
             if self.used() + nbytes > hard * self.high_watermark and self._draining():
                 self.waits += 1
-                progress, since = self.changes.progress, time.monotonic()
+                deadline = time.monotonic() + self.backpressure_timeout
                 while self.used() + nbytes > hard * self.high_watermark and self._draining():
-                    if self.changes.progress != progress:
-                        progress, since = self.changes.progress, time.monotonic()
-                    left = self.backpressure_timeout - (time.monotonic() - since)
+                    left = deadline - time.monotonic()
                     if left <= 0:
-                        break
+                        raise NoSpace(f"{self.staging.parent}: write dir over its high watermark "
+                                      f"({self.used()} of {hard} bytes in use) and uploads did not drain it "
+                                      f"within {self.backpressure_timeout:g} s")
                     self.cond.wait(min(left, 1.0))
                     hard = self.hard_limit()
             if self.used() + nbytes > hard:
                 raise NoSpace(f"{self.staging.parent}: write dir full ({self.used()} of {hard} bytes in use)")
             self.open_bytes += nbytes
+
+    def check_room(self) -> None:
+        """ConfigError if the write dir's filesystem cannot hold anything past its reserve (checked at start:
+        otherwise every write would fail ENOSPC)."""
+        st = os.statvfs(self.staging)
+        total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+        if total <= self.reserve_bytes or free + self.used() <= self.reserve_bytes:
+            raise ConfigError(
+                f"write dir {self.staging.parent}: its filesystem has {free >> 20} MiB free of {total >> 20} MiB, "
+                f"not more than the {self.reserve_bytes >> 20} MiB kept free (the reserve); use a bigger write dir "
+                f"(--write-dir) or free some space")
 
     def unreserve(self, nbytes: int) -> None:
         """Give back bytes accounted by ``reserve``."""

@@ -79,6 +79,7 @@ class OpenFiles:
         self.names = names
         self.by_path: dict[str, StagedFile] = {}
         self.by_handle: dict[int, StagedFile] = {}
+        self.owners: dict[int, Any] = {}  # handle → who opened it (the caller's token, e.g. a process id)
         self._fhs = itertools.count(1)
 
     def get(self, path: str) -> StagedFile | None:
@@ -89,15 +90,22 @@ class OpenFiles:
         """The file behind handle ``fh``, if it is open."""
         return self.by_handle.get(fh)
 
-    def new_handle(self, sf: StagedFile) -> int:
-        """A new handle on ``sf`` (it gains a reference)."""
+    def new_handle(self, sf: StagedFile, owner: Any = None) -> int:
+        """A new handle on ``sf`` (it gains a reference), opened by ``owner`` (None: unknown)."""
         fh = next(self._fhs)
         self.by_handle[fh] = sf
+        if owner is not None:
+            self.owners[fh] = owner
         sf.refs += 1
         return fh
 
+    def owner(self, fh: int) -> Any:
+        """Who opened handle ``fh`` (None: unknown)."""
+        return self.owners.get(fh)
+
     def pop_handle(self, fh: int) -> StagedFile | None:
         """Forget handle ``fh`` (the caller drops its reference); returns its file."""
+        self.owners.pop(fh, None)
         return self.by_handle.pop(fh, None)
 
     def handles(self) -> list[int]:

@@ -3,10 +3,11 @@ in front of the cache and the store."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 
-from ..errors import NotFound
+from ..errors import Corrupt, NotFound
 from .journal import COPY, DELETE
 from .write_state import WriteState
 
@@ -30,6 +31,13 @@ class PendingView:
             if sf is not None:
                 return {"path": path, "size": sf.size, "mtime": sf.mtime, "is_dir": False, "state": "open"}
             rec = st.changes.current(path)
+            if rec is None:
+                note = st.journal.lost.get(path)
+                if note is not None:
+                    return {"path": path, "size": int(note.get("size") or 0), "is_dir": False, "state": "lost",
+                            "mtime": float(note.get("mtime") or note.get("ctime") or time.time())}
+                if any(key.startswith(path + "/") for key in st.journal.lost):
+                    return {"path": path, "size": 0, "mtime": time.time(), "is_dir": True, "state": "dir"}
             if rec is None or rec.op == DELETE:
                 return None
             state = "uploading" if rec.inflight else "failed" if rec.fails else "pending"
@@ -37,9 +45,11 @@ class PendingView:
 
     def pending_paths(self, prefix: str = "") -> list[str]:
         """Every path starting with ``prefix`` (at any depth) that is pending upload, open for write, or a
-        directory made with mkdir; their parents are directories too (``pending_entry`` says so)."""
-        with self.state.cond:
-            return sorted({p for p in self.state.names.paths() if p.startswith(prefix)})
+        directory made with mkdir, or lost; their parents are directories too (``pending_entry`` says so)."""
+        st = self.state
+        with st.cond:
+            lost = (k for k in st.journal.lost if not k.startswith("<") and st.changes.current(k) is None)
+            return sorted({p for p in itertools.chain(st.names.paths(), lost) if p.startswith(prefix)})
 
     def is_deleted(self, path: str) -> bool:
         """True while the delete of ``path`` is acknowledged but not yet done at the store: hide it."""
@@ -59,12 +69,33 @@ class PendingView:
                 data = None if sf.unlinked else sf.read(offset, size)
             if data is not None:
                 return data
-        return self.read_change(path, offset, size)
+        data = self.read_change(path, offset, size)
+        if data is None:
+            self.check_lost(path)
+        return data
 
-    def lookup(self, path: str, missing_ok: bool = False) -> tuple[str, int]:
-        """("file", size) or ("dir", 0) for ``path`` as it is now, pending changes included; NotFound if
-        nothing is there (("", 0) with ``missing_ok``)."""
+    def check_lost(self, path: str) -> None:
+        """Raise Corrupt (EIO) if ``path``'s last acknowledged version was lost (quarantined) and nothing
+        newer is pending: it stays unreadable until removed or overwritten."""
         st = self.state
+        with st.cond:
+            newer = st.changes.current(path) is not None or st.files.get(path) is not None
+            note = None if newer else st.journal.lost.get(path)
+        if note is not None:
+            raise Corrupt(f"{path}: its last written version could not be uploaded ({note.get('reason')}); "
+                          f"the bytes are kept in {note.get('note', '')[:-5]}; rm the file to acknowledge")
+
+    def lookup(self, path: str, missing_ok: bool = False, allow_lost: bool = False) -> tuple[str, int]:
+        """("file", size) or ("dir", 0) for ``path`` as it is now, pending changes included; NotFound if
+        nothing is there (("", 0) with ``missing_ok``). A lost file is Corrupt (EIO), or ("file", 0) with
+        ``allow_lost`` (removing or overwriting it)."""
+        st = self.state
+        if allow_lost:
+            with st.cond:
+                if path in st.journal.lost and st.changes.current(path) is None and st.files.get(path) is None:
+                    return "file", 0
+        else:
+            self.check_lost(path)
         with st.cond:
             sf = st.files.get(path)
             if sf is not None:
