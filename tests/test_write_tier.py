@@ -383,7 +383,7 @@ def test_readonly_refuses_every_write(make_tier, s3store, bucket):
 def test_hard_limit_gives_enospc_keeps_closed_files_and_publishes_nothing_of_the_failed_one(
         make_tier, s3store, bucket):
     store = GatedStore(s3store)
-    tier = make_tier(store, limit_bytes=4 * MiB, high_watermark=0.5, backpressure_timeout=0.2)
+    tier = make_tier(store, limit_bytes=4 * MiB, high_watermark=1.0, backpressure_timeout=0.2)
     a, b = os.urandom(MiB), os.urandom(MiB)
     write_file(tier, "full/a", a)
     write_file(tier, "full/b", b)
