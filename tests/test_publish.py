@@ -136,7 +136,9 @@ def test_a_lost_file_fails_flush_and_unmount_reads_eio_until_removed(bucket, mou
         (m.path / "k").mkdir()
         (m.path / "k/good.bin").write_bytes(b"good data")
         (m.path / "k/bad.bin").write_bytes(b"will be damaged")
+        pid = m.pid
         assert m.cli("unmount", "--force").returncode == 0  # both stay pending for the next mount
+        wait_gone(pid)  # no upload stalled at the proxy can finish now
     finally:
         proxy.resume()
     journal = Journal(m.write_dir)
