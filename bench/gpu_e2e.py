@@ -243,7 +243,8 @@ def input_only(batches: Iterator[Any], device: torch.device, n: int, to_device: 
     return {"batches": n, "images": images, "images_per_s": round(images / wall, 1)}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, work: str) -> tuple[dict, list]:
+    """One config: (its figures, what to close afterwards: the loader, the cache)."""
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -256,26 +257,30 @@ def run(args: argparse.Namespace) -> dict:
         y = torch.randint(0, 1000, (args.batch,), device=device)
         result["input_pipeline"] = {"source": "one synthetic batch already on the device, every step"}
         result.update(train(args, device, itertools.repeat((x, y)), to_device=False))
-        return result
-    with tempfile.TemporaryDirectory(prefix="tiercache-gpu-e2e-") as work:
-        if args.config == "torch_baseline":
-            loader, info = torch_loader(args, device)
-            to_device = True
-        else:
-            loader, info = tiercache_loader(args, device, work, nvjpeg=args.config == "tiercache_nvjpeg")
-            to_device = False
-        result["input_pipeline"] = info
-        batches = endless(loader)
-        result.update(train(args, device, batches, to_device, loader))
-        result["input_only"] = input_only(batches, device, args.input_batches, to_device)
-        del batches
-        if hasattr(loader, "shutdown"):
-            loader.shutdown()
-        cache = getattr(loader, "cache_ref", None)
-        del loader
-        if cache is not None:
-            cache.close()
-    return result
+        return result, []
+    if args.config == "torch_baseline":
+        loader, info = torch_loader(args, device)
+        to_device = True
+    else:
+        loader, info = tiercache_loader(args, device, work, nvjpeg=args.config == "tiercache_nvjpeg")
+        to_device = False
+    result["input_pipeline"] = info
+    batches = endless(loader)
+    result.update(train(args, device, batches, to_device, loader))
+    result["input_only"] = input_only(batches, device, args.input_batches, to_device)
+    return result, [batches, loader, getattr(loader, "cache_ref", None)]
+
+
+def close(things: list) -> None:
+    """Stop the loader's threads or processes and close the cache (after the figures are out)."""
+    batches, loader, cache = (things + [None, None, None])[:3]
+    if batches is not None:
+        batches.close()
+    if hasattr(loader, "shutdown"):
+        loader.shutdown()
+    del loader
+    if cache is not None:
+        cache.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--data is needed for the loader configs")
     for config in configs:
         args.config = config
-        try:
-            result = run(args)
-        except Skipped as exc:
-            result = {"config": config, "skipped": str(exc)}
-        print(json.dumps(result), flush=True)
+        with tempfile.TemporaryDirectory(prefix="tiercache-gpu-e2e-") as work:
+            opened: list = []
+            try:
+                result, opened = run(args, work)
+            except Skipped as exc:
+                result = {"config": config, "skipped": str(exc)}
+            print(json.dumps(result), flush=True)  # before the clean-up: a hang there loses no figures
+            close(opened)
     return 0
 
 

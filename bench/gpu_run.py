@@ -238,7 +238,9 @@ def run_e2e(work: Path, dry_run: bool, device: str, missing: list[str]) -> dict:
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120 if dry_run else 240)
             out, err, rc = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
-            out, err, rc = str(exc.stdout or ""), "timed out", None
+            partial = exc.stdout or ""
+            out = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+            err, rc = "timed out", None
         for line in out.splitlines():
             try:
                 found = json.loads(line)
@@ -289,6 +291,13 @@ def summarize_e2e(configs: dict) -> None:
 # Step 4: JSON and one table.
 
 
+def incomplete(result: dict) -> list[str]:
+    """What did not run (missing packages, no torchvision for nvJPEG, skipped steps): the figures owed."""
+    owed = [f"{step}: {result[step]['skipped']}" for step in ("tests", "kernels", "e2e") if result[step].get("skipped")]
+    owed += [f"e2e {name}: {cfg['skipped']}" for name, cfg in result["e2e"]["configs"].items() if "skipped" in cfg]
+    return owed
+
+
 def print_table(result: dict) -> None:
     env = result["env"]
     print()
@@ -327,7 +336,10 @@ def print_table(result: dict) -> None:
             note = f"{'PASS' if cfg['goal']['pass'] else 'MISS'} (>=90%); {note}"
         print(f"{name:<18}{cfg['images_per_s']:>10,.0f}{of:>9}{cfg['gpu_busy_fraction']:>10.0%}"
               f"{cfg['stall_fraction']:>8.0%}  {note}")
-    print(f"\nstatus: {'OK' if result['ok'] else 'FAILED'}; wrote {result['path']}")
+    status = "OK" if result["ok"] else "FAILED"
+    if result["incomplete"]:
+        status += " but INCOMPLETE: " + "; ".join(result["incomplete"])
+    print(f"\nstatus: {status}; wrote {result['path']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         run_e2e(work, args.dry_run, device, missing)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["ok"] = all(result[k]["ok"] for k in ("tests", "kernels", "e2e"))
+    result["incomplete"] = incomplete(result)
     path = args.out / ("dry_run.json" if args.dry_run else "gpu.json")
     result["path"] = str(path)
     path.write_text(json.dumps(result, indent=2) + "\n")
