@@ -6,16 +6,19 @@
 #   bash bench/gpu.sh --copy-to "$OUT"    # ... and a copy of both in $OUT/gpu/
 #   bash bench/gpu.sh --dry-run           # every step on the CPU (Triton interpreter, tiny sizes, tiny model);
 #                                         # writes ${TMPDIR:-/tmp}/tiercache-gpu-dry-run/dry_run.json, never gpu.json
-#   bash bench/gpu.sh --fetch-wheels      # on a machine with PyPI: wheels (CPython 3.12, x86-64) of what a GPU
-#                                         # image without a registry lacks, into .whl/ (ignored; carry it along)
+#   bash bench/gpu.sh --fetch-wheels [DIR]  # where PyPI answers: wheels (CPython 3.12, x86-64) of what a GPU
+#                                           # image without a registry lacks, into DIR or .whl/ (git-ignored)
 # Options: --out DIR, --python PY (or $PYTHON), --wheels DIR (default .whl), --skip tests,kernels,e2e
 #
 # Step 0 (here): nvidia-smi; a python whose torch sees CUDA (`make setup`'s .venv holds a CPU torch, so on a GPU
 # machine the system python3 with the machine's CUDA torch is taken); triton, torchvision. tiercache runs from
-# this tree (PYTHONPATH, plus a temporary tiercache/kernels link when it is not installed editable here); its
-# missing pure dependencies come from --wheels, else from a registry if one answers, into a scratch folder on
-# PYTHONPATH, never over the machine's torch. What stays missing is named, and the steps needing it are skipped.
+# this tree (PYTHONPATH, plus a temporary tiercache/kernels link when it is not installed editable here); the
+# dependencies the machine lacks come from --wheels, else from a registry if one answers, into a scratch folder
+# on PYTHONPATH, never over the machine's torch. What stays missing is named; the steps needing it are skipped.
 # Steps 1-4: bench/gpu_run.py. Exit status: 0 all ran and passed, 1 a test/kernel check/step failed, 2 no setup.
+#
+# A GPU machine without a registry: `bash bench/gpu.sh --fetch-wheels` where PyPI answers, carry .whl/ along,
+# run `bash bench/gpu.sh --copy-to "$OUT"` there, and commit what comes back as bench/results/gpu/.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO" || exit 2
@@ -29,8 +32,8 @@ while [ $# -gt 0 ]; do
     --python) PY=${2:?--python needs an interpreter}; shift ;;
     --wheels) WHEELS=${2:?--wheels needs a folder}; shift ;;
     --skip) SKIP=${2:?--skip needs a list}; shift ;;
-    --fetch-wheels) FETCH=${2:-$WHEELS}; [ $# -gt 1 ] && [ "${2#--}" = "$2" ] && shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --fetch-wheels) FETCH=$WHEELS; if [ $# -gt 1 ] && [ "${2#-}" = "$2" ]; then FETCH=$2; shift; fi ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

@@ -138,7 +138,7 @@ def run_tests(work: Path, dry_run: bool, gpu: bool, missing: list[str]) -> dict:
     res["output_tail"] = tail(proc.stdout, 8)
     res["ok"] = proc.returncode == 0 and not res["failed"]
     if gpu:  # on a GPU nothing may be skipped for want of one
-        res["skipped_for_gpu"] = [s for s in res["skipped"] if "CUDA" in s["reason"] or "GPU" in s["reason"]]
+        res["skipped_for_gpu"] = [s for s in res["skipped"] if any(w in s["reason"] for w in ("CUDA", "GPU", "triton"))]
         if res["skipped_for_gpu"]:
             res["ok"] = False
             res["error"] = "tests that need a GPU were skipped on a GPU machine"
