@@ -41,7 +41,8 @@ done
 
 # Distributions a GPU image may lack (import name:pip name); the GPU image of this workplace has the rest.
 DEPS="boto3:boto3 botocore:botocore s3transfer:s3transfer jmespath:jmespath dateutil:python-dateutil
-urllib3:urllib3 lmdb:lmdb tenacity:tenacity isal:isal simplejpeg:simplejpeg numpy:numpy PIL:pillow pytest:pytest"
+urllib3:urllib3 lmdb:lmdb tenacity:tenacity isal:isal simplejpeg:simplejpeg numpy:numpy PIL:pillow pytest:pytest
+fsspec:fsspec tqdm:tqdm prometheus_client:prometheus-client"
 FETCHED="boto3 botocore s3transfer jmespath lmdb tenacity isal simplejpeg"
 
 if [ -n "$FETCH" ]; then
