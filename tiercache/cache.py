@@ -143,6 +143,7 @@ class TieredCache:
             self._release()
             raise
         self.counters = _Counters()
+        self.on_read: Callable[[str, int], None] | None = None  # (key, offset) after each read
         self._flights: dict[BlockId, Future] = {}
         self._flight_lock = threading.Lock()
         self._fetch_pool = ThreadPoolExecutor(config.threads, thread_name_prefix="tiercache-fetch")
@@ -211,6 +212,8 @@ class TieredCache:
                 info = self.namespace.refresh(path)
         self.counters.add("reads")
         self.counters.add("bytes_read", len(data))
+        if self.on_read is not None:  # e.g. a warm profile being recorded (profiles.py)
+            self.on_read(path, offset)
         return data
 
     def _observe(self, info: ObjectInfo, ids: list[BlockId], offset: int, end: int) -> None:

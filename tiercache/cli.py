@@ -126,6 +126,8 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(default info)")
     p.add_argument("--metrics-port", metavar="PORT",
                    help="serve Prometheus metrics on this port (127.0.0.1; ADDR:PORT for another address)")
+    p.add_argument("--listing", metavar="FILE",
+                   help="start from this listing file (tiercache listing export) instead of LISTing the bucket")
 
 
 _split_ssd = split_ssd  # tests and older callers
@@ -399,6 +401,20 @@ def _group_by_mount(paths: list[str], check_exists: bool = True) -> list[tuple[M
 def _targets(args: argparse.Namespace) -> list[tuple[Mount, list[str]]]:
     """PATH arguments plus the lines of ``--from-list`` (if the command has it), grouped by mount."""
     paths = list(args.paths)
+    if getattr(args, "from_profile", None):
+        import os
+
+        from .profiles import read_profile
+
+        keys = read_profile(args.from_profile)
+        if len(paths) != 1:
+            raise ConfigError("warm --from-profile FILE MOUNTPOINT: name the mount point, once")
+        mount = _mount_of(paths[0])
+        if os.path.realpath(paths[0]) != mount.mountpoint:
+            raise ConfigError(f"warm --from-profile: {paths[0]} is not the mount point ({mount.mountpoint})")
+        if not keys:
+            raise ConfigError(f"--from-profile {args.from_profile}: the profile is empty")
+        return [(mount, keys)]
     from_list = getattr(args, "from_list", None)
     listed = _read_list(from_list) if from_list else []
     if not paths and not listed:
@@ -421,6 +437,8 @@ def _warm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recursive", "-r", action="store_true", help="warm everything below directories")
     p.add_argument("--tier", choices=("ram", "ssd"), default="ssd", help="where to put the data (default ssd)")
     p.add_argument("--from-list", metavar="FILE", help="also warm the paths listed in FILE, one a line (- for stdin)")
+    p.add_argument("--from-profile", metavar="FILE",
+                   help="warm the files of a profile (tiercache profile save), in its order; PATH is the mount")
     p.add_argument("--threads", type=int, metavar="N", help="parallel fetches (default: the mount's --threads)")
 
 
@@ -595,5 +613,9 @@ def _num(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
 
 
+from . import cli_profiles  # noqa: E402, F401 - registers the profile and listing commands
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from tiercache import cli as _cli  # the module proper, where cli_profiles registered its commands too
+
+    sys.exit(_cli.main())

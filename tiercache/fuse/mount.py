@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .. import control, handlers, mounts  # noqa: F401 - importing handlers registers the control ops
+from .. import control, handlers, mounts, profiles  # noqa: F401 - importing registers the control ops
 from ..config import CacheConfig
 from ..errors import ConfigError, TiercacheError
 from ..private import open_private, private_dir
@@ -76,10 +76,11 @@ class MountSpec:
     drain_timeout: float = 30.0
     read_ahead_kb: int = 1024
     metrics_port: str | None = None  # [ADDR:]PORT for Prometheus metrics (tiercache.metrics)
+    listing: str | None = None  # a listing file (tiercache.listing): the start-up listing without a LIST
 
     def __post_init__(self) -> None:
         self.mountpoint = os.path.abspath(os.path.expanduser(self.mountpoint))
-        for name in ("ssd", "write_dir"):
+        for name in ("ssd", "write_dir", "listing"):
             value = getattr(self, name)
             if value:
                 setattr(self, name, os.path.abspath(os.path.expanduser(value)))
@@ -279,7 +280,15 @@ class MountDaemon:
                  config.mode, config.cache_dir, config.write_dir)
         stack = contextlib.ExitStack()
         try:
-            self.cache = TieredCache(config)
+            store = None
+            if spec.listing:
+                from ..listing import SeededStore
+                from ..store import open_store
+
+                store = SeededStore(open_store(config.source, config.endpoint_url, config.threads), spec.listing,
+                                    config.source)
+                stack.callback(store.close)
+            self.cache = TieredCache(config, store=store)
             stack.callback(self.cache.close)
             self.writes = WriteTier(self.cache.store, config.write_dir, cache=self.cache, mode=config.mode,
                                     limit_bytes=config.write_limit)
