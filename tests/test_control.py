@@ -257,7 +257,11 @@ def test_plans_per_client_replace_only_their_own_and_end_with_their_session(buck
 
     from tiercache import mounts
 
-    session = mounts.find_mount(str(m.path)).session()
+    found = mounts.find_mount(str(m.path))
+    assert found.send_plan(keys[::-1], "parts", part=5)["planned"] == 12  # three parts on one connection
+    assert found.client().request("plan", client="parts", show=True)["paths"] == keys[::-1]
+    found.client().request("plan", client="parts", end=True)
+    session = found.session()
     session.request("plan", paths=keys[4:6], client="rank0", bind=True)
     assert set(plans()) == {"train", "val", "rank0"}
     session.close()  # the loader went away: its plan ends with its connection

@@ -214,6 +214,9 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
         def session(self):
             return Client()
 
+        def send_plan(self, paths, client, bind=False, session=None):
+            return session.request("plan", paths=paths, client=client, bind=bind)
+
     def find_mount(path):
         return Mount(str(mountpoint)) if os.path.realpath(path).startswith(str(mountpoint)) else None
 

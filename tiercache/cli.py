@@ -570,7 +570,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for key in keys:
         if key == ".." or key.startswith("../"):
             raise ConfigError(f"{key}: outside the mount {mount.mountpoint}")
-    report = mount.client().request("plan", paths=keys, client=args.client)
+    report = mount.send_plan(keys, args.client)
     sys.stdout.write(f"plan of {report['planned']:,} file(s) for client {args.client!r} sent to "
                      f"{mount.mountpoint}\n")
     return 0

@@ -84,6 +84,7 @@ class Connection:
 
     def __init__(self) -> None:
         self.closers: list[Callable[[], None]] = []
+        self.state: dict[Any, Any] = {}  # what handlers keep between requests on this connection
 
 
 def current_connection() -> Connection | None:

@@ -137,19 +137,29 @@ def _client_name(args: dict) -> str:
 def _plan(daemon: Daemon, args: dict, progress: Progress) -> dict:
     """One client's read plan: ``paths`` (mount-relative, in read order) replace that client's plan only.
 
-    ``client`` names the reader (default "default"); ``end`` true ends its plan; ``bind`` true ties the
-    plan to this connection: it ends when the client closes it (the DataLoader's session). Unbound plans end
-    when idle past the timeout. ``note`` is shown in ``stats``; ``show`` true returns the client's plan.
+    ``client`` names the reader (default "default"). A long plan comes in parts on one connection, every
+    part but the last with ``more`` true, so no request holds the daemon long. ``end`` true ends the
+    client's plan; ``bind`` true ties it to this connection: it ends when the client closes it (the
+    DataLoader's session); unbound plans end when idle past the timeout. ``note`` is shown in ``stats``;
+    ``show`` true returns the client's plan.
     """
     client = _client_name(args)
+    connection = current_connection()
+    if args.get("more"):  # one part of a long plan: kept until the last part arrives on this connection
+        parts = connection.state.setdefault(("plan", client), [])
+        parts.append(keys_of(args.get("paths", [])))
+        return {"client": client, "received": sum(map(len, parts))}
     if args.get("show"):
         return {"client": client, "paths": daemon.cache.plan_keys(client)}
     if args.get("end"):
         return {"client": client, "ended": bool(daemon.cache.end_plan(client))}
     keys = keys_of(args.get("paths", []))
+    parts = connection.state.pop(("plan", client), None) if connection is not None else None
+    if parts:
+        keys = [key for part in parts for key in part] + keys
     bound = None
     if args.get("bind"):
-        bound = current_connection()
+        bound = connection
         on_disconnect(lambda: daemon.cache.end_bound(bound))
     planned = daemon.cache.set_plan(keys, client, bound=bound, note=str(args.get("note", ""))[:200])
     return {"planned": planned, "client": client}

@@ -33,9 +33,16 @@ class _Snapshot:
 _EMPTY = _Snapshot(np.empty(0, np.int64), np.empty(0, np.int32), np.zeros(1, np.int64), b"")
 
 
+_CHUNK = 1 << 15  # keys per C-level call: each holds the GIL, so readers never wait long on a big plan
+
+
 def hashes_of(keys: Sequence[str]) -> np.ndarray:
     """The 64-bit hashes of ``keys`` (int64), in order."""
-    return np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+    out = np.empty(len(keys), np.int64)
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start:start + _CHUNK]
+        out[start:start + len(chunk)] = np.fromiter(map(hash, chunk), dtype=np.int64, count=len(chunk))
+    return out
 
 
 class KeyTable:
@@ -127,9 +134,13 @@ class KeyTable:
 
 def _encode(keys: list[str]) -> tuple[bytes, np.ndarray]:
     """The UTF-8 bytes of ``keys`` back to back, and each key's length in bytes."""
-    blob = "".join(keys).encode()
-    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-    if len(blob) != int(lengths.sum()):  # not all ASCII: lengths in bytes differ from lengths in characters
-        parts = [k.encode() for k in keys]
-        lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
-    return blob, lengths
+    blobs, lengths = [], []
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start:start + _CHUNK]
+        blob = "".join(chunk).encode()
+        sizes = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk))
+        if len(blob) != int(sizes.sum()):  # not all ASCII: lengths in bytes differ from those in characters
+            sizes = np.fromiter((len(k.encode()) for k in chunk), dtype=np.int64, count=len(chunk))
+        blobs.append(blob)
+        lengths.append(sizes)
+    return b"".join(blobs), (np.concatenate(lengths) if lengths else np.empty(0, np.int64))

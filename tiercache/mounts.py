@@ -154,6 +154,21 @@ class Mount:
         """A connection to this mount's control socket that stays open (plans tied to it end when it closes)."""
         return ControlSession(self.socket_path, timeout=timeout, mountpoint=self.mountpoint)
 
+    def send_plan(self, paths: list[str], client: str = "default", bind: bool = False,
+                  session: ControlSession | None = None, part: int = 32768) -> dict:
+        """Send ``client``'s plan (mount-relative paths in read order) in parts of ``part`` paths over one
+        connection (``session``, or a new one closed afterwards: then ``bind`` would end it at once)."""
+        own = session is None
+        session = session or self.session(timeout=300)
+        try:
+            for start in range(0, max(0, len(paths) - part), part):
+                session.request("plan", paths=paths[start:start + part], client=client, more=True)
+            last = paths[(max(0, len(paths) - 1) // part) * part:] if paths else []
+            return session.request("plan", paths=last, client=client, bind=bind)
+        finally:
+            if own:
+                session.close()
+
     def daemon_alive(self) -> bool:
         """True while the daemon process named in the registry runs (not a zombie)."""
         return self.pid is not None and pid_alive(self.pid)

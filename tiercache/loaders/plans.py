@@ -154,7 +154,7 @@ def _mount_sink(probe: str, client: str) -> tuple[Callable[[list[str]], Any], st
     session = mount.session()
 
     def sink(paths: list[str]) -> Any:
-        return session.request("plan", paths=mount_relative(paths, mountpoint), client=client, bind=True)
+        return mount.send_plan(mount_relative(paths, mountpoint), client, bind=True, session=session)
 
     return sink, f"mount {mountpoint}", session.close
 
