@@ -213,15 +213,15 @@ def test_readahead_window_grows_on_sequential_reads_and_resets_on_seek(tmp_path)
             windows.append(cache.prefetcher.readahead.window("big.bin"))
             _settle(cache)  # each window is fetched before the next read, so the counts below are exact
         assert windows == [bs, 2 * bs, 4 * bs, 8 * bs, 16 * bs]
-        blocks = cache._block_ids(cache.namespace.info("big.bin"))
-        ahead = [i for i, block in enumerate(blocks) if cache._in_tier(block, "ram")]
+        blocks = cache.blocks.ids(cache.namespace.info("big.bin"))
+        ahead = [i for i, block in enumerate(blocks) if cache.tiers.contains(block, "ram")]
         assert ahead == list(range(5 + 16)), "the blocks of the window are fetched ahead of the reader"
         assert cache.read("big.bin", 40 * bs, bs) == blob[40 * bs:41 * bs]  # a seek: no read-ahead ...
         assert cache.prefetcher.readahead.window("big.bin") == 0
         assert cache.read("big.bin", 41 * bs, bs) == blob[41 * bs:42 * bs]  # ... until the reader goes on
         assert cache.prefetcher.readahead.window("big.bin") == bs
         pre = _settle(cache)
-        assert [i for i, block in enumerate(blocks) if cache._in_tier(block, "ram")] == [*ahead, 40, 41, 42]
+        assert [i for i, block in enumerate(blocks) if cache.tiers.contains(block, "ram")] == [*ahead, 40, 41, 42]
         assert pre["readahead_bytes"] == (20 + 1) * bs and pre["prefetched_read_bytes"] == 4 * bs
 
 

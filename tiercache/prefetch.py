@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -289,4 +289,51 @@ class Prefetcher:
             self._closed = True
             self._lock.notify_all()
         self._thread.join(timeout=5)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class HintedPrefetch:
+    """``TieredCache.prefetch``: whole files fetched in the background by key, skipped past a deadline."""
+
+    def __init__(self, load_key: Callable[[str], None], threads: int, counters: object):
+        self.load_key = load_key
+        self.counters = counters
+        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="tiercache-prefetch")
+        self._lock = threading.Lock()
+        self.pending = 0
+
+    def submit(self, keys: Iterable[str], deadline: float | None = None) -> None:
+        """Queue ``keys``; ``deadline`` (a ``time.monotonic()`` instant): keys not started by then are skipped."""
+        for key in keys:
+            with self._lock:
+                self.pending += 1
+            try:
+                self._pool.submit(self._one, key, deadline)
+            except RuntimeError:  # closed
+                with self._lock:
+                    self.pending -= 1
+                return
+
+    def _one(self, key: str, deadline: float | None) -> None:
+        try:
+            if deadline is not None and time.monotonic() > deadline:
+                self.counters.add("prefetch_expired")
+                return
+            self.load_key(key)
+            self.counters.add("prefetched")
+        except Exception as exc:  # noqa: BLE001 - prefetch is best effort
+            self.counters.add("prefetch_errors")
+            log.debug("prefetch %s failed: %s", key, exc)
+        finally:
+            with self._lock:
+                self.pending -= 1
+
+    def stats(self) -> dict:
+        """Done, pending, expired and failed hinted prefetches."""
+        c = self.counters.get
+        return {"done": c("prefetched"), "pending": self.pending, "expired": c("prefetch_expired"),
+                "errors": c("prefetch_errors")}
+
+    def close(self) -> None:
+        """Drop what has not started; wait for what has."""
         self._pool.shutdown(wait=True, cancel_futures=True)

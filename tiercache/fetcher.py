@@ -1,0 +1,68 @@
+"""The fetcher: the only caller of ``store.get_range``, and the one place that retries a changed object.
+
+A block is fetched with a ranged, conditional GET (If-Match the cached etag). If the object changed or
+vanished, :class:`Stale` is raised; :meth:`Fetcher.fresh` runs an operation over an object and, on Stale,
+refreshes the object's info (a HEAD) and runs it once more with the new etag — new block ids, so stale
+bytes are never served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from .blocks import BlockMap
+from .counters import Counters, Rate
+from .errors import NotFound, StoreError
+from .store import ObjectInfo, ObjectStore
+from .tiers.base import BlockId
+from .tiers.budget import MemoryBudget
+
+__all__ = ["Fetcher", "Stale"]
+
+T = TypeVar("T")
+
+
+class Stale(Exception):
+    """The object changed (or vanished) under a conditional GET."""
+
+
+class Fetcher:
+    """Ranged GETs of blocks, counted (GETs, bytes, errors, a recent rate), inside the memory budget."""
+
+    def __init__(self, store: ObjectStore, blocks: BlockMap, memory: MemoryBudget, counters: Counters,
+                 confirm: Callable[[str], None], refresh: Callable[[str], ObjectInfo]):
+        self.store, self.blocks, self.memory, self.counters = store, blocks, memory, counters
+        self.confirm, self.refresh = confirm, refresh
+        self.rate = Rate()
+
+    def get(self, block: BlockId, info: ObjectInfo) -> bytes:
+        """The bytes of ``block`` from the store; Stale if the object is not ``info`` any more."""
+        start = self.blocks.start(block)
+        end = start + self.blocks.length(info, block)
+        try:
+            with self.memory.hold(end - start, "fetches"):
+                data = self.store.get_range(info.key, start, end, etag=info.etag)
+        except NotFound:
+            raise Stale(info.key) from None
+        except StoreError:
+            self.counters.add("backend_errors")
+            raise
+        self.counters.add("backend_gets")
+        self.counters.add("backend_bytes", len(data))
+        self.rate.add(len(data))
+        if len(data) != end - start:
+            raise Stale(info.key)
+        self.confirm(info.key)
+        return data
+
+    def fresh(self, info: ObjectInfo, operation: Callable[[ObjectInfo], T]) -> T:
+        """``operation(info)``; if the object changed meanwhile, once more with its refreshed info."""
+        try:
+            return operation(info)
+        except Stale:
+            self.counters.add("stale_retries")
+        try:
+            return operation(self.refresh(info.key))
+        except Stale:
+            raise StoreError(f"{info.key}: the object keeps changing while being read") from None

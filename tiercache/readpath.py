@@ -1,0 +1,152 @@
+"""The read path over the tier stack: blocks from RAM, else SSD, else one single-flight fetch; ranges.
+
+:class:`BlockReader` turns a byte range of an object into blocks, loads the RAM misses in parallel (on the
+fetch pool, the first on the calling thread), fetches each missing block once however many threads want
+it, and copies a multi-block range once into one buffer. It raises :class:`~tiercache.fetcher.Stale`
+when the object changed; the caller retries through ``Fetcher.fresh``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy
+
+from .blocks import BlockMap
+from .fetcher import Fetcher
+from .flight import SingleFlight
+from .store import ObjectInfo
+from .tiers.base import BlockId
+from .tierstack import TierStack
+
+__all__ = ["BlockReader"]
+
+OnRead = Callable[[ObjectInfo, list[BlockId], int, int], None]
+
+
+class BlockReader:
+    """Ranges and whole objects through ``tiers``, misses fetched by ``fetcher`` (single-flight)."""
+
+    def __init__(self, tiers: TierStack, fetcher: Fetcher, blocks: BlockMap, pool: ThreadPoolExecutor,
+                 on_read: OnRead | None = None, on_served: Callable[[BlockId], None] | None = None):
+        self.tiers, self.fetcher, self.blocks, self.pool = tiers, fetcher, blocks, pool
+        self.flights = SingleFlight()
+        self.on_read = on_read
+        self.on_served = on_served
+
+    def read(self, info: ObjectInfo, offset: int, size: int | None) -> bytes | memoryview:
+        """Bytes [offset, offset+size) of ``info`` (short at EOF). One block: the cached bytes object
+        itself (no copy); several: a memoryview of one buffer filled with a single copy."""
+        ids = self.blocks.ids(info, offset, size)
+        if not ids:
+            return b""
+        end = info.size if size is None else min(info.size, offset + size)
+        if self.on_read is not None:
+            self.on_read(info, ids, offset, end)
+        if len(ids) > 1:
+            out = self._assemble(ids, info, offset, end)
+        else:
+            start = offset - self.blocks.start(ids[0])
+            out = self._ssd_part(ids[0], info, start, end - offset)
+            if out is None:
+                data = self.get_blocks(ids, info, "ram")[0]
+                out = data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+        if self.on_served is not None:
+            for block in ids:
+                self.on_served(block)
+        return out
+
+    def _ssd_part(self, block: BlockId, info: ObjectInfo, start: int, length: int) -> bytes | None:
+        """Part of a block RAM lacks, from just the SSD pages it needs, while the block has not earned a
+        whole read and a place in RAM (``SsdTier.read_part``); None: take the whole-block path."""
+        ssd, ram = self.tiers.ssd, self.tiers.ram
+        if ssd is None or ram.contains(block):
+            return None
+        part = ssd.read_part(block, start, start + length, self.blocks.length(info, block))
+        if part is not None:
+            ram.count_miss()
+        return part
+
+    def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int) -> memoryview:
+        """A multi-block range copied once into one buffer. Without a RAM tier to promote into, whole
+        blocks on the SSD are read straight into that buffer (no intermediate bytes object)."""
+        bs = self.blocks.block_size
+        view = memoryview(numpy.empty(end - offset, numpy.uint8))  # unlike bytearray(n), not zero-filled
+
+        def target(block: BlockId) -> memoryview:
+            lo = block.index * bs - offset
+            return view[lo:lo + self.blocks.length(info, block)]
+
+        rest = ids
+        ssd = self.tiers.ssd
+        if ssd is not None and self.tiers.ram.capacity() < bs:
+            whole = [b for b in ids if b.index * bs >= offset and min((b.index + 1) * bs, info.size) <= end]
+            landed = self.parallel(lambda b: ssd.get_into(b, target(b)), whole)
+            done = {b for b, ok in zip(whole, landed, strict=True) if ok}
+            rest = [b for b in ids if b not in done]
+        for block, data in zip(rest, self.get_blocks(rest, info, "ram") if rest else [], strict=True):
+            first = block.index * bs
+            lo, hi = max(offset, first), min(end, first + len(data))
+            view[lo - offset:hi - offset] = memoryview(data)[lo - first:hi - first]
+        return view
+
+    def parallel(self, fn: Callable, items: list) -> list:
+        """``fn`` over ``items`` on the fetch pool (the first on this thread); the first error is raised
+        once every call has settled, so no call outlives the request."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        futures = [self.pool.submit(fn, item) for item in items[1:]]
+        results: list = [None] * len(items)
+        error: BaseException | None = None
+        try:
+            results[0] = fn(items[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised once the other calls settled
+            error = exc
+        for i, future in enumerate(futures, 1):
+            try:
+                results[i] = future.result()
+            except BaseException as exc:  # noqa: BLE001
+                error = error or exc
+        if error is not None:
+            raise error
+        return results
+
+    def get_blocks(self, ids: list[BlockId], info: ObjectInfo, into: str, want: bool = True) -> list[bytes]:
+        """The blocks' bytes; RAM misses are loaded (SSD or store) in parallel.
+
+        With ``want=False`` the blocks are only made resident in ``into`` (warm, prefetch) and the list
+        holds what was loaded.
+        """
+        out: list[bytes | None] = [None] * len(ids)
+        if want:
+            for i, block in enumerate(ids):
+                out[i] = self.tiers.ram.get(block)
+            todo = [i for i, data in enumerate(out) if data is None]
+        else:
+            todo = [i for i, block in enumerate(ids) if not self.tiers.contains(block, into)]
+        load = self._load if want else self.fetch
+        for i, data in zip(todo, self.parallel(lambda i: load(ids[i], info, into), todo), strict=True):
+            out[i] = data
+        return out  # type: ignore[return-value]
+
+    def _load(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
+        """A RAM miss: the SSD tier (promoting a hit to RAM), else a single-flight fetch."""
+        data = self.tiers.below_ram(block)
+        return data if data is not None else self.fetch(block, info, into)
+
+    def fetch(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
+        """Single-flight: the first caller GETs the block (unless a tier got it meanwhile), the others
+        wait for its bytes."""
+
+        def once() -> bytes:
+            data = self.tiers.get(block, count=False)
+            if data is None:
+                data = self.fetcher.get(block, info)
+            self.tiers.admit(block, data, into)
+            return data
+
+        data, shared = self.flights.execute(block, once)
+        if shared and not self.tiers.contains(block, into):
+            self.tiers.admit(block, data, into)
+        return data

@@ -1,0 +1,112 @@
+"""The tier stack: RAM over SSD as one cache (lookup with promotion, admission, demotion, residency).
+
+The SSD tier is optional. Admission "ram" places a block in RAM and writes it through to the SSD tier (off
+the read path when RAM holds it); "ssd" places it in the SSD tier only (in RAM when there is no SSD tier).
+RAM evictions are demoted to the SSD tier when it lacks them. Residency questions go to each tier's own
+index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .blocks import under
+from .counters import Counters
+from .tiers.base import BlockId, key_prefix
+from .tiers.ram import RamTier
+
+__all__ = ["TIERS", "TierStack"]
+
+TIERS = ("ram", "ssd")
+
+
+class TierStack:
+    """RAM (``ram``) over an optional SSD tier (``ssd``); thread-safe as its tiers are."""
+
+    def __init__(self, ssd: object | None, counters: Counters):
+        self.ssd = ssd
+        self.ram: RamTier | None = None  # attached once built (it demotes into this stack)
+        self.counters = counters
+
+    def attach(self, ram: RamTier) -> None:
+        """The RAM tier, built with ``on_evict=stack.demote``."""
+        self.ram = ram
+
+    def get(self, block: BlockId, count: bool = True) -> bytes | None:
+        """RAM, then SSD (promoting a hit to RAM); None on a miss."""
+        data = self.ram.get(block, count)
+        if data is None and self.ssd is not None:
+            data = self.ssd.get(block, count)
+            if data is not None:
+                self.ram.put(block, data)
+        return data
+
+    def below_ram(self, block: BlockId) -> bytes | None:
+        """A RAM miss: the SSD tier's copy, promoted to RAM; None when it has none."""
+        if self.ssd is None:
+            return None
+        data = self.ssd.get(block)
+        if data is not None:
+            self.ram.put(block, data)
+        return data
+
+    def contains(self, block: BlockId, tier: str = "any") -> bool:
+        """Whether ``block`` is resident in ``tier`` ("ram", "ssd": the lowest tier there is, "any")."""
+        if tier == "ram":
+            return self.ram.contains(block)
+        if tier == "ssd":
+            return self.ssd.contains(block) if self.ssd is not None else self.ram.contains(block)
+        return self.ram.contains(block) or (self.ssd is not None and self.ssd.contains(block))
+
+    def admit(self, block: BlockId, data: bytes, into: str) -> None:
+        """Place fetched bytes: "ram" = RAM and (write-through) SSD; "ssd" = SSD only (RAM without one)."""
+        in_ram = (into == "ram" or self.ssd is None) and self.ram.put(block, data)
+        if self.ssd is None or self.ssd.contains(block):
+            return
+        if not (in_ram and self.ssd.put_async(block, data)):  # off the read path when RAM holds it
+            self.ssd.put(block, data)
+
+    def demote(self, evicted: list[tuple[BlockId, bytes]]) -> None:
+        """RAM evictions go to the SSD tier when it lacks them."""
+        if self.ssd is None:
+            return
+        for block, data in evicted:
+            if not self.ssd.contains(block):
+                self.ssd.put(block, data)
+                self.counters.add("demotions")
+
+    def ssd_blocks_under(self, prefix: str) -> list[BlockId]:
+        """The SSD tier's blocks at or below ``prefix``."""
+        if self.ssd is None:
+            return []
+        if not prefix:
+            return self.ssd.blocks()
+        return self.ssd.blocks(key_prefix(prefix)) + self.ssd.blocks(f"{prefix}/".encode())
+
+    def evict(self, prefix: str, tier: str, protected: Callable[[BlockId], bool]) -> int:
+        """Drop unprotected blocks at or below ``prefix`` from ``tier`` (ram, ssd, all); bytes freed."""
+        matches = under(prefix)
+        freed = 0
+        if tier in ("ram", "all"):
+            freed += self.ram.discard_where(lambda b: matches(b.key), protected=protected)
+        if tier in ("ssd", "all") and self.ssd is not None:
+            for block in self.ssd_blocks_under(prefix):
+                if matches(block.key) and not protected(block):
+                    freed += self.ssd.discard(block)
+        return freed
+
+    def drop_key(self, key: str, keep_etag: str | None = None) -> None:
+        """Forget every cached block of ``key`` except those of ``keep_etag``."""
+        self.ram.discard_where(lambda b: b.key == key and b.etag != keep_etag)
+        if self.ssd is not None:
+            for block in self.ssd.blocks(key_prefix(key)):
+                if block.etag != keep_etag:
+                    self.ssd.discard(block)
+
+    def reader_lookups(self) -> tuple[int, int]:
+        """(block lookups by readers, those that needed the store): warm and prefetch do not count."""
+        ram = self.ram.stats()
+        lookups = ram["hits"] + ram["misses"]
+        if self.ssd is None:
+            return lookups, ram["misses"]
+        return lookups, self.ssd.stats()["misses"]
