@@ -126,6 +126,9 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(default info)")
     p.add_argument("--metrics-port", metavar="PORT",
                    help="serve Prometheus metrics on this port (127.0.0.1; ADDR:PORT for another address)")
+    p.add_argument("--memory-target", metavar="SIZE",
+                   help="the daemon's total memory: the RAM tier and its buffers are sized to it (default: fit "
+                        "in half the cgroup memory limit, if any)")
     p.add_argument("--listing", metavar="FILE",
                    help="start from this listing file (tiercache listing export) instead of LISTing the bucket")
 

@@ -7,7 +7,8 @@ mount(8) and /etc/fstab mount tiercache like any filesystem::
 
 mount(8) runs ``/sbin/mount.fuse.tiercache SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`` for type fuse.tiercache:
 link it to this helper once (``ln -s "$(command -v mount.tiercache)" /sbin/mount.fuse.tiercache``). Options are
-layered as ``mount_options`` says (defaults < config file < TIERCACHE_* < flags or -o).
+layered as ``mount_options`` says (defaults < config file < TIERCACHE_* < flags or -o); the RAM tier is then
+sized to ``--memory-target`` or the cgroup memory limit (``memory``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from .config import parse_size
 from .errors import ConfigError, TiercacheError
+from .memory import cgroup_memory_limit, size_ram
 from .mount_options import parse_option_string, resolve
 
 
@@ -41,6 +43,12 @@ def build_spec(source: str, mountpoint: str, flags: dict[str, Any]) -> Any:
 
     options = resolve(source, flags)
     options["ssd"], options["ssd_size"] = split_ssd(options.get("ssd"), options.get("ssd_size"))
+    given = resolve(source, flags, defaults=False)
+    ram, note = size_ram(given.get("ram"), options["ram"], options.get("memory_target"), options["threads"],
+                         cgroup_memory_limit())
+    options["ram"] = str(ram)
+    if note:
+        sys.stderr.write(f"tiercache: {note}\n")
     return MountSpec(source=source, mountpoint=mountpoint, **options)
 
 

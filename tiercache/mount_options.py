@@ -170,10 +170,11 @@ def _split_commas(text: str) -> list[str]:
     return parts
 
 
-def resolve(source: str, flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+def resolve(source: str, flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+            defaults: bool = True) -> dict[str, Any]:
     """Every option for a mount of ``source``: defaults < config file < environment < ``flags`` (the ones given;
-    None values are "not given")."""
-    options = option_defaults()
+    None values are "not given"). ``defaults=False``: only the options given somewhere."""
+    options = option_defaults() if defaults else {}
     options.update(file_options(source, config_file_path(environ)))
     options.update(env_options(environ))
     options.update({k: v for k, v in flags.items() if v is not None})

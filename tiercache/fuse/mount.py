@@ -77,6 +77,7 @@ class MountSpec:
     read_ahead_kb: int = 1024
     metrics_port: str | None = None  # [ADDR:]PORT for Prometheus metrics (tiercache.metrics)
     listing: str | None = None  # a listing file (tiercache.listing): the start-up listing without a LIST
+    memory_target: str | None = None  # the daemon's total (tiercache.memory sized ram to it)
 
     def __post_init__(self) -> None:
         self.mountpoint = os.path.abspath(os.path.expanduser(self.mountpoint))
