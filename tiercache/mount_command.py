@@ -46,7 +46,8 @@ def build_spec(source: str, mountpoint: str, flags: dict[str, Any]) -> Any:
     given = resolve(source, flags, defaults=False)
     ram, note = size_ram(given.get("ram"), options["ram"], options.get("memory_target"), options["threads"],
                          cgroup_memory_limit())
-    options["ram"] = str(ram)
+    if note or options.get("memory_target"):
+        options["ram"] = str(ram)
     if note:
         sys.stderr.write(f"tiercache: {note}\n")
     return MountSpec(source=source, mountpoint=mountpoint, **options)
