@@ -266,6 +266,10 @@ def main() -> None:
         results["e2e"] = e2e(args)
         if results["e2e"] is not None:
             print_e2e(results["e2e"])
+    elif (RESULTS / "hit_rate.json").exists():  # keep the last end-to-end run's figures
+        previous = json.loads((RESULTS / "hit_rate.json").read_text()).get("e2e")
+        if previous:
+            results["e2e"] = previous
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "hit_rate.json").write_text(json.dumps(results, indent=2))
     if plot(results, RESULTS / "hit_rate.png"):

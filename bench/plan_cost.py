@@ -10,8 +10,10 @@ For each size (``--entries``, default 100 K and 1 M distinct files) and each way
 
 Figures: accept time (call to return), plan memory per entry (the plan's arrays; the key table per
 distinct key separately; and the process's RSS growth per entry, comparable across versions), and the
-longest read that overlapped the accept (plus half a second after it). The planned files beyond the hot
-ones do not exist (a million files would not fit a quick run); prefetch skips them.
+longest read that overlapped the accept (plus half a second after it), beside the longest read of the
+second before the plan (the same reader with no plan arriving: what the machine's load alone costs). The
+planned files beyond the hot ones do not exist (a million files would not fit a quick run); prefetch skips
+them.
 
 Run it against another checkout for a baseline (``PYTHONPATH=/path/to/old/checkout python bench/plan_cost.py
 --tag before``): the old API's ``set_plan(keys)`` is used when ``client=`` is not accepted. Results go to
@@ -68,7 +70,7 @@ class Reader:
 
     def __enter__(self) -> Reader:
         self._thread.start()
-        time.sleep(0.3)
+        time.sleep(1.2)  # the last second before the plan is the no-plan baseline
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,6 +111,7 @@ def library(entries: int, work: Path, client_api: bool) -> dict:
             time.sleep(0.5)
         longest, reads = reader.longest(t0, t1 + 0.5)
         out = {"accept_s": t1 - t0, "longest_read_ms": 1000 * longest, "reads_during": reads,
+               "longest_read_no_plan_ms": 1000 * reader.longest(t0 - 1.0, t0 - 1e-6)[0],
                "rss_bytes_per_entry": (rss() - before) / entries}
         book = getattr(cache, "plans", None)
         if book is not None and hasattr(book, "get"):
@@ -158,6 +161,7 @@ def mount(entries: int, work: Path, client_api: bool) -> dict | None:
             time.sleep(0.5)
         longest, reads = reader.longest(t0, t1 + 0.5)
         return {"accept_s": t1 - t0, "longest_read_ms": 1000 * longest, "reads_during": reads,
+                "longest_read_no_plan_ms": 1000 * reader.longest(t0 - 1.0, t0 - 1e-6)[0],
                 "daemon_rss_bytes_per_entry": (rss(found.pid) - before) / entries}
     finally:
         subprocess.run([*CLI, "unmount", str(mnt)], capture_output=True, text=True)
@@ -192,13 +196,15 @@ def main() -> None:
     results_path.write_text(json.dumps(results, indent=2))
     other = {"after": "before", "before": "after"}.get(args.tag)
     base = results.get(other, {})
-    print(f"{'run':<16}{'accept s':>10}{'longest read ms':>17}{'B/entry (plan)':>16}{'RSS B/entry':>13}"
+    print(f"{'run':<16}{'accept s':>10}{'longest read ms':>17}{'(no plan)':>10}{'B/entry (plan)':>16}"
+          f"{'RSS B/entry':>13}"
           + (f"   {other}: accept s, longest ms" if base else ""))
     for name, run in runs.items():
         if not isinstance(run, dict):
             continue
         mem = run.get("rss_bytes_per_entry", run.get("daemon_rss_bytes_per_entry", 0))
         line = (f"{name:<16}{run['accept_s']:>10.2f}{run['longest_read_ms']:>17.1f}"
+                f"{run.get('longest_read_no_plan_ms', float('nan')):>10.1f}"
                 f"{run.get('plan_bytes_per_entry', float('nan')):>16.1f}{mem:>13.0f}")
         if name in base:
             line += f"   {base[name]['accept_s']:.2f}, {base[name]['longest_read_ms']:.0f}"

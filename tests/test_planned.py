@@ -132,6 +132,18 @@ def test_plan_arrays_are_compact():
     assert book.next_use_many(["train/0000003.jpg", "nope"])[1] == float("inf")
 
 
+def test_the_heap_is_compacted_when_plans_keep_changing():
+    policy = PlanAwarePolicy(PlanBook(slack=0))
+    keys = [f"k{i}" for i in range(50)]
+    for key in keys:
+        policy.on_insert(key, 1)
+    for round_ in range(40):  # each new plan re-ranks every resident block: the heap grows, then is compacted
+        policy.set_plan(keys[round_ % 7:], "loader")
+        policy.on_insert(f"new{round_}", 1)
+    unplanned = {f"new{i}" for i in range(40)} | set(keys[:39 % 7])  # what the last plan does not read
+    assert set(policy.victims(3)) <= unplanned, "blocks no plan reads go first"
+
+
 def test_protected_blocks_are_never_victims():
     policy = PlanAwarePolicy(PlanBook(slack=0))
     policy.set_plan(["a", "b"])

@@ -305,3 +305,14 @@ def test_ssd_concurrent_readers_during_compaction_see_correct_bytes(tmp_path, me
     assert not bad
     assert ssd.stats()["crc_errors"] == 0
     ssd.close()
+
+
+def test_ssd_residency_comes_from_its_own_index_not_the_policy(tmp_path, meta):
+    ssd = SsdTier(tmp_path / "regions", 10 << 20, meta, policy=LRUPolicy())
+    block = BlockId("a", "e1", 0)
+    assert ssd.put(block, b"x" * 1000)
+    ssd.drain()
+    ssd.policy.on_remove(block)  # the policy's bookkeeping is not the tier's truth
+    assert ssd.contains(block), "the index holds the block"
+    assert not ssd.contains(BlockId("a", "e2", 0))
+    ssd.close()

@@ -104,7 +104,7 @@ class PlanAwarePolicy(Policy):
 
     def _compact_heap(self) -> None:
         """Drop stale heap entries (one heapify over the live ones)."""
-        live = [(-self._next[b], next(self._seq), b) for b in self._sizes]
+        live = [(-self._next.get(b, math.inf), next(self._seq), b) for b in self._sizes]
         heapq.heapify(live)
         self._heap = live
 

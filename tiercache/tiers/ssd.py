@@ -238,8 +238,9 @@ class SsdTier:
                 self.policy.on_remove(block)
 
     def contains(self, block: BlockId) -> bool:
-        """Whether the block is resident or queued (it may still fail its check on read)."""
-        return block in self.policy or block in self.queue
+        """Whether the block is resident (in this tier's own index) or queued (it may still fail its check
+        on read); the eviction policy's bookkeeping is not asked."""
+        return block in self.queue or self.index.get(block.encode()) is not None
 
     def blocks(self, prefix: bytes = b"") -> list[BlockId]:
         """Resident block ids whose encoded id starts with ``prefix`` (see ``base.key_prefix``)."""
