@@ -21,7 +21,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from ..errors import NotFound, StoreError
 from ..store.base import ObjectInfo, ObjectStore
-from .journal import CLEAN, COPY, PUT, Changes, Journal, Record, file_sha256
+from .changes import Changes
+from .journal import CLEAN, COPY, PUT, Journal, Record, file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ acknowledged in a journal, and is uploaded by background threads.
 
 Modules: ``write_state`` (the shared parts: lock, open files, pending names), ``write_handles`` (open files
 and their commit), ``write_view`` (read-your-writes), ``write_namespace`` (unlink, rename, mkdir, rmdir),
-``write_space`` (space accounting, backpressure), ``journal`` (records on disk and their order in memory),
+``write_space`` (space accounting, backpressure), ``journal`` (records on disk), ``changes`` (their order in memory),
 ``staging`` (a file being written), ``uploader`` (threads running changes against the store). Dirty data
 lives only in the write dir, never in the cache tiers, so it is never evicted. The journal is an LMDB env
 inside the write dir, not in the cache dir as DESIGN.md has it, so that a write dir on durable storage
@@ -31,7 +31,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..store.base import ObjectStore
-from .journal import CLEAN, PUT, Changes, Journal
+from .changes import Changes
+from .journal import CLEAN, PUT, Journal
 from .uploader import Uploader
 from .write_handles import Handles
 from .write_namespace import NamespaceOps

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, NoSpace
-from .journal import Changes
+from .changes import Changes
 
 
 class WriteSpace:

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import ConfigError, ReadOnly
 from ..store.base import ObjectStore
-from .journal import Changes, Journal, Record
+from .changes import Changes
+from .journal import Journal, Record
 from .staging import StagedFile
 
 MODES = ("writeback", "writethrough", "readonly")
