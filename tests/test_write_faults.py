@@ -192,3 +192,23 @@ def test_a_journal_failing_at_run_time_does_not_redo_the_upload(make_tier, s3sto
     stats = tier.stats()
     assert stats["local_errors"] >= 1 and "injected" in stats["last_error"] and stats["pending_files"] == 0
     tier.journal.write = real_write
+
+
+def test_a_journal_that_cannot_be_opened_is_salvaged_and_its_files_reported(make_tier, s3store, bucket,
+                                                                             tmp_path):
+    tier = make_tier(CountingStore(s3store, threading.Semaphore(0)))  # nothing uploads
+    put(tier, "d/one", b"one")
+    put(tier, "d/two", b"two")
+    tier.close(drain=False, timeout=1)
+    data = tmp_path / "wd" / "journal" / "data.mdb"
+    with open(data, "r+b") as fh:
+        fh.write(os.urandom(2 * 4096))  # both meta pages: "not an LMDB file"
+    again = make_tier(s3store)  # starts (it refused to before), with an empty journal
+    report = again.flush_all(timeout=30)
+    assert report["uploaded"] == [] and bucket.keys() == []
+    assert len(report["lost"]) == 2 and all(name.startswith("<unknown key") for name in report["lost"])
+    kept = sorted(p.name for p in (tmp_path / "wd" / "corrupt").iterdir() if p.name.endswith("-staging"))
+    assert sorted((tmp_path / "wd" / "corrupt" / name).read_bytes() for name in kept) == [b"one", b"two"]
+    assert any(p.name.startswith("journal.damaged-") for p in (tmp_path / "wd").iterdir())
+    put(again, "d/three", b"three")  # the fresh journal works
+    assert again.flush_all(timeout=30)["uploaded"] == ["d/three"]

@@ -22,18 +22,22 @@ the store ends in the state of the last acknowledged change.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lmdb
+
 from ..lock import CacheDirLock
 from ..private import private_dir
-from .meta import Meta
+from .meta import Meta, loaded_item
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,27 @@ class Record:
         return cls(**json.loads(raw))
 
 
+def _readable_items(path: Path) -> list[tuple[str, bytes, bytes]]:
+    """(sub-db, stored key, raw value) of every item of a damaged journal env that can still be read."""
+    items: list[tuple[str, bytes, bytes]] = []
+    try:
+        env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=16)
+    except lmdb.Error:
+        return items
+    try:
+        for name in ("journal", "misc"):
+            try:
+                with env.begin() as txn:
+                    db = env.open_db(name.encode(), txn=txn, create=False)
+                    for key, value in txn.cursor(db=db):
+                        items.append((name, bytes(key), bytes(value)))
+            except lmdb.Error:
+                continue
+    finally:
+        env.close()
+    return items
+
+
 def file_sha256(fd: int, size: int) -> str:
     """sha256 of the first ``size`` bytes of an open file."""
     digest = hashlib.sha256()
@@ -122,12 +147,61 @@ class Journal:
         self._lock = CacheDirLock(self.dir).acquire()
         try:
             private_dir(self.staging)
-            self.meta = Meta(self.dir / "journal")
+            self.lost = self._load_lost()  # key → quarantine note, for files whose acknowledged bytes are lost
+            self.meta = self._open_meta(self.dir / "journal")
         except BaseException:
             self._lock.release()
             raise
         self.closed = False
-        self.lost = self._load_lost()  # key → quarantine note, for files whose acknowledged bytes are lost
+
+    def _open_meta(self, path: Path) -> Meta:
+        """The journal's LMDB env; a damaged one (it cannot be opened or read) is salvaged."""
+        try:
+            meta = Meta(path)
+        except lmdb.Error as exc:
+            return self._salvage_env(path, exc, None)
+        try:
+            meta.scan("journal")
+            meta.scan("misc")
+        except lmdb.Error as exc:
+            return self._salvage_env(path, exc, meta)
+        return meta
+
+    def _salvage_env(self, path: Path, exc: Exception, meta: Meta | None) -> Meta:
+        """Move a damaged journal env aside, carry every item still readable into a fresh one, and report
+        the staging files no salvaged record names as lost (their names are unknown)."""
+        if meta is not None:
+            with contextlib.suppress(lmdb.Error):
+                meta.close()
+        aside = path.with_name(f"journal.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        fresh = Meta(path)
+        kept: set[str] = set()
+        with fresh.write() as txn:
+            for name, stored, raw in _readable_items(aside):
+                try:
+                    key, value = loaded_item(stored, raw)
+                except (ValueError, IndexError, struct.error):
+                    continue
+                txn.put(key, value, db=fresh.db(name))
+                if name == "journal":
+                    kept.add(key.decode(errors="replace"))
+        fresh.sync()
+        reason = f"write journal damaged ({type(exc).__name__}: {exc}); it was moved to {aside}"
+        unknown = 0
+        for entry in list(os.scandir(self.staging)):
+            if entry.name in kept:
+                continue
+            self.corrupt.mkdir(exist_ok=True)
+            dest = self.corrupt / f"{entry.name}-staging"
+            st = entry.stat()
+            os.replace(entry.path, dest)
+            self._note_lost(dest, {"id": entry.name, "key": "", "size": st.st_size, "mtime": st.st_mtime,
+                                   "reason": reason})
+            unknown += 1
+        log.error("%s; %d record(s) salvaged, %d written file(s) of unknown name kept in %s", reason, len(kept),
+                  unknown, self.corrupt)
+        return fresh
 
     def staging_path(self, rid: str) -> Path:
         """Where the staging file of record ``rid`` lives."""
