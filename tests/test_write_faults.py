@@ -80,7 +80,7 @@ def test_only_the_openers_flush_journals_and_only_release_publishes(make_tier, s
     assert [(r.key, r.state) for r in tier.journal.load()] == [("c/ckpt", "held")]
     assert tier.flush_all(timeout=30)["uploaded"] == [] and bucket.get("c/ckpt") == b"old version"
     tier.release(fh)
-    assert tier.flush_all(timeout=30)["uploaded"] == ["c/ckpt"]
+    assert tier.flush_all(timeout=30)["left"] == []  # (the uploaders may have taken it already)
     assert bucket.get("c/ckpt") == b"new version, part 1"
 
 
@@ -161,7 +161,7 @@ def test_damaged_journal_records_are_salvaged_one_by_one(make_tier, s3store, buc
     meta.close()
     again = make_tier(s3store)
     report = again.flush_all(timeout=60)
-    assert report["uploaded"] == ["j/good"] and report["lost"] == ["j/bad"]
+    assert report["left"] == [] and report["lost"] == ["j/bad"]
     assert bucket.keys() == ["j/good"] and again.stats()["lost_files"] == ["j/bad"]
     assert again.pending_entry("j/bad")["state"] == "lost"
     with pytest.raises(Exception) as info:
@@ -211,4 +211,4 @@ def test_a_journal_that_cannot_be_opened_is_salvaged_and_its_files_reported(make
     assert sorted((tmp_path / "wd" / "corrupt" / name).read_bytes() for name in kept) == [b"one", b"two"]
     assert any(p.name.startswith("journal.damaged-") for p in (tmp_path / "wd").iterdir())
     put(again, "d/three", b"three")  # the fresh journal works
-    assert again.flush_all(timeout=30)["uploaded"] == ["d/three"]
+    assert again.flush_all(timeout=30)["left"] == [] and bucket.get("d/three") == b"three"
