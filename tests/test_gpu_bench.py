@@ -99,3 +99,54 @@ def test_real_run_without_a_gpu_stops_with_one_clear_line(tmp_path):
 def test_unknown_argument(tmp_path):
     proc = gpu_sh("--frobnicate", timeout=30)
     assert proc.returncode == 2 and "unknown argument: --frobnicate" in proc.stderr
+
+
+def bench_module(name: str):
+    """A bench/ script imported as a module (bench/ is not a package)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_kernel_goals_are_judged_on_a_gpu_only():
+    kernels, run = bench_module("kernels"), bench_module("gpu_run")
+    rows = {"fused (triton)": {"us_per_batch": 100.0, "images_per_s": 2560.0, "speedup_vs_per_sample": 6.0,
+                               "fraction_of_copy": 0.4, "bandwidth_GBps": 1.0},
+            "fused kernel only": {"us_per_batch": 50.0, "images_per_s": 5120.0, "speedup_vs_per_sample": 12.0,
+                                  "fraction_of_copy": 0.55, "bandwidth_GBps": 2.0},
+            "reference batched": {"us_per_batch": 400.0}, "copy_ (same bytes)": {"bandwidth_GBps": 3.6}}
+    goals = kernels.goals(rows, gpu=True)
+    assert goals["fraction_of_copy"] == {"goal": 0.6, "value": 0.55, "row": "fused kernel only", "pass": False}
+    assert goals["speedup_vs_per_sample"] == {"goal": 5.0, "value": 6.0, "row": "fused (triton)", "pass": True}
+    assert all(isinstance(g, str) for g in kernels.goals(rows, gpu=False).values())
+    [row] = run.kernel_rows({"configs": [{"label": "bf16 NCHW", "results": rows, "goals": goals,
+                                          "max_abs_diff_fused_vs_reference": 0.0}]})
+    assert row["goals_pass"] == {"fraction_of_copy": False, "speedup_vs_per_sample": True}
+    assert row["speedup_vs_reference_batched"] == 4.0 and row["kernel_images_per_s"] == 5120
+
+
+def test_e2e_summary_names_what_bounds_the_loader():
+    run = bench_module("gpu_run")
+    per_image = {"read": 0.1, "decode": 2.5, "augment": 0.3, "collate": 0.0, "h2d": 0.1, "other": 0.0}
+    configs = {"ceiling": {"images_per_s": 3000.0},
+               "tiercache_cpu": {"images_per_s": 2000.0, "stall_fraction": 0.3,
+                                 "loader": {"worker_ms_per_image": per_image, "busiest_stage": "decode"}},
+               "tiercache_nvjpeg": {"images_per_s": 2900.0, "stall_fraction": 0.01, "loader": {}},
+               "torch_baseline": {"images_per_s": 1500.0, "stall_fraction": 0.5}}
+    run.summarize_e2e(configs)
+    cpu = configs["tiercache_cpu"]
+    assert cpu["of_ceiling"] == round(2000 / 3000, 4) and cpu["goal"] == {"of_ceiling": 0.9, "pass": False}
+    assert cpu["cores_needed_at_ceiling"] == 9.0  # 3 worker-ms per image at 3000 images/s
+    assert "stage 'decode' (2.50 worker-ms/image)" in cpu["bound_by"]
+    assert configs["tiercache_nvjpeg"]["goal"]["pass"] and "compute" in configs["tiercache_nvjpeg"]["bound_by"]
+    assert configs["torch_baseline"]["of_ceiling"] == 0.5 and "goal" not in configs["torch_baseline"]
+    owed = run.incomplete({"tests": {}, "kernels": {}, "e2e": {"configs": {"tiercache_nvjpeg": {
+        "skipped": "nvJPEG unavailable: GPU JPEG decode needs torchvision"}}}})
+    assert owed == ["e2e tiercache_nvjpeg: nvJPEG unavailable: GPU JPEG decode needs torchvision"]
