@@ -33,8 +33,8 @@ class FlakyStore:
             raise StoreError("injected failure")
         return fn(*args)
 
-    def put_file(self, key, path):
-        return self._call(self.inner.put_file, key, path)
+    def put_file(self, key, path, attrs=None):
+        return self._call(self.inner.put_file, key, path, attrs)
 
     def copy(self, src, dst):
         return self._call(self.inner.copy, src, dst)

@@ -39,7 +39,7 @@ class GatedStore:
         self.started: list[str] = []
         self._cond = threading.Condition()
 
-    def put_file(self, key, path):
+    def put_file(self, key, path, attrs=None):
         with self._cond:
             self.started.append(key)
             self._cond.notify_all()
@@ -47,7 +47,7 @@ class GatedStore:
             raise StoreError("test gate never opened")
         if self.broken:
             raise StoreError("injected failure")
-        return self.inner.put_file(key, path)
+        return self.inner.put_file(key, path, attrs)
 
     def copy(self, src, dst):
         if self.broken:
@@ -409,9 +409,9 @@ def test_hard_limit_gives_enospc_keeps_closed_files_and_publishes_nothing_of_the
 
 def test_backpressure_waits_for_uploads_instead_of_failing(make_tier, s3store, bucket):
     class SlowStore(GatedStore):
-        def put_file(self, key, path):
+        def put_file(self, key, path, attrs=None):
             time.sleep(0.05)
-            return self.inner.put_file(key, path)
+            return self.inner.put_file(key, path, attrs)
 
     tier = make_tier(SlowStore(s3store), limit_bytes=4 * MiB, high_watermark=0.5, uploaders=1)
     files = {f"bp/{i}": os.urandom(MiB) for i in range(8)}
@@ -489,9 +489,9 @@ from tiercache.tiers.write import WriteTier
 class Stalled:
     def __init__(self, inner):
         self.inner, self.url = inner, inner.url
-    def put_file(self, key, path):
+    def put_file(self, key, path, attrs=None):
         if key.endswith("-fast"):
-            return self.inner.put_file(key, path)
+            return self.inner.put_file(key, path, attrs)
         time.sleep(3600)
     def __getattr__(self, name):
         return getattr(self.inner, name)

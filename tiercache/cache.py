@@ -21,6 +21,7 @@ tier (SSD when there is one, else RAM): they are never victims of eviction there
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -31,8 +32,8 @@ from pathlib import Path
 from .blocks import BlockMap
 from .config import CacheConfig
 from .counters import Counters
-from .errors import ConfigError
-from .fetcher import Fetcher
+from .errors import ConfigError, StaleVersion
+from .fetcher import Fetcher, Stale
 from .lock import CacheDirLock
 from .namespace import Entry, Namespace, normalize
 from .pins import Pins
@@ -163,6 +164,22 @@ class TieredCache:
             self.on_read(info.key, offset)
         return data
 
+    def read_version(self, info: ObjectInfo, offset: int, size: int) -> bytes | memoryview:
+        """Bytes of exactly the version ``info`` names (an open file's): from the tiers, or a GET that
+        matches its etag; StaleVersion if the store holds another version now (its info is then distrusted,
+        so the next open sees the new one). Never bytes of another version."""
+        if offset < 0 or size < 0:
+            raise ConfigError(f"read {info.key!r}: offset and size must not be negative")
+        try:
+            data = self.reader.read(info, offset, size)
+        except Stale:
+            self.counters.add("stale_reads")
+            self.namespace.forget(info.key)
+            raise StaleVersion(f"{info.key}: changed in the store since it was opened") from None
+        self.counters.add("reads")
+        self.counters.add("bytes_read", len(data))
+        return data
+
     def _observe(self, info: ObjectInfo, ids: list[BlockId], offset: int, end: int) -> None:
         """Tell the plans and the prefetcher where the reader is (a file's first read moves it in its plan)."""
         if offset == 0 and self.plans:
@@ -216,7 +233,7 @@ class TieredCache:
         """Record a just-uploaded object and cache its bytes from ``local_file`` (no GET)."""
         path = normalize(path)
         if info.key != path:
-            info = ObjectInfo(path, info.size, info.etag, info.mtime)
+            info = dataclasses.replace(info, key=path)
         self.tiers.drop_key(path, keep_etag=info.etag)
         self.namespace.add(info)
         with open(local_file, "rb") as f:

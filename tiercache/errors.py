@@ -56,6 +56,12 @@ class BadHandle(TiercacheError):
     errno = _errno.EBADF
 
 
+class StaleVersion(TiercacheError):
+    """The version (etag) an open file reads changed in the store and its bytes are no longer cached."""
+
+    errno = _errno.ESTALE
+
+
 class StoreError(TiercacheError):
     """The object store failed after retries (network, 5xx, throttling)."""
 

@@ -33,7 +33,10 @@ from .tiers.meta import Meta
 log = logging.getLogger(__name__)
 
 BACKGROUND_FILES = 10_000
-_INFO = struct.Struct("<Qdd")  # size, mtime, fetched_at; then the etag
+# size, mtime, fetched_at, mode, uid, gid, flags (bit 0: user metadata read); then the etag
+_INFO = struct.Struct("<QddIiiB")
+_FORMAT = b"2"  # of the "objects" records; others are dropped (relisted) at start
+_META_READ = 1
 _TIME = struct.Struct("<d")
 
 
@@ -83,12 +86,24 @@ def _ancestors(path: str) -> Iterator[str]:
 
 
 def _encode(info: ObjectInfo, fetched: float) -> bytes:
-    return _INFO.pack(info.size, info.mtime, fetched) + info.etag.encode()
+    flags = _META_READ if info.meta else 0
+    return _INFO.pack(info.size, info.mtime, fetched, info.mode, info.uid, info.gid, flags) + info.etag.encode()
 
 
 def _decode(path: str, raw: bytes) -> tuple[ObjectInfo, float]:
-    size, mtime, fetched = _INFO.unpack_from(raw)
-    return ObjectInfo(path, size, bytes(raw[_INFO.size:]).decode(), mtime), fetched
+    size, mtime, fetched, mode, uid, gid, flags = _INFO.unpack_from(raw)
+    etag = bytes(raw[_INFO.size:]).decode()
+    return ObjectInfo(path, size, etag, mtime, mode, uid, gid, bool(flags & _META_READ)), fetched
+
+
+def _keep_metadata(old: bytes | None, listed: ObjectInfo) -> ObjectInfo:
+    """A LIST entry completed by the metadata already read for the same version (LIST returns none)."""
+    if old is None:
+        return listed
+    info = _decode(listed.key, old)[0]
+    if not info.meta or info.etag != listed.etag or info.size != listed.size:
+        return listed
+    return info
 
 
 class Namespace:
@@ -102,6 +117,7 @@ class Namespace:
         self.ttl = ttl
         self.clock = clock
         self.on_change: Callable[[str, ObjectInfo | None], None] | None = None  # (path, new info or None)
+        self.hidden: Callable[[str], bool] | None = None  # keys left out of listings (deletes not yet done)
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._children: dict[str, dict[str, bool]] = {}  # dir -> {name: is_dir}
@@ -111,6 +127,11 @@ class Namespace:
         self._confirmed: dict[str, float] = {}  # path -> when a conditional GET last confirmed its etag
         self._refreshing: dict[str, threading.Event] = {}
         self._loaded = False
+        if self.meta.get("misc", b"objects_format") != _FORMAT:
+            with self.meta.write() as txn:
+                for name in ("objects", "listings"):
+                    txn.drop(self.meta.db(name), delete=False)
+                txn.put(b"objects_format", _FORMAT, db=self.meta.db("misc"))
         self.skipped = 0
         self.lists = 0
         self.heads = 0
@@ -184,6 +205,9 @@ class Namespace:
         started = self.clock()
         infos = list(self.store.list(prefix))
         self.lists += 1
+        hidden = self.hidden
+        if hidden is not None:  # asked outside our lock: the predicate takes the write tier's
+            infos = [info for info in infos if not hidden(info.key)]
         good: list[ObjectInfo] = []
         dirs: set[str] = set()
         bad: list[tuple[str, str]] = []
@@ -225,6 +249,7 @@ class Namespace:
             stale = [k for k, _ in self.meta.scan("objects", prefix.encode())] if top else []
             with self.meta.write() as txn:
                 objects = self.meta.db("objects")
+                files = [_keep_metadata(txn.get(i.key.encode(), db=objects), i) for i in files]
                 if not top:
                     txn.drop(objects, delete=False)
                 for key in stale:
@@ -455,6 +480,38 @@ class Namespace:
                     self._files_below[anc] = self._files_below.get(anc, 1) - 1
         if self.on_change:
             self.on_change(path, None)
+
+    def hide(self, predicate: Callable[[str], bool] | None) -> None:
+        """Leave the keys ``predicate`` names out of every listing from now on (the write tier's deletes
+        that are acknowledged but not yet done at the store), so that no directory is made of them."""
+        self.hidden = predicate
+
+    def remove_dir(self, path: str) -> None:
+        """Forget directory ``path`` and everything below it (removed or renamed through the mount)."""
+        path = normalize(path)
+        if not path:
+            return
+        prefix = f"{path}/"
+        with self._lock:
+            if path in self._children:
+                self._drop_subtree(path)
+                del self._children[path]
+                self._files_below.pop(path, None)
+            self._children.get(_parent(path), {}).pop(path.rpartition("/")[2], None)
+            for table in (self._listed, self._overlay, self._confirmed):
+                for key in [k for k in table if k == path or k.startswith(prefix)]:
+                    del table[key]
+            stale = [k for k, _ in self.meta.scan("objects", prefix.encode())]
+            listings = [k for k, _ in self.meta.scan("listings", f"/{path}".encode())
+                        if k == f"/{path}".encode() or k.startswith(f"/{prefix}".encode())]
+            with self.meta.write() as txn:
+                for key in stale:
+                    txn.delete(key, db=self.meta.db("objects"))
+                for key in listings:
+                    txn.delete(key, db=self.meta.db("listings"))
+        if self.on_change:
+            for key in stale:
+                self.on_change(key.decode(), None)
 
     def forget(self, path: str) -> None:
         """Distrust the cached info of ``path``: its next use revalidates with a HEAD."""

@@ -168,9 +168,9 @@ def fuse_options(config: CacheConfig, spec: MountSpec) -> dict[str, Any]:
     """libfuse options for this mount.
 
     Immutable data (``--metadata-ttl inf``): kernel_cache and hour-long attr/entry timeouts, so re-reads are
-    served by the kernel without entering Python. Otherwise auto_cache (the kernel keeps a file's pages across
-    opens while its size and mtime are unchanged) and timeouts equal to the metadata TTL. Read-only mode
-    mounts ``ro`` so the kernel refuses writes itself (EROFS).
+    served by the kernel without entering Python. Otherwise each open decides whether the kernel keeps the
+    file's pages (only while its etag is unchanged: fuse/opened.py) and timeouts equal the metadata TTL.
+    Read-only mode mounts ``ro`` so the kernel refuses writes itself (EROFS).
     """
     ttl = config.metadata_ttl
     immutable = math.isinf(ttl)
@@ -186,7 +186,8 @@ def fuse_options(config: CacheConfig, spec: MountSpec) -> dict[str, Any]:
         "entry_timeout": timeout,
         "negative_timeout": timeout,
     }
-    opts["kernel_cache" if immutable else "auto_cache"] = True
+    if immutable:
+        opts["kernel_cache"] = True
     if config.mode == "readonly":
         opts["ro"] = True
     if spec.allow_other:
@@ -276,7 +277,7 @@ class MountDaemon:
         spec, config = self.spec, self.config
         mountpoint = check_mountpoint(spec.mountpoint, spec.nonempty)
         check_fuse_access(spec.allow_other)
-        fuse = binding()
+        binding()  # fail early, with a clear error, if libfuse cannot be loaded
         log.info("mounting %s at %s (mode %s, cache dir %s, write dir %s)", config.source, mountpoint,
                  config.mode, config.cache_dir, config.write_dir)
         stack = contextlib.ExitStack()
@@ -310,16 +311,18 @@ class MountDaemon:
                 log.info("Prometheus metrics on %s", spec.metrics_port)
             mounts.register_mount(self.info)
             stack.callback(mounts.unregister_mount, mountpoint, os.getpid())
+            from .opened import TiercacheFUSE
             from .ops import make_ops
 
             ops = make_ops(self.cache, self.writes, readonly=config.mode == "readonly",
+                           immutable=math.isinf(config.metadata_ttl),
                            statfs_dir=str(config.write_dir),
                            on_init=lambda: self._announce(mountpoint, ready))
             options = fuse_options(config, spec)
             log.info("FUSE options: %s", options)
             log_offset = _log_size(self.info["log"])
             try:
-                fuse.FUSE(ops, mountpoint, **options)
+                TiercacheFUSE(ops, mountpoint, **options)
             except RuntimeError as exc:
                 if not self._ready_sent:
                     hint = _fuse_error_hint(self.info["log"], log_offset)

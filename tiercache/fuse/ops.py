@@ -21,9 +21,11 @@ from typing import Any
 
 from ..errors import IsADirectory, NotFound, ReadOnly
 from . import binding
+from .attr_ops import AttributeOps
 from .calls import errno_op as _errno_op
 from .calls import store_key as _key
 from .inodes import InodeTable
+from .opened import OpenFiles
 from .posix_ops import PosixOps
 from .xattrs import XattrTable
 
@@ -31,7 +33,6 @@ fuse = binding()
 
 log = logging.getLogger(__name__)
 
-BLKSIZE = 128 << 10
 # READ requests the kernel may have in flight asynchronously (read-ahead). The kernel's default, 12, keeps a
 # sequential reader to one or two cache blocks being fetched at a time; more lets the read-ahead window's
 # blocks be fetched in parallel (the FUSE worker threads each fetch one).
@@ -65,7 +66,7 @@ def _caller() -> int | None:
     return pid
 
 
-class TiercacheOps(PosixOps, fuse.Operations):
+class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
     """The mount's file operations: a thin client of ``cache`` (TieredCache) and ``writes`` (WriteTier)."""
 
     use_ns = True
@@ -82,6 +83,7 @@ class TiercacheOps(PosixOps, fuse.Operations):
         self.file_mode = 0o444 if self.readonly else 0o644
         self.dir_mode = 0o555 if self.readonly else 0o755
         self.inodes = InodeTable()
+        self.opened = OpenFiles()
         write_dir = getattr(writes, "write_dir", None)
         self.xattrs = XattrTable(os.path.join(write_dir, "xattrs")) if write_dir and not self.readonly else None
 
@@ -107,39 +109,15 @@ class TiercacheOps(PosixOps, fuse.Operations):
 
     # ---------------------------------------------------------------- metadata
 
-    def _attrs(self, is_dir: bool, size: int, mtime: float) -> dict:
-        ns = int(mtime * 1e9)
-        return {
-            "st_mode": (stat.S_IFDIR | self.dir_mode) if is_dir else (stat.S_IFREG | self.file_mode),
-            "st_nlink": 2 if is_dir else 1,
-            "st_size": 0 if is_dir else size,
-            "st_uid": self.uid,
-            "st_gid": self.gid,
-            "st_atime": ns,
-            "st_mtime": ns,
-            "st_ctime": ns,
-            "st_blocks": (size + 511) // 512,
-            "st_blksize": BLKSIZE,
-        }
-
-    def _lookup(self, key: str) -> tuple[bool, int, float]:
-        """(is_dir, size, mtime) of ``key``: pending writes first, then the cache's metadata."""
-        if not key:
-            return True, 0, self.started
-        if self.writes is not None:
-            pending = self.writes.pending_entry(key)
-            if pending is not None:
-                return bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"])
-            if self.writes.is_deleted(key):
-                raise NotFound(f"{key}: deleted")
-        entry = self.cache.stat(key)
-        return bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started)
-
     @_errno_op
     def getattr(self, path: str, fh: Any = None) -> dict:
-        """stat(2)."""
+        """stat(2); fstat(2) of a file open for reading shows the version it reads."""
         key = _key(path)
-        attrs = self._attrs(*self._lookup(key))
+        version = self.opened.version(fh) if self.opened.is_read_handle(fh) else None
+        if version is not None:
+            attrs = self._attrs(False, version.size, version.mtime, version.mode, version.uid, version.gid)
+        else:
+            attrs = self._attrs(*self._lookup(key))
         attrs["st_ino"] = self.inodes.ino(key)
         return attrs
 
@@ -240,24 +218,45 @@ class TiercacheOps(PosixOps, fuse.Operations):
 
     @_errno_op
     def open(self, path: str, flags: int) -> int:
-        """open(2): write opens (and O_TRUNC) get the write tier's handle; read opens get 0 (read by path)."""
+        """open(2): write opens (and O_TRUNC) get the write tier's handle; read opens a read handle pinned to
+        the object's current version (or reading by path while the file has unpublished writes)."""
         key = _key(path)
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+            self.opened.opened_for_write(key)
             return self._write_handle(self._writes().open(key, truncate=bool(flags & os.O_TRUNC), owner=_caller()))
+        return self.opened.open(key, self._version(key))
+
+    def _version(self, key: str) -> Any:
+        """The ObjectInfo a read open of ``key`` pins; None for unpublished writes (read by path)."""
         if self._lookup(key)[0]:
             raise IsADirectory(f"{key}: is a directory")
-        return 0
+        namespace = getattr(self.cache, "namespace", None)
+        if namespace is None or (self.writes is not None and self.writes.pending_entry(key) is not None):
+            return None
+        return namespace.info(key)
+
+    def keep_cache(self, fh: Any) -> bool:
+        """Whether the kernel may keep the file's pages from earlier opens (same etag): see fuse/opened.py."""
+        return self.opened.keep_cache(fh)
+
+    def _is_write(self, fh: Any) -> bool:
+        return bool(fh) and not self.opened.is_read_handle(fh)
 
     @_errno_op
     def create(self, path: str, mode: int, flags: int | None = None) -> int:
-        """open(2) with O_CREAT of a new file."""
-        return self._write_handle(self._writes().create(_key(path), owner=_caller()))
+        """open(2) with O_CREAT of a new file (its mode and the caller's uid/gid are stored with it)."""
+        uid, gid, _pid = fuse.fuse_get_context()
+        return self._write_handle(self._writes().create(_key(path), owner=_caller(), mode=mode, uid=uid, gid=gid))
 
     @_errno_op
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
-        """pread(2): short at end of file. Written-but-not-uploaded bytes first, then the cache."""
-        if fh:
+        """pread(2): short at end of file. A read handle reads its version; otherwise written-but-not-uploaded
+        bytes first, then the cache."""
+        if self._is_write(fh):
             return _handoff(self.writes.read(fh, offset, size))
+        version = self.opened.version(fh) if fh else None
+        if version is not None:
+            return _handoff(self.cache.read_version(version, offset, size))
         key = _key(path)
         if self.writes is not None:
             data = self.writes.read_pending(key, offset, size)
@@ -276,21 +275,21 @@ class TiercacheOps(PosixOps, fuse.Operations):
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         """truncate(2) / ftruncate(2)."""
         writes = self._writes()
-        writes.truncate(fh if fh else _key(path), length)
+        writes.truncate(fh if self._is_write(fh) else _key(path), length)
         return 0
 
     @_errno_op
     def flush(self, path: str | None, fh: int) -> int:
         """Each close(2): durable before close returns; the writer's own close also journals the version so
         a crash replays it, a child's close (another process) publishes nothing. A failed write's errno."""
-        if fh:
+        if self._is_write(fh):
             self.writes.flush(fh, owner=_caller())
         return 0
 
     @_errno_op
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         """fsync(2): as the caller's close (see ``flush``), without closing: published at the last close."""
-        if fh:
+        if self._is_write(fh):
             self.writes.fsync(fh)
             self.writes.flush(fh, owner=_caller())
         return 0
@@ -298,7 +297,9 @@ class TiercacheOps(PosixOps, fuse.Operations):
     @_errno_op
     def release(self, path: str | None, fh: int) -> int:
         """Last close of an open file: its newest version is published (queued for upload)."""
-        if fh:
+        if self.opened.is_read_handle(fh):
+            self.opened.release(fh)
+        elif fh:
             self.writes.release(fh)
         return 0
 
@@ -326,31 +327,13 @@ class TiercacheOps(PosixOps, fuse.Operations):
         self._forget(key)
         return 0
 
-    @_errno_op
-    def chmod(self, path: str | None, mode: int) -> int:
-        """Accepted and ignored (objects have no mode): lets cp -p and tar work."""
-        self._lookup(_key(path))
-        return 0
-
-    @_errno_op
-    def chown(self, path: str | None, uid: int, gid: int) -> int:
-        """Accepted and ignored."""
-        self._lookup(_key(path))
-        return 0
-
-    @_errno_op
-    def utimens(self, path: str | None, times: Any = None) -> int:
-        """Accepted and ignored (touch of an existing file)."""
-        self._lookup(_key(path))
-        return 0
-
 
 class ReadOnlyOps(TiercacheOps):
     """Read-only mounts (``-o ro``: the kernel itself refuses writes with EROFS). open, flush and release are
     left to libfuse's C defaults, so reading a file enters Python only for its READ requests."""
 
     create = write = truncate = flush = fsync = release = None
-    unlink = rename = mkdir = rmdir = chmod = chown = utimens = None
+    unlink = rename = mkdir = rmdir = chmod = chown = utimens = symlink = link = None
     getxattr = setxattr = listxattr = removexattr = None
 
     def __init__(self, cache: Any, writes: Any | None, **kwargs: Any):
@@ -361,8 +344,10 @@ class ReadOnlyOps(TiercacheOps):
         raise fuse.FuseOSError(errno.ENOSYS)
 
 
-def make_ops(cache: Any, writes: Any | None, *, readonly: bool, **kwargs: Any) -> TiercacheOps:
-    """The operations object for a mount."""
-    if readonly:
+def make_ops(cache: Any, writes: Any | None, *, readonly: bool, immutable: bool = True,
+             **kwargs: Any) -> TiercacheOps:
+    """The operations object for a mount: ReadOnlyOps (no OPEN requests) only for immutable data
+    (``--metadata-ttl inf``); otherwise every open pins a version and decides the kernel's page cache."""
+    if readonly and immutable:
         return ReadOnlyOps(cache, writes, **kwargs)
-    return TiercacheOps(cache, writes, **kwargs)
+    return TiercacheOps(cache, writes, readonly=readonly, **kwargs)

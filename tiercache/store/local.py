@@ -6,15 +6,17 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import BucketNotFound, ConfigError, NotFound
-from .base import ObjectInfo
+from .base import Attrs, ObjectInfo
 
 
 class LocalStore:
-    """Objects are the regular files under ``root``; the etag is derived from (size, mtime_ns, inode)."""
+    """Objects are the regular files under ``root``; the etag is derived from (size, mtime_ns, inode). The
+    POSIX attributes are the files' own (``set_attrs`` changes them: mtime, permission bits, owner)."""
 
     def __init__(self, root: str | os.PathLike, url: str | None = None):
         self.root = Path(root)
@@ -28,7 +30,8 @@ class LocalStore:
     @staticmethod
     def _info(key: str, st: os.stat_result) -> ObjectInfo:
         tag = hashlib.blake2b(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode(), digest_size=8).hexdigest()
-        return ObjectInfo(key=key, size=st.st_size, etag=tag, mtime=st.st_mtime)
+        return ObjectInfo(key=key, size=st.st_size, etag=tag, mtime=st.st_mtime, mode=st.st_mode, uid=st.st_uid,
+                          gid=st.st_gid, meta=True)
 
     def check(self) -> None:
         """Raise BucketNotFound if the root directory is missing."""
@@ -73,14 +76,16 @@ class LocalStore:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key!r}") from None
 
-    def put_file(self, key: str, path: str) -> ObjectInfo:
-        """Copy a file in atomically (temp file + rename)."""
+    def put_file(self, key: str, path: str, attrs: Attrs | None = None) -> ObjectInfo:
+        """Copy a file in atomically (temp file + rename), with ``attrs``."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tc-upload-")
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
+            if attrs is not None:
+                self._apply(tmp, attrs)
             os.replace(tmp, dest)
         except BaseException:
             if os.path.exists(tmp):
@@ -88,15 +93,37 @@ class LocalStore:
             raise
         return self.head(key)
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, attrs: Attrs | None = None) -> ObjectInfo:
         """Write a small object atomically."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tc-upload-")
         with os.fdopen(fd, "wb") as out:
             out.write(data)
+        if attrs is not None:
+            self._apply(tmp, attrs)
         os.replace(tmp, dest)
         return self.head(key)
+
+    def set_attrs(self, key: str, attrs: Attrs) -> ObjectInfo:
+        """Change the file's mtime, permission bits and owner (the set fields of ``attrs``)."""
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"no object {key!r}")
+        self._apply(str(path), attrs)
+        return self.head(key)
+
+    @staticmethod
+    def _apply(path: str, attrs: Attrs) -> None:
+        if attrs.mode:
+            os.chmod(path, attrs.mode & 0o7777)
+        if attrs.uid >= 0 or attrs.gid >= 0:
+            try:
+                os.chown(path, attrs.uid, attrs.gid)
+            except PermissionError:
+                pass  # not root: the owner stays
+        if attrs.mtime is not None:
+            os.utime(path, ns=(time.time_ns(), round(attrs.mtime * 1e9)))
 
     def delete(self, key: str) -> None:
         """Remove the file if present."""

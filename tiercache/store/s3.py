@@ -19,7 +19,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from ..errors import AccessDenied, BucketNotFound, ConfigError, EndpointUnreachable, NotFound, StoreError
-from .base import ObjectInfo
+from .base import Attrs, ObjectInfo, attrs_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class S3Store:
         return ObjectInfo(
             key=key, size=int(resp["ContentLength"]), etag=resp["ETag"].strip('"'),
             mtime=resp["LastModified"].timestamp(),
-        )
+        ).with_metadata(resp.get("Metadata"))
 
     def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         """Ranged GET of [start, end); the body is retried if it breaks off mid-stream."""
@@ -187,18 +187,20 @@ class S3Store:
                 raise _BodyBroken(f"short read: {len(data)} of {end - start} bytes")
         return data
 
-    def put_file(self, key: str, path: str) -> ObjectInfo:
-        """Upload a file; parallel multipart above the threshold."""
+    def put_file(self, key: str, path: str, attrs: Attrs | None = None) -> ObjectInfo:
+        """Upload a file, ``attrs`` in its metadata; parallel multipart above the threshold."""
+        extra = {"Metadata": attrs.metadata()} if attrs is not None else None
         try:
-            self.client.upload_file(path, self.bucket, self._full(key), Config=self.transfer)
+            self.client.upload_file(path, self.bucket, self._full(key), ExtraArgs=extra, Config=self.transfer)
         except (bexc.ClientError, bexc.BotoCoreError, boto3.exceptions.S3UploadFailedError) as exc:
             raise self._translate(exc, f"upload {key}") from None
         return self.head(key)
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        """PUT a small object."""
+    def put_bytes(self, key: str, data: bytes, attrs: Attrs | None = None) -> ObjectInfo:
+        """PUT a small object, ``attrs`` in its metadata."""
+        extra = {"Metadata": attrs.metadata()} if attrs is not None else {}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data, **extra)
         except (bexc.ClientError, bexc.BotoCoreError) as exc:
             raise self._translate(exc, f"upload {key}") from None
         return self.head(key)
@@ -222,6 +224,27 @@ class S3Store:
         except (bexc.ClientError, bexc.BotoCoreError) as exc:
             raise self._translate(exc, f"copy {src_key} -> {dst_key}") from None
         return self.head(dst_key)
+
+    def set_attrs(self, key: str, attrs: Attrs) -> ObjectInfo:
+        """Copy the object onto itself with its metadata replaced (MetadataDirective REPLACE): the set fields
+        of ``attrs`` replace the stored ones; other user metadata, the content type and the bytes stay."""
+        full = self._full(key)
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=full)
+            metadata = dict(resp.get("Metadata") or {})
+            old = attrs_from_metadata(metadata)
+            merged = Attrs(attrs.mode or old.mode, attrs.uid if attrs.uid >= 0 else old.uid,
+                           attrs.gid if attrs.gid >= 0 else old.gid,
+                           attrs.mtime if attrs.mtime is not None else old.mtime)
+            metadata.update(merged.metadata())
+            extra = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
+            if resp.get("ContentType"):
+                extra["ContentType"] = resp["ContentType"]
+            self.client.copy({"Bucket": self.bucket, "Key": full}, self.bucket, full, ExtraArgs=extra,
+                             Config=self.transfer)
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, f"set attributes of {key}") from None
+        return self.head(key)
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -46,7 +46,8 @@ PENDING, CLEAN = "pending", "clean"
 # HELD: acknowledged by the writer's close (durable, replayed and published after a crash) but not published
 # while the file stays open (its handle keeps it, not ``Changes``)
 HELD = "held"
-_PERSISTED = ("id", "op", "key", "seq", "size", "sha256", "src", "state", "ctime", "mtime", "disk")
+_PERSISTED = ("id", "op", "key", "seq", "size", "sha256", "src", "state", "ctime", "mtime", "disk", "mode", "uid",
+              "gid", "touched")
 _CHUNK = 8 << 20
 
 
@@ -55,8 +56,10 @@ class Record:
     """One acknowledged change: upload a staging file (put), delete a key, or copy ``src`` to it (rename).
 
     ``seq`` orders changes: for one key only the newest counts. ``disk``: the bytes its staging file holds
-    (less than ``size`` for a sparse file; -1, as in older journals, means ``size``). Fields after ``disk``
-    live in memory only.
+    (less than ``size`` for a sparse file; -1, as in older journals, means ``size``). ``mode``/``uid``/``gid``
+    (0 / -1: not set) and ``mtime`` are the file's attributes, stored in the object's metadata; ``touched``:
+    they were changed after the change was acknowledged (a copy then sets them after copying). Fields after
+    ``touched`` live in memory only.
     """
 
     id: str
@@ -70,6 +73,10 @@ class Record:
     ctime: float = field(default_factory=time.time)
     mtime: float = field(default_factory=time.time)
     disk: int = -1
+    mode: int = 0
+    uid: int = -1
+    gid: int = -1
+    touched: bool = False
     inflight: bool = False
     superseded: bool = False
     done: bool = False

@@ -52,6 +52,7 @@ class StagedFile:
         self.staging_id = ""
         self.size = size
         self.mtime = time.time()
+        self.mode, self.uid, self.gid = 0, -1, -1  # attributes to store (0 / -1: none)
         self.created = created  # made by create(): there was no content to copy
         self.dirty = False
         self.sealed = False

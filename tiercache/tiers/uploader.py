@@ -20,7 +20,7 @@ from typing import Any
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ..errors import NotFound, StoreError
-from ..store.base import ObjectInfo, ObjectStore
+from ..store.base import Attrs, ObjectInfo, ObjectStore
 from .changes import Changes
 from .journal import CLEAN, COPY, PUT, Journal, Record, file_sha256
 
@@ -148,7 +148,8 @@ class Uploader:
         if not self._verify(rec, path):
             return
         key = rec.claimed[0]
-        info = self.retrying(self.store.put_file, key, str(path))
+        attrs = record_attrs(rec)
+        info = self.retrying(self.store.put_file, key, str(path), attrs)
         if info.size != rec.size:
             raise StoreError(f"upload {key}: the store holds {info.size} bytes, expected {rec.size}")
         rec.landed = True
@@ -161,14 +162,19 @@ class Uploader:
             with self.cond:
                 if self.journal.closed:
                     return
-                if rec.superseded or rec.key == key:
+                changed = not rec.superseded and record_attrs(rec) != attrs  # chmod/utime meanwhile
+                if changed:
+                    attrs = record_attrs(rec)
+                elif rec.superseded or rec.key == key:
                     if not rec.superseded:
                         self.counts["uploaded_files"] += 1
                         self.counts["uploaded_bytes"] += rec.size
                     self.failing = False
                     self._finish(rec)
                     return
-            # renamed meanwhile: follow it
+            if changed:  # checked under the lock with the finish: a later change finds no record
+                info = self.retrying(self.store.set_attrs, key, attrs)
+            # else renamed meanwhile: follow it
 
     def _copy(self, rec: Record) -> None:
         try:
@@ -178,6 +184,8 @@ class Uploader:
             log.warning("rename %s -> %s: source gone from the store (moved already?)", rec.src, rec.key)
             self._done(rec)
             return
+        if rec.touched:  # chmod/utime after the rename: the copy kept the source's
+            info = self.retrying(self.store.set_attrs, rec.key, record_attrs(rec))
         landed = self._follow(rec, rec.claimed[1], info)
         if landed is None:
             return
@@ -188,6 +196,7 @@ class Uploader:
     def _delete(self, rec: Record) -> None:
         self.retrying(self.store.delete, rec.key)
         rec.landed = True
+        self.tell_cache("namespace.remove", rec.key)  # before _done: the name never shows again
         self._done(rec)
         self.tell_cache("invalidate", rec.key)
 
@@ -300,3 +309,8 @@ class Uploader:
         else:
             log.error("%s %s given up (%s); it stays in the journal, redone at the next start", rec.op, rec.key,
                       reason)
+
+
+def record_attrs(rec: Record) -> Attrs:
+    """The attributes a change stores with its object (mode, owner, mtime)."""
+    return Attrs(rec.mode, rec.uid, rec.gid, rec.mtime)

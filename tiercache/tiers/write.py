@@ -34,6 +34,7 @@ from ..store.base import ObjectStore
 from .changes import Changes
 from .journal import CLEAN, PUT, Journal
 from .uploader import Uploader
+from .write_attrs import AttrChanges
 from .write_handles import Handles
 from .write_namespace import NamespaceOps
 from .write_space import WriteSpace
@@ -105,13 +106,16 @@ class WriteTier:
         )
         self._state.uploader = self.space.uploader = self.uploader
         self.uploader.start()
+        self.uploader.tell_cache("namespace.hide", self.is_deleted)  # listings leave out pending deletes
+        self.attrs = AttrChanges(self._state, self.view)
 
 
     # ---------------------------------------------------------------- handles (write_handles)
 
-    def create(self, path: str, owner: Any = None) -> int:
-        """Open ``path`` as a new, empty file; returns a handle (``owner``: who opens it, see ``flush``)."""
-        return self.handles.create(path, owner)
+    def create(self, path: str, owner: Any = None, mode: int = 0, uid: int = -1, gid: int = -1) -> int:
+        """Open ``path`` as a new, empty file; returns a handle (``owner``: who opens it, see ``flush``;
+        ``mode``/``uid``/``gid``: its attributes, 0 / -1: none stored)."""
+        return self.handles.create(path, owner, mode, uid, gid)
 
     def open(self, path: str, truncate: bool = False, owner: Any = None) -> int:
         """Open an existing file for writing (copy-on-write at the first change unless ``truncate``)."""
@@ -160,6 +164,11 @@ class WriteTier:
     def rmdir(self, path: str) -> None:
         """Remove an empty directory."""
         self.namespace.rmdir(path)
+
+    def set_attrs(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                  mtime: float | None = None) -> None:
+        """chmod/chown/utime of a file (None: unchanged; see ``write_attrs``)."""
+        self.attrs.set_attrs(path, mode, uid, gid, mtime)
 
     # ---------------------------------------------------------------- read-your-writes (write_view)
 

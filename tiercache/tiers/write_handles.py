@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import BadHandle, IsADirectory, StoreError, TiercacheError, WriteFailed
 from .journal import HELD, PENDING, PUT, Record
 from .staging import StagedFile
+from .write_attrs import attrs_now
 from .write_space import WriteSpace
 from .write_state import WriteState, norm_path
 from .write_view import PendingView
@@ -36,16 +37,20 @@ class Handles:
     def __init__(self, state: WriteState, space: WriteSpace, view: PendingView):
         self.state, self.space, self.view = state, space, view
 
-    def create(self, path: str, owner: Any = None) -> int:
+    def create(self, path: str, owner: Any = None, mode: int = 0, uid: int = -1, gid: int = -1) -> int:
         """Open ``path`` as a new, empty file (any old content is replaced at close); returns a handle.
-        ``owner``: who opens it (its flushes commit; other callers' flushes only make bytes durable)."""
+        ``owner``: who opens it (its flushes commit; other callers' flushes only make bytes durable).
+        ``mode``/``uid``/``gid``: the new file's attributes (0 / -1: none stored)."""
         st = self.state
         st.writable()
         path = norm_path(path)
         with st.cond:
             if st.names.is_dir(path):
                 raise IsADirectory(f"{path}: is a directory")
-            sf = st.files.get(path) or st.files.register(StagedFile(path, 0, created=True))
+            sf = st.files.get(path)
+            if sf is None:
+                sf = st.files.register(StagedFile(path, 0, created=True))
+                sf.mode, sf.uid, sf.gid = mode, uid, gid
             fh = st.files.new_handle(sf, owner)
         self._truncate_new(fh, sf)
         return fh
@@ -63,8 +68,13 @@ class Handles:
             kind, size = self.view.lookup(path, allow_lost=truncate)
             if kind == "dir":
                 raise IsADirectory(f"{path}: is a directory")
+            attrs = attrs_now(st, path)
             with st.cond:
-                sf = st.files.get(path) or st.files.register(StagedFile(path, size, created=False))
+                sf = st.files.get(path)
+                if sf is None:
+                    sf = st.files.register(StagedFile(path, size, created=False))
+                    sf.mode, sf.uid, sf.gid = attrs.mode, attrs.uid, attrs.gid
+                    sf.mtime = attrs.mtime or sf.mtime
                 fh = st.files.new_handle(sf, owner)
         if truncate:
             self._truncate_new(fh, sf)
@@ -234,7 +244,8 @@ class Handles:
                 if st.journal.closed:
                     raise StoreError("the write tier is closed")
                 prev = [sf.held] if sf.held is not None else []
-                fields = {"size": sf.size, "sha256": digest, "mtime": sf.mtime, "disk": sf.charged}
+                fields = {"size": sf.size, "sha256": digest, "mtime": sf.mtime, "disk": sf.charged,
+                          "mode": sf.mode, "uid": sf.uid, "gid": sf.gid}
                 if hold:
                     rec = Record(id=sf.staging_id, op=PUT, key=sf.path, seq=st.changes.next_seq(), state=HELD,
                                  **fields)
@@ -267,6 +278,7 @@ class Handles:
             sf.held = None
             dropped = st.changes.supersede(sf.path)
             rec.key, rec.state, rec.seq = sf.path, PENDING, st.changes.next_seq()
+            rec.mode, rec.uid, rec.gid, rec.mtime = sf.mode, sf.uid, sf.gid, sf.mtime  # chmod/utime since
             st.changes.insert(rec)
             self.space.open_bytes -= rec.charged
             st.journal.acknowledge_lost(sf.path)

@@ -8,6 +8,7 @@ import time
 
 from ..errors import AlreadyExists, ConfigError, DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound
 from .journal import COPY, DELETE, PUT
+from .write_attrs import attrs_now
 from .write_state import WriteState, norm_path
 from .write_view import PendingView
 
@@ -85,20 +86,38 @@ class NamespaceOps:
         for info in st.store.list(path + "/"):
             if info.key == path + "/":
                 marker = True
-            elif not self.view.is_deleted(info.key):
+            elif not self.view.is_deleted(info.key) and not self._deleted_meanwhile(info.key):
                 raise DirectoryNotEmpty(f"{path}: directory not empty")
             else:
                 remote = True
-        if not (local or marker or remote):
+        if not (local or marker or remote or self._cached_dir(path)):
             raise NotFound(f"{path}: no such directory")
         if marker:
             st.uploader.retrying(st.store.delete, path + "/")
         with st.cond:
             st.names.remove_dirs(st.journal, [path])
         st.journal.sync()
+        st.uploader.tell_cache("namespace.remove_dir", path)  # no ghost of it lists or blocks a mkdir
+
+    def _deleted_meanwhile(self, key: str) -> bool:
+        """A listed key whose acknowledged delete finished after the listing: gone from the store now."""
+        try:
+            self.state.store.head(key)
+            return False
+        except NotFound:
+            return True
+
+    def _cached_dir(self, path: str) -> bool:
+        """Whether the cache's namespace holds ``path`` as a directory (its files may be deleted already)."""
+        cache = self.state.cache
+        try:
+            return cache is not None and bool(cache.stat(path).is_dir)
+        except NotFound:
+            return False
 
     def _rename_file(self, old: str, new: str, size: int) -> None:
         st = self.state
+        attrs = attrs_now(st, old)  # a copy keeps them (server-side); its pending entry shows them
         with st.cond:
             sf_old, sf_new = st.files.get(old), st.files.get(new)
             if sf_new is not None and sf_new is not sf_old:
@@ -111,7 +130,8 @@ class NamespaceOps:
                 st.changes.rekey(cur, new)  # the pending upload now writes `new`
                 changed.append(cur)
             elif cur is not None or sf_old is None or not sf_old.created:
-                run.append(st.changes.add(COPY, new, src=old, size=size))
+                run.append(st.changes.add(COPY, new, src=old, size=size, mode=attrs.mode, uid=attrs.uid,
+                                          gid=attrs.gid, mtime=attrs.mtime or time.time()))
             held = sf_old.held if sf_old is not None else None
             if held is not None:  # a version its writer closed, not yet published: a crash replays it at `new`
                 held.key, held.seq = new, st.changes.next_seq()
@@ -143,3 +163,4 @@ class NamespaceOps:
             st.names.remove_dirs(st.journal, list(moved))
             st.names.add_dirs(st.journal, {new + p[len(old):]: t for p, t in moved.items()} or {new: time.time()})
         st.journal.sync()
+        st.uploader.tell_cache("namespace.remove_dir", old)  # the old name lists no more

@@ -19,8 +19,9 @@ class PendingView:
         self.state = state
 
     def pending_entry(self, path: str) -> dict | None:
-        """{path, size, mtime, is_dir, state} of a file written but not yet uploaded, or open for write, or of
-        a directory made here or holding such files; else None. state: open|pending|uploading|failed|dir."""
+        """{path, size, mtime, is_dir, state[, mode, uid, gid]} of a file written but not yet uploaded, or open
+        for write, or of a directory made here or holding such files; else None.
+        state: open|pending|uploading|failed|dir. mode/uid/gid: 0 / -1 when none is set."""
         st = self.state
         path = path.strip("/")
         with st.cond:
@@ -29,7 +30,8 @@ class PendingView:
                 return {"path": path, "size": 0, "mtime": mtime, "is_dir": True, "state": "dir"}
             sf = st.files.get(path)
             if sf is not None:
-                return {"path": path, "size": sf.size, "mtime": sf.mtime, "is_dir": False, "state": "open"}
+                return {"path": path, "size": sf.size, "mtime": sf.mtime, "is_dir": False, "state": "open",
+                        "mode": sf.mode, "uid": sf.uid, "gid": sf.gid}
             rec = st.changes.current(path)
             if rec is None:
                 note = st.journal.lost.get(path)
@@ -41,7 +43,8 @@ class PendingView:
             if rec is None or rec.op == DELETE:
                 return None
             state = "uploading" if rec.inflight else "failed" if rec.fails else "pending"
-            return {"path": path, "size": rec.size, "mtime": rec.mtime, "is_dir": False, "state": state}
+            return {"path": path, "size": rec.size, "mtime": rec.mtime, "is_dir": False, "state": state,
+                    "mode": rec.mode, "uid": rec.uid, "gid": rec.gid}
 
     def pending_paths(self, prefix: str = "") -> list[str]:
         """Every path starting with ``prefix`` (at any depth) that is pending upload, open for write, or a
@@ -158,7 +161,10 @@ class PendingView:
         if size <= 0:
             return b""
         if self.state.cache is not None:
-            return bytes(self.state.cache.read(key, offset, size))
+            try:
+                return bytes(self.state.cache.read(key, offset, size))
+            except NotFound:  # a renamed-away source: gone from the namespace, in the store until its delete
+                pass
         return self.state.store.get_range(key, offset, offset + size)
 
     def base_fd(self, path: str) -> int | None:
