@@ -20,90 +20,32 @@ from __future__ import annotations
 
 import logging
 import math
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from .errors import IsADirectory, NotADirectory, NotFound
+from .namespace_records import (
+    FORMAT,
+    INFO,
+    TIME,
+    Entry,
+    ancestors,
+    decode,
+    encode,
+    keep_metadata,
+    key_problem,
+    normalize,
+    parent_of,
+)
 from .store.base import ObjectInfo, ObjectStore
 from .tiers.meta import Meta
+
+__all__ = ["Entry", "Namespace", "key_problem", "normalize"]
 
 log = logging.getLogger(__name__)
 
 BACKGROUND_FILES = 10_000
-# size, mtime, fetched_at, mode, uid, gid, flags (bit 0: user metadata read); then the etag
-_INFO = struct.Struct("<QddIiiB")
-_FORMAT = b"2"  # of the "objects" records; others are dropped (relisted) at start
-_META_READ = 1
-_TIME = struct.Struct("<d")
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """What ``stat`` returns: a file (with size, mtime, etag) or a directory (etag None)."""
-
-    path: str
-    name: str
-    is_dir: bool
-    size: int
-    mtime: float
-    etag: str | None
-
-
-def normalize(path: str) -> str:
-    """Strip surrounding slashes; NotFound for paths that could escape the root or cannot be keys."""
-    path = path.strip("/")
-    if path and key_problem(path):
-        raise NotFound(f"{path!r}: not a valid path")
-    return path
-
-
-def key_problem(key: str) -> str | None:
-    """Why ``key`` cannot be a POSIX path below the root, or None if it can."""
-    if "\0" in key:
-        return "contains NUL"
-    for segment in key.split("/"):
-        if segment == "":
-            return "has an empty path segment"
-        if segment in (".", ".."):
-            return f"has a {segment!r} segment"
-        if len(segment.encode()) > 255:
-            return "has a path segment over 255 bytes"
-    return None
-
-
-def _parent(path: str) -> str:
-    return path.rpartition("/")[0]
-
-
-def _ancestors(path: str) -> Iterator[str]:
-    """Every directory above ``path``, nearest first, ending with the root."""
-    while path:
-        path = _parent(path)
-        yield path
-
-
-def _encode(info: ObjectInfo, fetched: float) -> bytes:
-    flags = _META_READ if info.meta else 0
-    return _INFO.pack(info.size, info.mtime, fetched, info.mode, info.uid, info.gid, flags) + info.etag.encode()
-
-
-def _decode(path: str, raw: bytes) -> tuple[ObjectInfo, float]:
-    size, mtime, fetched, mode, uid, gid, flags = _INFO.unpack_from(raw)
-    etag = bytes(raw[_INFO.size:]).decode()
-    return ObjectInfo(path, size, etag, mtime, mode, uid, gid, bool(flags & _META_READ)), fetched
-
-
-def _keep_metadata(old: bytes | None, listed: ObjectInfo) -> ObjectInfo:
-    """A LIST entry completed by the metadata already read for the same version (LIST returns none)."""
-    if old is None:
-        return listed
-    info = _decode(listed.key, old)[0]
-    if not info.meta or info.etag != listed.etag or info.size != listed.size:
-        return listed
-    return info
 
 
 class Namespace:
@@ -127,11 +69,11 @@ class Namespace:
         self._confirmed: dict[str, float] = {}  # path -> when a conditional GET last confirmed its etag
         self._refreshing: dict[str, threading.Event] = {}
         self._loaded = False
-        if self.meta.get("misc", b"objects_format") != _FORMAT:
+        if self.meta.get("misc", b"objects_format") != FORMAT:
             with self.meta.write() as txn:
                 for name in ("objects", "listings"):
                     txn.drop(self.meta.db(name), delete=False)
-                txn.put(b"objects_format", _FORMAT, db=self.meta.db("misc"))
+                txn.put(b"objects_format", FORMAT, db=self.meta.db("misc"))
         self.skipped = 0
         self.lists = 0
         self.heads = 0
@@ -150,7 +92,7 @@ class Namespace:
             if self._loaded:
                 return
             with self._lock:
-                self._listed = {k.decode()[1:]: _TIME.unpack(v)[0] for k, v in self.meta.scan("listings")}
+                self._listed = {k.decode()[1:]: TIME.unpack(v)[0] for k, v in self.meta.scan("listings")}
                 if "" in self._listed and not self._expired(self._listed[""]):
                     self._build(((k.decode(), v) for k, v in self.meta.scan("objects")), "")
                     self._loaded = True
@@ -162,7 +104,7 @@ class Namespace:
         """Insert (path, encoded info) pairs below ``top`` into the in-memory tree (caller holds the lock)."""
         self._children.setdefault(top, {})
         for path, raw in items:
-            size = _INFO.unpack_from(raw)[0]
+            size = INFO.unpack_from(raw)[0]
             self._insert(path, size)
 
     def _insert(self, path: str, size: int = 0, is_dir: bool = False) -> None:
@@ -179,7 +121,7 @@ class Namespace:
                 self._children.setdefault(child, {})
             cur = child
         if not is_dir:
-            for anc in _ancestors(path):
+            for anc in ancestors(path):
                 self._files_below[anc] = self._files_below.get(anc, 0) + 1
 
     def _drop_subtree(self, top: str) -> None:
@@ -195,7 +137,7 @@ class Namespace:
                 else:
                     removed_files += 1
             self._files_below.pop(d, None)
-        for anc in _ancestors(top) if top else ():
+        for anc in ancestors(top) if top else ():
             self._files_below[anc] = self._files_below.get(anc, 0) - removed_files
         self._children[top] = {}
 
@@ -218,7 +160,7 @@ class Namespace:
                 problem = key_problem(key) if key else None
                 if problem is None and key:
                     dirs.add(key)
-                    dirs.update(a for a in _ancestors(key) if a)
+                    dirs.update(a for a in ancestors(key) if a)
                 elif problem:
                     bad.append((info.key, problem))
                 continue
@@ -227,7 +169,7 @@ class Namespace:
                 bad.append((key, problem))
                 continue
             good.append(info)
-            dirs.update(a for a in _ancestors(key) if a)
+            dirs.update(a for a in ancestors(key) if a)
         files = []
         for info in good:
             if info.key in dirs:
@@ -249,17 +191,17 @@ class Namespace:
             stale = [k for k, _ in self.meta.scan("objects", prefix.encode())] if top else []
             with self.meta.write() as txn:
                 objects = self.meta.db("objects")
-                files = [_keep_metadata(txn.get(i.key.encode(), db=objects), i) for i in files]
+                files = [keep_metadata(txn.get(i.key.encode(), db=objects), i) for i in files]
                 if not top:
                     txn.drop(objects, delete=False)
                 for key in stale:
                     txn.delete(key, db=objects)
                 for info in files:
-                    txn.put(info.key.encode(), _encode(info, started), db=objects)
+                    txn.put(info.key.encode(), encode(info, started), db=objects)
                 for info in overlay:
-                    txn.put(info.key.encode(), _encode(info, started), db=objects)
+                    txn.put(info.key.encode(), encode(info, started), db=objects)
                 # LMDB keys cannot be empty: directories are stored as "/" + path
-                txn.put(f"/{top}".encode(), _TIME.pack(started), db=self.meta.db("listings"))
+                txn.put(f"/{top}".encode(), TIME.pack(started), db=self.meta.db("listings"))
             self._drop_subtree(top)
             for d in sorted(dirs):
                 if d.startswith(prefix) or not top:
@@ -271,13 +213,13 @@ class Namespace:
                     self._insert(info.key, info.size)
             if top and not self._children.get(top):  # the directory is gone from the store
                 self._children.pop(top, None)
-                self._children.get(_parent(top), {}).pop(top.rpartition("/")[2], None)
+                self._children.get(parent_of(top), {}).pop(top.rpartition("/")[2], None)
             self._listed[top] = started
             for path in [p for p in self._confirmed if p.startswith(prefix)]:
                 del self._confirmed[path]
 
     def _dir_fresh(self, path: str) -> bool:
-        newest = max((self._listed.get(d, -math.inf) for d in (path, *_ancestors(path))), default=-math.inf)
+        newest = max((self._listed.get(d, -math.inf) for d in (path, *ancestors(path))), default=-math.inf)
         return not self._expired(newest)
 
     def _refresh_dir(self, path: str) -> None:
@@ -311,7 +253,7 @@ class Namespace:
             run()
 
     def _nearest_dir(self, path: str) -> str:
-        for d in (path, *_ancestors(path)):
+        for d in (path, *ancestors(path)):
             if d in self._children:
                 return d
         return ""
@@ -333,7 +275,7 @@ class Namespace:
             return sorted(children)
 
     def _is_file(self, path: str) -> bool:
-        parent = self._children.get(_parent(path))
+        parent = self._children.get(parent_of(path))
         name = path.rpartition("/")[2]
         return parent is not None and parent.get(name) is False
 
@@ -348,7 +290,7 @@ class Namespace:
                     kind = "file"
                 else:
                     kind = None
-                nearest = self._nearest_dir(_parent(path)) if path else ""
+                nearest = self._nearest_dir(parent_of(path)) if path else ""
             if kind is not None or attempt or self._dir_fresh(nearest):
                 return kind
             self._refresh_dir(nearest)
@@ -370,7 +312,7 @@ class Namespace:
         raw = self.meta.get("objects", path.encode())
         if raw is None:
             return self.refresh(path), False
-        info, fetched = _decode(path, raw)
+        info, fetched = decode(path, raw)
         return info, self._expired(max(fetched, self._confirmed.get(path, -math.inf)))
 
     def expired(self, path: str) -> bool:
@@ -379,7 +321,7 @@ class Namespace:
         raw = self.meta.get("objects", path.encode())
         if raw is None:
             return True
-        return self._expired(max(_decode(path, raw)[1], self._confirmed.get(path, -math.inf)))
+        return self._expired(max(decode(path, raw)[1], self._confirmed.get(path, -math.inf)))
 
     def stat(self, path: str) -> Entry:
         """Entry of a file or directory; NotFound if neither."""
@@ -408,10 +350,10 @@ class Namespace:
         if prefix:
             raw = self.meta.get("objects", prefix.encode())
             if raw is not None:
-                yield _decode(prefix, raw)[0]
+                yield decode(prefix, raw)[0]
                 return
         for key, raw in self.meta.scan("objects", f"{prefix}/".encode() if prefix else b""):
-            yield _decode(key.decode(), raw)[0]
+            yield decode(key.decode(), raw)[0]
 
     # ------------------------------------------------------------------ changes
 
@@ -426,7 +368,7 @@ class Namespace:
             raise
         old = self.meta.get("objects", path.encode())
         self._record(info)
-        if old is not None and _decode(path, old)[0].etag != info.etag and self.on_change:
+        if old is not None and decode(path, old)[0].etag != info.etag and self.on_change:
             self.on_change(path, info)
         return info
 
@@ -438,7 +380,7 @@ class Namespace:
             self._confirmed[path] = self.clock()
 
     def _record(self, info: ObjectInfo) -> None:
-        self.meta.put("objects", info.key.encode(), _encode(info, self.clock()))
+        self.meta.put("objects", info.key.encode(), encode(info, self.clock()))
         with self._lock:
             if not self._is_file(info.key):
                 self._insert(info.key, info.size)
@@ -472,11 +414,11 @@ class Namespace:
         with self._lock:
             self._overlay.pop(path, None)
             self._confirmed.pop(path, None)
-            parent = self._children.get(_parent(path))
+            parent = self._children.get(parent_of(path))
             name = path.rpartition("/")[2]
             if parent is not None and parent.get(name) is False:
                 del parent[name]
-                for anc in _ancestors(path):
+                for anc in ancestors(path):
                     self._files_below[anc] = self._files_below.get(anc, 1) - 1
         if self.on_change:
             self.on_change(path, None)
@@ -497,7 +439,7 @@ class Namespace:
                 self._drop_subtree(path)
                 del self._children[path]
                 self._files_below.pop(path, None)
-            self._children.get(_parent(path), {}).pop(path.rpartition("/")[2], None)
+            self._children.get(parent_of(path), {}).pop(path.rpartition("/")[2], None)
             for table in (self._listed, self._overlay, self._confirmed):
                 for key in [k for k in table if k == path or k.startswith(prefix)]:
                     del table[key]
@@ -521,7 +463,7 @@ class Namespace:
             self._confirmed.pop(path, None)
             self._overlay.pop(path, None)
         if raw is not None:
-            self.meta.put("objects", path.encode(), _encode(_decode(path, raw)[0], -math.inf))
+            self.meta.put("objects", path.encode(), encode(decode(path, raw)[0], -math.inf))
 
     def stats(self) -> dict:
         """Counts, JSON-serializable."""

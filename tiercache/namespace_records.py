@@ -1,0 +1,85 @@
+"""What the namespace is made of: path rules (which keys can be POSIX paths) and the compact LMDB record of
+one object's info (size, mtime, fetch time, mode, uid, gid, flags, etag)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .errors import NotFound
+from .store.base import ObjectInfo
+
+# size, mtime, fetched_at, mode, uid, gid, flags (bit 0: user metadata read); then the etag
+INFO = struct.Struct("<QddIiiB")
+FORMAT = b"2"  # of the "objects" records; others are dropped (relisted) at start
+_META_READ = 1
+TIME = struct.Struct("<d")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What ``stat`` returns: a file (with size, mtime, etag) or a directory (etag None)."""
+
+    path: str
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+    etag: str | None
+
+
+def normalize(path: str) -> str:
+    """Strip surrounding slashes; NotFound for paths that could escape the root or cannot be keys."""
+    path = path.strip("/")
+    if path and key_problem(path):
+        raise NotFound(f"{path!r}: not a valid path")
+    return path
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a POSIX path below the root, or None if it can."""
+    if "\0" in key:
+        return "contains NUL"
+    for segment in key.split("/"):
+        if segment == "":
+            return "has an empty path segment"
+        if segment in (".", ".."):
+            return f"has a {segment!r} segment"
+        if len(segment.encode()) > 255:
+            return "has a path segment over 255 bytes"
+    return None
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def ancestors(path: str) -> Iterator[str]:
+    """Every directory above ``path``, nearest first, ending with the root."""
+    while path:
+        path = parent_of(path)
+        yield path
+
+
+def encode(info: ObjectInfo, fetched: float) -> bytes:
+    flags = _META_READ if info.meta else 0
+    return INFO.pack(info.size, info.mtime, fetched, info.mode, info.uid, info.gid, flags) + info.etag.encode()
+
+
+def decode(path: str, raw: bytes) -> tuple[ObjectInfo, float]:
+    size, mtime, fetched, mode, uid, gid, flags = INFO.unpack_from(raw)
+    etag = bytes(raw[INFO.size:]).decode()
+    return ObjectInfo(path, size, etag, mtime, mode, uid, gid, bool(flags & _META_READ)), fetched
+
+
+def keep_metadata(old: bytes | None, listed: ObjectInfo) -> ObjectInfo:
+    """A LIST entry completed by the metadata already read for the same version (LIST returns none)."""
+    if old is None:
+        return listed
+    info = decode(listed.key, old)[0]
+    if not info.meta or info.etag != listed.etag or info.size != listed.size:
+        return listed
+    return info
+
+
