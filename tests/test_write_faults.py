@@ -31,11 +31,11 @@ class CountingStore:
     def __init__(self, inner, gate: threading.Semaphore | None = None):
         self.inner, self.gate, self.puts = inner, gate, []
 
-    def put_file(self, key, path):
+    def put_file(self, key, path, attrs=None):
         if self.gate is not None and not self.gate.acquire(timeout=60):
             raise AssertionError("test gate never opened")
         self.puts.append(key)
-        return self.inner.put_file(key, path)
+        return self.inner.put_file(key, path, attrs)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
