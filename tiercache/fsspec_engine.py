@@ -157,12 +157,20 @@ class Engine:
         return [p for p in self.writes.pending_paths(prefix)
                 if (self.writes.pending_entry(p) or {}).get("is_dir")]
 
-    def read(self, key: str, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset+size) of a file: written-but-not-uploaded bytes first, then the cache."""
+    def read(self, key: str, offset: int, size: int | None) -> bytes:
+        """Bytes [offset, offset+size) of a file (to its end when size is None): written-but-not-uploaded
+        bytes first, then the cache."""
         if self.writes is not None:
-            data = self.writes.read_pending(key, offset, size)
-            if data is not None:
-                return bytes(data)
+            if size is None:
+                entry = self.writes.pending_entry(key)
+                if entry is not None:
+                    if entry["is_dir"]:
+                        raise IsADirectory(f"{key}: is a directory")
+                    size = max(0, int(entry["size"]) - offset)
+            if size is not None:
+                data = self.writes.read_pending(key, offset, size)
+                if data is not None:
+                    return bytes(data)
             if self.writes.is_deleted(key):
                 raise NotFound(f"{key}: no such file or directory")
         data = self.cache.read(key, offset, size)

@@ -187,6 +187,9 @@ class TiercacheFileSystem(_Base):
 
     def cat_file(self, path: Any, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         """Bytes [start, end) of a file (negative: from its end), straight from the cache's tiers."""
+        if (start is None or start >= 0) and (end is None or end >= 0):  # no size needed: one call
+            begin = start or 0
+            return self._read(self._key(path), begin, None if end is None else max(0, end - begin))
         node = self._node(path)
         if node.is_dir:
             raise IsADirectoryError(f"{self._name(node.key)}: is a directory")
@@ -196,7 +199,7 @@ class TiercacheFileSystem(_Base):
             return b""
         return self._read(node.key, begin, stop - begin)
 
-    def _read(self, key: str, offset: int, size: int) -> bytes:
+    def _read(self, key: str, offset: int, size: int | None) -> bytes:
         try:
             return self.engine.read(key, offset, size)
         except TiercacheError as exc:
