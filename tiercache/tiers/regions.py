@@ -50,6 +50,7 @@ class RegionFiles:
         self.active: dict[str, Region] = {}  # write streams: "new" blocks and "old" (copied forward) ones
         self.physical = 0
         self._next_id = 1
+        self._disk_size: int | None = None
 
     def listed(self) -> set[int]:
         """Region ids the LMDB list knows."""
@@ -141,6 +142,8 @@ class RegionFiles:
         return st.f_bavail * st.f_frsize
 
     def disk_size(self) -> int:
-        """Size of the filesystem holding the regions."""
-        st = os.statvfs(self.dir)
-        return st.f_blocks * st.f_frsize
+        """Size of the filesystem holding the regions (looked up once)."""
+        if self._disk_size is None:
+            st = os.statvfs(self.dir)
+            self._disk_size = st.f_blocks * st.f_frsize
+        return self._disk_size
