@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ..errors import ConfigError
 from .base import ObjectInfo, ObjectStore
 
@@ -13,6 +15,8 @@ def parse_source(source: str) -> str:
     if not isinstance(source, str) or "://" not in source:
         raise ConfigError(f"source {source!r}: expected s3://BUCKET[/PREFIX] or file:///DIR")
     scheme = source.split("://", 1)[0].lower()
+    if scheme == "synthetic" and os.environ.get("TIERCACHE_SYNTHETIC_STORE") == "1":
+        return scheme  # benches and tests only: see store/synthetic.py
     if scheme not in ("s3", "file"):
         raise ConfigError(f"source {source!r}: unsupported scheme {scheme!r} (use s3:// or file://)")
     if scheme == "s3":
@@ -26,7 +30,12 @@ def parse_source(source: str) -> str:
 
 def open_store(source: str, endpoint_url: str | None = None, threads: int = 16) -> ObjectStore:
     """Open the store a source URL names: ``s3://bucket/prefix`` or ``file:///dir``."""
-    if parse_source(source) == "s3":
+    scheme = parse_source(source)
+    if scheme == "synthetic":
+        from .synthetic import synthetic_store_from_url
+
+        return synthetic_store_from_url(source)
+    if scheme == "s3":
         from .s3 import S3Store
 
         return S3Store(source, endpoint_url=endpoint_url, threads=threads)

@@ -1,0 +1,70 @@
+"""Run by test_scale.py in a fresh process: one scale measurement over the synthetic store, as one JSON line.
+
+    python tests/scaleprobe.py warm CACHE_DIR N      # open, list all N, warm all N into the SSD tier
+    python tests/scaleprobe.py restart CACHE_DIR N   # open the warm cache dir, read one cached file
+
+Memory is counted two ways: RssAnon (the process's anonymous resident bytes) and Python allocations
+(``sys.getallocatedblocks``), after a ``gc.collect()``. Imports happen before the first checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ["TIERCACHE_SYNTHETIC_STORE"] = "1"
+
+import tiercache  # noqa: E402
+import tiercache.cache  # noqa: E402,F401
+from tiercache.store.synthetic import SyntheticStore  # noqa: E402
+
+SIZE = 512
+
+
+def checkpoint() -> dict:
+    """RssAnon and Python allocations now."""
+    gc.collect()
+    with open("/proc/self/status") as fh:
+        anon = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:"))
+    return {"rss_anon": anon, "allocations": sys.getallocatedblocks()}
+
+
+def open_cache(cache_dir: str, n: int):
+    """The library over N synthetic objects, a small RAM tier, an SSD tier in ``cache_dir``."""
+    return tiercache.open(f"synthetic://probe?objects={n}&size={SIZE}", ram="16M", ssd=cache_dir,
+                          ssd_size="1G", metadata_ttl="inf", mode="readonly")
+
+
+def warm(cache_dir: str, n: int) -> dict:
+    """Memory growth of the first listing of N objects, then of warming all N (one block each)."""
+    cache = open_cache(cache_dir, n)
+    opened = checkpoint()
+    names = cache.listdir("")
+    listed = checkpoint()
+    report = cache.warm("", tier="ssd")
+    warmed = checkpoint()
+    cache.close()
+    return {"top": names, "warm": {k: report[k] for k in ("files", "complete", "errors")},
+            "opened": opened, "listed": listed, "warmed": warmed}
+
+
+def restart(cache_dir: str, n: int) -> dict:
+    """Memory and allocations of reopening a warm cache dir and serving one cached file."""
+    key = SyntheticStore(n, SIZE).key(n // 2)
+    start = checkpoint()
+    cache = open_cache(cache_dir, n)
+    opened = checkpoint()
+    data = bytes(cache.read(key))
+    read = checkpoint()
+    gets = cache.stats()["backend"]["gets"]
+    cache.close()
+    return {"start": start, "opened": opened, "read": read, "backend_gets": gets,
+            "read_ok": data == SyntheticStore(n, SIZE).content(key)}
+
+
+if __name__ == "__main__":
+    what, directory, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    print(json.dumps({"warm": warm, "restart": restart}[what](directory, count)))
