@@ -109,6 +109,11 @@ def count(text: str) -> int:
 
 
 def phase_list(args: argparse.Namespace, probe: Probe) -> dict:
+    from tiercache.store.synthetic import synthetic_store_from_url
+
+    t0 = time.perf_counter()
+    raw = sum(1 for _ in synthetic_store_from_url(source_url(args.objects, args.size)).list())
+    store_list_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     cache = _open(args)
     opened = time.perf_counter()
@@ -118,10 +123,12 @@ def phase_list(args: argparse.Namespace, probe: Probe) -> dict:
     probe.mark("listed")
     ns = cache.stats()["namespace"]
     cache.close()
+    before, after = probe.points["opened"], probe.points["listed"]
     return {"open_s": opened - t0, "list_s": listed - opened, "top_names": names, "namespace": ns,
-            "bytes_per_listed_object": (probe.points["listed"]["rss"] - probe.points["opened"]["rss"]) / args.objects,
-            "allocated_blocks_per_object":
-                (probe.points["listed"]["allocated_blocks"] - probe.points["opened"]["allocated_blocks"]) / args.objects,
+            "store_list_s": store_list_s, "store_listed": raw, "list_over_store_list": (listed - opened) / store_list_s,
+            "bytes_per_listed_object": (after["rss"] - before["rss"]) / args.objects,
+            "anon_bytes_per_listed_object": (after["rss_anon"] - before["rss_anon"]) / args.objects,
+            "allocated_blocks_per_object": (after["allocated_blocks"] - before["allocated_blocks"]) / args.objects,
             "top": probe.top("opened", "listed")}
 
 
@@ -143,6 +150,8 @@ def phase_warm(args: argparse.Namespace, probe: Probe) -> dict:
             "ssd": stats["ssd"], "cache_dir_files": files, "blocks": blocks,
             "cache_dir_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.cache) for f in fs),
             "bytes_per_cached_block": (probe.points["warmed"]["rss"] - probe.points["listed"]["rss"]) / blocks,
+            "anon_bytes_per_cached_block":
+                (probe.points["warmed"]["rss_anon"] - probe.points["listed"]["rss_anon"]) / blocks,
             "top": probe.top("listed", "warmed")}
 
 
@@ -271,14 +280,15 @@ def run_all(args: argparse.Namespace) -> dict:
                 continue
             cmd = [sys.executable, os.path.abspath(__file__), "--phase", phase, "--objects", str(n), "--size",
                    str(args.size), "--cache", cache, "--ssd-size", ssd_size, "--ram", args.ram, "--block-size",
-                   args.block_size, "--phase-timeout", str(args.phase_timeout)] + (["--profile"] if args.profile else [])
+                   args.block_size, "--phase-timeout", str(args.phase_timeout)]
+            cmd += ["--profile"] if args.profile else []
             print(f"[scale] N={n:,} {phase} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.phase_timeout)
                 lines = proc.stdout.strip().splitlines()
                 run[phase] = json.loads(lines[-1]) if proc.returncode == 0 and lines else {
-                    "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
+                    "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
             except subprocess.TimeoutExpired:
                 run[phase] = {"error": f"timed out after {args.phase_timeout:.0f} s"}
             run[phase]["phase_wall_s"] = time.perf_counter() - t0
@@ -295,10 +305,13 @@ def run_all(args: argparse.Namespace) -> dict:
 
 ROWS = [  # (label, phase, field, scale, target key)
     ("listing (s)", "list", "list_s", 1, None),
+    ("store's own LIST (s)", "list", "store_list_s", 1, None),
     ("RSS after listing (MB)", "list", ("rss", "listed"), 1e-6, None),
     ("bytes / listed object", "list", "bytes_per_listed_object", 1, "bytes_per_listed_object"),
+    ("anon bytes / listed object", "list", "anon_bytes_per_listed_object", 1, None),
     ("RSS after warm (MB)", "warm", ("rss", "warmed"), 1e-6, None),
     ("bytes / cached block", "warm", "bytes_per_cached_block", 1, "bytes_per_cached_block"),
+    ("anon bytes / cached block", "warm", "anon_bytes_per_cached_block", 1, None),
     ("warm (files/s)", "warm", "files_per_s", 1, None),
     ("cache-dir files", "warm", "cache_dir_files", 1, None),
     ("RSS after plan of N (MB)", "plan", ("rss", "planned"), 1e-6, None),
@@ -306,11 +319,13 @@ ROWS = [  # (label, phase, field, scale, target key)
     ("restart: open (s)", "restart", "open_s", 1, None),
     ("restart: open + 1st read (s)", "restart", "open_plus_first_read_s", 1, "restart_open_plus_first_read_s"),
     ("restart: allocations at open", "restart", "allocated_blocks_at_open", 1, None),
+    ("restart: RSS growth (MB)", "restart", "rss_growth_open_plus_read", 1e-6, None),
     ("restart: 1st listdir big (s)", "restart", "first_listdir_big_s", 1, None),
     ("mount: ready (s)", "mount", "ready_s", 1, None),
     ("mount: ready + 1st read (s)", "mount", "ready_plus_first_read_s", 1, "mount_ready_plus_first_read_s"),
     ("mount: ls big dir (s)", "mount", "ls_big_s", 1, None),
     ("mount: ls -l big dir (s)", "mount", "ls_l_big_s", 1, "ls_l_big_dir_s"),
+    ("mount: daemon RSS ready (MB)", "mount", "rss_ready", 1e-6, None),
     ("mount: daemon RSS after ls (MB)", "mount", "rss_after_ls", 1e-6, None),
 ]
 
