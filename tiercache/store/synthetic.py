@@ -13,6 +13,7 @@ never matches). Only for benchmarks and tests: ``open_store`` accepts the scheme
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
@@ -119,9 +120,10 @@ class SyntheticStore:
         return range(self.objects)
 
     def head(self, key: str) -> ObjectInfo:
-        """Info of one object; NotFound if the key is not in the layout."""
+        """Info of one object (its metadata read, as a HEAD does: no attributes stored); NotFound if the key
+        is not in the layout."""
         self.index(key)
-        return self.info(key)
+        return dataclasses.replace(self.info(key), meta=True)
 
     def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
         """Bytes [start, end) of the object; NotFound if it is absent or ``etag`` is not its etag."""
@@ -134,7 +136,7 @@ class SyntheticStore:
     def _read_only(self, *_args) -> ObjectInfo:
         raise AccessDenied(f"{self.url}: the synthetic store is read-only")
 
-    put_file = put_bytes = copy = _read_only
+    put_file = put_bytes = set_attrs = copy = _read_only
 
     def delete(self, key: str) -> None:
         """Refused: the store is read-only."""
