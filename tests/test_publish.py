@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -162,3 +163,31 @@ def test_a_lost_file_fails_flush_and_unmount_reads_eio_until_removed(bucket, mou
     assert again.cli("flush").returncode == 0
     assert "bad.bin" not in os.listdir(again.path / "k")
     assert again.cli("unmount").returncode == 0
+
+
+KILLED_WRITER = r"""
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC)
+for _ in range(5):
+    os.write(fd, os.urandom(1 << 20))
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_writer_killed_before_its_close_publishes_nothing(bucket, mounter):
+    old = os.urandom(MiB)
+    bucket.put("ckpt.bin", old)
+    m = mounter.mount(bucket.url, "--metadata-ttl", "0")
+    assert (m.path / "ckpt.bin").read_bytes() == old
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(m.path / "ckpt.bin")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "written"
+    finally:
+        writer.kill()  # the kernel closes its descriptor: a FLUSH and a RELEASE nobody asked for
+        writer.wait(30)
+    assert m.cli("flush").returncode == 0
+    assert bucket.get("ckpt.bin") == old
+    assert (m.path / "ckpt.bin").read_bytes() == old
+    assert "writer was killed" in m.log

@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import IsADirectory, NotFound, ReadOnly
 from . import binding
 from .attr_ops import AttributeOps
+from .callers import caller, caller_killed
 from .calls import errno_op as _errno_op
 from .calls import store_key as _key
 from .inodes import InodeTable
@@ -48,22 +49,6 @@ def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
     if view.readonly or not view.c_contiguous:
         return view.tobytes()
     return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
-
-
-def _caller() -> int | None:
-    """The process (thread group id) making the current FUSE request; None if unknown (another pid
-    namespace). The write tier tells the writer's own close(2) from a forked or exec'd child's by it."""
-    pid = fuse.fuse_get_context()[2]
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return pid
 
 
 class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
@@ -223,7 +208,7 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
         key = _key(path)
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
             self.opened.opened_for_write(key)
-            return self._write_handle(self._writes().open(key, truncate=bool(flags & os.O_TRUNC), owner=_caller()))
+            return self._write_handle(self._writes().open(key, truncate=bool(flags & os.O_TRUNC), owner=caller()))
         return self.opened.open(key, self._version(key))
 
     def _version(self, key: str) -> Any:
@@ -246,7 +231,7 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
     def create(self, path: str, mode: int, flags: int | None = None) -> int:
         """open(2) with O_CREAT of a new file (its mode and the caller's uid/gid are stored with it)."""
         uid, gid, _pid = fuse.fuse_get_context()
-        return self._write_handle(self._writes().create(_key(path), owner=_caller(), mode=mode, uid=uid, gid=gid))
+        return self._write_handle(self._writes().create(_key(path), owner=caller(), mode=mode, uid=uid, gid=gid))
 
     @_errno_op
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
@@ -283,7 +268,7 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
         """Each close(2): durable before close returns; the writer's own close also journals the version so
         a crash replays it, a child's close (another process) publishes nothing. A failed write's errno."""
         if self._is_write(fh):
-            self.writes.flush(fh, owner=_caller())
+            self.writes.flush(fh, owner=caller(), abandoned=caller_killed())
         return 0
 
     @_errno_op
@@ -291,7 +276,7 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
         """fsync(2): as the caller's close (see ``flush``), without closing: published at the last close."""
         if self._is_write(fh):
             self.writes.fsync(fh)
-            self.writes.flush(fh, owner=_caller())
+            self.writes.flush(fh, owner=caller())
         return 0
 
     @_errno_op

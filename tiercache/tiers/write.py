@@ -137,11 +137,12 @@ class WriteTier:
         """Make the handle's bytes durable in staging."""
         self.handles.fsync(fh)
 
-    def flush(self, fh: int, owner: Any = None) -> None:
+    def flush(self, fh: int, owner: Any = None, abandoned: bool = False) -> None:
         """A close(2) of one descriptor: by the writer (``owner`` None or the opener) the version so far is
         made durable and journaled, published by ``release`` (or replayed after a crash); by another owner
-        only fsynced (see ``Handles.flush``)."""
-        self.handles.flush(fh, owner)
+        only fsynced; ``abandoned`` (the writer is being killed): fsynced, and nothing new is published at
+        ``release`` (see ``Handles.flush``)."""
+        self.handles.flush(fh, owner, abandoned)
 
     def release(self, fh: int) -> None:
         """The last close of a handle: its newest version is published (see ``Handles.release``)."""

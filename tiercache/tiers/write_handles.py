@@ -128,20 +128,25 @@ class Handles:
             if sf.fd is not None:
                 os.fsync(sf.fd)
 
-    def flush(self, fh: int, owner: Any = None) -> None:
+    def flush(self, fh: int, owner: Any = None, abandoned: bool = False) -> None:
         """One close(2) of a descriptor (FUSE FLUSH: close waits for it, its error is close's).
 
         By the writer (``owner`` None or the opener): the version so far is made durable and journaled HELD,
         so a crash from now on replays and publishes it; it is published by ``release``. By another owner
         (a child closing an inherited descriptor): the bytes are fsynced, nothing is journaled or published.
-        A poisoned file raises its write's error (WriteFailed)."""
+        ``abandoned``: the writer is being killed (the kernel closes its files): fsynced, and its release
+        publishes nothing written since its last own close. A poisoned file raises its write's error."""
         sf = self.staged(fh)
         with sf.lock:
             self._check(sf)
             opener = self.state.files.owner(fh)
-            if owner is not None and opener is not None and owner != opener:
+            other = owner is not None and opener is not None and owner != opener
+            if other or abandoned:
                 if sf.fd is not None:
                     os.fsync(sf.fd)
+                if abandoned and not other:
+                    with self.state.cond:
+                        self.state.files.abandon(fh)
                 return
         if self.state.mode == "writethrough":
             self._after_commit(self._commit(sf, hold=False))
@@ -155,6 +160,7 @@ class Handles:
         raises its write's error."""
         st = self.state
         with st.cond:
+            abandoned = fh in st.files.abandoned
             sf = st.files.pop_handle(fh)
         if sf is None:
             raise BadHandle(f"write handle {fh} is not open")
@@ -165,7 +171,12 @@ class Handles:
                 if failure is not None:
                     self._drop_held(sf)
                     raise failure
-            rec = self._commit(sf, hold=False)
+                if abandoned:
+                    log.warning("%s: its writer was killed before closing it: nothing it wrote since its "
+                                "last close is published", sf.path)
+                    rec = self._publish_held(sf)
+            if not abandoned:
+                rec = self._commit(sf, hold=False)
         finally:
             self._drop_ref(sf)
         self._after_commit(rec)

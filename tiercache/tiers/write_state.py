@@ -81,6 +81,7 @@ class OpenFiles:
         self.by_path: dict[str, StagedFile] = {}
         self.by_handle: dict[int, StagedFile] = {}
         self.owners: dict[int, Any] = {}  # handle → who opened it (the caller's token, e.g. a process id)
+        self.abandoned: set[int] = set()  # handles whose writer was killed (see ``abandon``)
         self._fhs = itertools.count(1)
 
     def get(self, path: str) -> StagedFile | None:
@@ -100,6 +101,10 @@ class OpenFiles:
         sf.refs += 1
         return fh
 
+    def abandon(self, fh: int) -> None:
+        """Handle ``fh``'s writer was killed before closing it: its release publishes nothing new."""
+        self.abandoned.add(fh)
+
     def owner(self, fh: int) -> Any:
         """Who opened handle ``fh`` (None: unknown)."""
         return self.owners.get(fh)
@@ -107,6 +112,7 @@ class OpenFiles:
     def pop_handle(self, fh: int) -> StagedFile | None:
         """Forget handle ``fh`` (the caller drops its reference); returns its file."""
         self.owners.pop(fh, None)
+        self.abandoned.discard(fh)
         return self.by_handle.pop(fh, None)
 
     def handles(self) -> list[int]:
