@@ -294,7 +294,8 @@ class Handles:
             self.space.open_bytes -= rec.charged
             st.journal.acknowledge_lost(sf.path)
             st.journal.write(put=[rec], delete=dropped)
-        st.acknowledged(dropped, rec.key)
+        # no fsync: the HELD record on disk already replays as this version; what is dropped is older than it
+        st.acknowledged(dropped, rec.key, sync=False)
         return rec
 
     def _drop_held(self, sf: StagedFile) -> None:

@@ -154,9 +154,11 @@ class WriteState:
         if self.closing:
             raise ReadOnly("the write tier is closing")
 
-    def acknowledged(self, dropped: list[Record], *paths: str) -> None:
-        """After a journal change: make it durable, delete superseded staging files, drop stale cache data."""
-        self.journal.sync()
+    def acknowledged(self, dropped: list[Record], *paths: str, sync: bool = True) -> None:
+        """After a journal change: make it durable (unless ``sync`` is False: the change is already durable
+        in another form), delete superseded staging files, drop stale cache data."""
+        if sync:
+            self.journal.sync()
         self.journal.discard(dropped)
         for path in paths:
             self.uploader.tell_cache("invalidate", path)
