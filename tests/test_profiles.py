@@ -115,3 +115,39 @@ def test_a_listing_of_another_source_or_a_bad_file_is_one_line(bucket, mounter, 
     proc = run_cli("mount", bucket.url, str(path), "--listing", str(tmp_path / "junk"), "--ssd", str(tmp_path / "c"),
                    "--endpoint-url", bucket.server.endpoint)
     assert_one_line_error(proc, "not a tiercache listing")
+
+
+def test_library_mode_and_fsspec_start_from_a_listing_without_a_list(bucket, tmp_path):
+    import fsspec
+
+    import tiercache
+    from tiercache import fsspec_engine
+    from tiercache.fsspec_fs import TiercacheFileSystem
+    from tiercache.listing import export_listing
+    from tiercache.store import open_store
+
+    for i in range(5):
+        bucket.put(f"k/{i}", bytes([i]) * 10)
+    store = open_store(bucket.url, bucket.server.endpoint)
+    try:
+        assert export_listing(store, bucket.url, tmp_path / "l.gz") == 5
+    finally:
+        store.close()
+    lists = _lists(bucket)
+    with tiercache.open(bucket.url, ram="8M", ssd=str(tmp_path / "c1"), ssd_size="16M", listing=tmp_path / "l.gz",
+                        metadata_ttl="inf") as cache:
+        assert cache.listdir("k") == ["0", "1", "2", "3", "4"] and cache.read("k/3") == bytes([3]) * 10
+    TiercacheFileSystem.clear_instance_cache()
+    try:
+        fs = fsspec.filesystem("tiercache", target=bucket.url, ram="8M", ssd=str(tmp_path / "c2"),
+                               ssd_size="16M", listing=str(tmp_path / "l.gz"), metadata_ttl="inf")
+        assert fs.find("k") == [f"k/{i}" for i in range(5)]
+    finally:
+        TiercacheFileSystem.clear_instance_cache()
+        fsspec_engine.close_all()
+    assert _lists(bucket) == lists
+    (tmp_path / "junk.gz").write_bytes(b"{}")
+    with pytest.raises(ConfigError, match="not a tiercache listing"):
+        tiercache.open(bucket.url, ssd=str(tmp_path / "c3"), listing=tmp_path / "junk.gz")
+    with pytest.raises(ConfigError, match="No such file"):
+        tiercache.open(bucket.url, ssd=str(tmp_path / "c3"), listing=tmp_path / "none.gz")

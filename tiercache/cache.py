@@ -73,6 +73,10 @@ class TieredCache:
             self.meta = Meta(cache_dir / "meta", disposable=True)  # a damaged index is moved aside
             if store is None:
                 store = open_store(config.source, config.endpoint_url, config.threads)
+                if config.listing is not None:  # the first listing from the file (tiercache listing export)
+                    from .listing import SeededStore
+
+                    store = SeededStore(store, config.listing, config.source)
             self.store = store
             self.store.check()
             self._check_source()
@@ -178,6 +182,8 @@ class TieredCache:
             raise StaleVersion(f"{info.key}: changed in the store since it was opened") from None
         self.counters.add("reads")
         self.counters.add("bytes_read", len(data))
+        if self.on_read is not None:
+            self.on_read(info.key, offset)
         return data
 
     def _observe(self, info: ObjectInfo, ids: list[BlockId], offset: int, end: int) -> None:

@@ -81,6 +81,7 @@ class CacheConfig:
     policy: str = "default"
     high_watermark: float = 0.95
     low_watermark: float = 0.85
+    listing: Path | None = None  # a listing file (tiercache.listing): the start-up listing without a LIST
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -99,6 +100,7 @@ class CacheConfig:
         write_limit: str | int | None = None,
         mode: str = "writeback",
         policy: str = "default",
+        listing: str | os.PathLike | None = None,
     ) -> CacheConfig:
         """Build a config from user-facing values (size strings, paths), validating each with a clear message."""
         from .store import parse_source
@@ -133,7 +135,20 @@ class CacheConfig:
             write_limit=parse_size(write_limit, "write limit") if write_limit is not None else 0,
             mode=mode,
             policy=policy,
+            listing=_listing_file(listing, source),
         )
+
+
+def _listing_file(path: str | os.PathLike | None, source: str) -> Path | None:
+    """A listing file made for ``source`` (its header checked now: one clear error instead of a LIST)."""
+    if path is None:
+        return None
+    from .listing import read_header
+
+    header = read_header(path)
+    if str(header.get("source", "")).rstrip("/") != source.rstrip("/"):
+        raise ConfigError(f"listing {path} is of {header.get('source')}, not {source}")
+    return Path(path).expanduser()
 
 
 def _slug(source: str) -> str:

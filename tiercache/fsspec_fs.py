@@ -34,7 +34,7 @@ from .fsspec_engine import DRAIN_TIMEOUT, Engine, Node, engine_for
 
 PROTOCOL = "tiercache"
 _OPTIONS = ("ram", "ssd", "ssd_size", "block_size", "endpoint_url", "metadata_ttl", "write_dir", "write_limit",
-            "mode", "threads", "policy")
+            "mode", "threads", "policy", "listing")
 
 
 class TiercacheFileSystem(_Base):

@@ -58,12 +58,6 @@ def run_mount(spec: Any, foreground: bool = False) -> int:
     from .fuse.mount import MountDaemon, exit_now, setup_logging, start_daemon
 
     config = spec.config()
-    if spec.listing:
-        from .listing import read_header
-
-        header = read_header(spec.listing)
-        if str(header.get("source", "")).rstrip("/") != config.source.rstrip("/"):
-            raise ConfigError(f"--listing {spec.listing} is of {header.get('source')}, not {config.source}")
     if spec.metrics_port is not None:
         from .metrics import parse_listen
 

@@ -91,7 +91,7 @@ class MountSpec:
         config = CacheConfig.build(
             self.source, ram=self.ram, ssd=self.ssd, ssd_size=self.ssd_size, block_size=self.block_size,
             endpoint_url=self.endpoint_url, threads=self.threads, metadata_ttl=self.metadata_ttl,
-            write_dir=self.write_dir, write_limit=self.write_limit, mode=self.mode,
+            write_dir=self.write_dir, write_limit=self.write_limit, mode=self.mode, listing=self.listing,
         )
         if config.write_dir is None:
             config.write_dir = Path(config.cache_dir) / "write"
@@ -282,15 +282,7 @@ class MountDaemon:
                  config.mode, config.cache_dir, config.write_dir)
         stack = contextlib.ExitStack()
         try:
-            store = None
-            if spec.listing:
-                from ..listing import SeededStore
-                from ..store import open_store
-
-                store = SeededStore(open_store(config.source, config.endpoint_url, config.threads), spec.listing,
-                                    config.source)
-                stack.callback(store.close)
-            self.cache = TieredCache(config, store=store)
+            self.cache = TieredCache(config)
             stack.callback(self.cache.close)
             self.writes = WriteTier(self.cache.store, config.write_dir, cache=self.cache, mode=config.mode,
                                     limit_bytes=config.write_limit)
