@@ -70,6 +70,7 @@ def test_inode_numbers_follow_renames_and_stay_unique():
 
 def test_xattr_table(tmp_path):
     table = XattrTable(tmp_path / "x")
+    assert table.never_set("security.capability") and not table.never_set("user.k")
     long_path = "/".join(["p" * 200] * 4)  # past an LMDB key: stored under its digest
     for path in ("f", long_path, "dir/child", "dir-sibling"):
         table.set(path, "user.k", path.encode()[:10])
@@ -91,4 +92,9 @@ def test_xattr_table(tmp_path):
     table.close()
     again = XattrTable(tmp_path / "x")
     assert again.names("short") == ["user.k"] and again.names("f") == []
+    again.set("f", "security.selinux", b"ctx")
+    assert not again.never_set("security.capability")
     again.close()
+    reopened = XattrTable(tmp_path / "x")
+    assert not reopened.never_set("security.capability")  # remembered
+    reopened.close()

@@ -67,6 +67,8 @@ class PosixOps:
     @errno_op
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         """getxattr(2)."""
+        if self.xattrs is not None and self.xattrs.never_set(name):
+            raise OSError(errno.ENODATA, name)
         key, table = self._xattrs(path)
         return table.get(key, name)
 

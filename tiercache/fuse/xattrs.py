@@ -28,6 +28,7 @@ NAME_MAX = 255
 SIZE_MAX = 65536
 _KEY_MAX = 480
 _NAMESPACES = ("user.", "trusted.", "security.")
+_SECURITY_SET = b"m:security"  # present once any security.* attribute was set
 
 
 def _error(code: int, text: str) -> OSError:
@@ -44,6 +45,13 @@ class XattrTable:
         for name in ("data.mdb", "lock.mdb"):  # private whatever the umask
             os.chmod(self.path / name, 0o600)
         self._lock = threading.Lock()
+        with self.env.begin() as txn:
+            self._security = txn.get(_SECURITY_SET) is not None
+
+    def never_set(self, name: str) -> bool:
+        """True if no file can have ``name``: a ``security.`` attribute while none was ever set. The kernel
+        asks for security.capability before every write(2); this answers it without a lookup."""
+        return not self._security and name.startswith("security.")
 
     def close(self) -> None:
         """Release the env."""
@@ -71,6 +79,10 @@ class XattrTable:
                 raise _error(errno.ENODATA, f"{path}: no attribute {name}")
             attrs[name] = bytes(value)
             self._write(path, attrs)
+            if name.startswith("security.") and not self._security:
+                with self.env.begin(write=True) as txn:
+                    txn.put(_SECURITY_SET, b"1")
+                self._security = True
 
     def names(self, path: str) -> list[str]:
         """listxattr(2)."""
