@@ -98,3 +98,23 @@ def test_xattr_table(tmp_path):
     reopened = XattrTable(tmp_path / "x")
     assert not reopened.never_set("security.capability")  # remembered
     reopened.close()
+
+
+def test_attribute_overlay(tmp_path):
+    from tiercache.fuse.overlay import AttrOverlay
+
+    overlay = AttrOverlay(tmp_path / "attrs")
+    base = {"st_mode": 0o40755, "st_uid": 0, "st_gid": 0, "st_mtime": 5, "st_atime": 5, "st_ctime": 5}
+    assert overlay.apply("d", dict(base)) == base
+    overlay.record("d", mode=0o1777, uid=65534, gid=65533, mtime=7, atime=3)
+    got = overlay.apply("d", dict(base))
+    assert got["st_mode"] == 0o41777 and (got["st_uid"], got["st_gid"]) == (65534, 65533)
+    assert (got["st_mtime"], got["st_atime"]) == (7, 3) and got["st_ctime"] > 7
+    file_attrs = {"st_mode": 0o100644, "st_mtime": 10**20, "st_ctime": 10**20}
+    overlay.record("d/f")
+    assert overlay.apply("d/f", dict(file_attrs))["st_ctime"] == 10**20  # a later write: ctime follows mtime
+    overlay.renamed("d", "e")
+    assert overlay.get("d") == {} and overlay.get("e")["uid"] == 65534 and overlay.get("e/f")
+    overlay.removed("e")
+    assert overlay.get("e") == {} and overlay.get("e/f") == {}
+    overlay.close()
