@@ -235,3 +235,71 @@ def test_an_unlinked_open_file_stays_readable_and_writable_until_last_close(buck
     flushed(m)
     assert not (m.path / "stored.txt").exists() and not (m.path / "scratch").exists()
     assert bucket.keys() == []  # neither the names nor libfuse's hidden stand-ins are left in the bucket
+
+
+# ---------------------------------------------------------------- directory attributes, ctime (overlay.py)
+
+AS_NOBODY = {"user": 65534, "group": 65534, "extra_groups": []}
+
+
+@pytest.fixture
+def traversable(tmp_path):
+    """Let other users reach mounts under tmp_path (pytest's directories are 0700); restored after."""
+    changed = []
+    for parent in [tmp_path, *tmp_path.parents]:
+        mode = parent.stat().st_mode & 0o7777
+        if mode & 0o001 == 0:
+            os.chmod(parent, mode | 0o001)
+            changed.append((parent, mode))
+    try:
+        yield
+    finally:
+        for parent, mode in changed:
+            os.chmod(parent, mode)
+
+
+def test_directory_mode_owner_and_times_are_kept_and_enforced(bucket, mounter, tmp_path, traversable):
+    write_dir = tmp_path / "wd"
+    m = mounter.mount(bucket.url, "--allow-other", write_dir=write_dir)
+    p = m.path
+    os.mkdir(p / "made", 0o751)
+    assert os.stat(p / "made").st_mode & 0o7777 == 0o751
+    os.mkdir(p / "shared")
+    os.chmod(p / "shared", 0o1777)
+    os.mkdir(p / "theirs")
+    os.chown(p / "theirs", 65534, 65534)
+    os.utime(p / "theirs", ns=(1_000_000_000, 2_000_000_000))
+    st = os.stat(p / "theirs")
+    assert (st.st_uid, st.st_gid, st.st_atime_ns, st.st_mtime_ns) == (65534, 65534, 1_000_000_000, 2_000_000_000)
+    assert st.st_ctime_ns > 2_000_000_000
+    assert os.stat(p / "shared").st_mode & 0o7777 == 0o1777
+    # the kernel enforces them (default_permissions): nobody may write in its own directory only
+    ok = subprocess.run(["mkdir", str(p / "theirs/sub")], capture_output=True, text=True, **AS_NOBODY)
+    assert ok.returncode == 0, ok.stderr
+    denied = subprocess.run(["mkdir", str(p / "made/sub")], capture_output=True, text=True, **AS_NOBODY)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert not (p / "made/sub").exists()
+    os.rename(p / "theirs", p / "moved")  # attributes follow the directory
+    assert os.stat(p / "moved").st_uid == 65534 and os.stat(p / "moved/sub").st_uid == 65534
+    proc = m.cli("unmount")
+    assert proc.returncode == 0, proc.stderr
+    again = mounter.mount(bucket.url, write_dir=write_dir, name="again")
+    assert os.stat(again.path / "made").st_mode & 0o7777 == 0o751
+    assert os.stat(again.path / "moved").st_uid == 65534
+
+
+def test_ctime_moves_on_attribute_changes_and_parent_times_on_entries(bucket, mounter):
+    m = mounter.mount(bucket.url)
+    os.mkdir(m.path / "d")
+    f = m.path / "d/f"
+    f.write_text("x")
+    before, parent = os.stat(f).st_ctime_ns, os.stat(m.path / "d").st_mtime_ns
+    os.chmod(f, 0o600)
+    assert os.stat(f).st_ctime_ns > before
+    os.utime(f, ns=(5_000_000_000, os.stat(f).st_mtime_ns))
+    assert os.stat(f).st_atime_ns == 5_000_000_000
+    (m.path / "d/g").write_text("y")
+    assert os.stat(m.path / "d").st_mtime_ns > parent
+    parent = os.stat(m.path / "d").st_mtime_ns
+    os.rename(m.path / "d/g", m.path / "d/h")
+    assert os.stat(m.path / "d").st_mtime_ns > parent

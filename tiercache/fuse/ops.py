@@ -25,10 +25,8 @@ from .attr_ops import AttributeOps
 from .callers import caller, caller_killed
 from .calls import errno_op as _errno_op
 from .calls import store_key as _key
-from .inodes import InodeTable
 from .opened import OpenFiles
 from .posix_ops import PosixOps
-from .xattrs import XattrTable
 
 fuse = binding()
 
@@ -51,7 +49,7 @@ def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
     return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
 
 
-class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
+class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
     """The mount's file operations: a thin client of ``cache`` (TieredCache) and ``writes`` (WriteTier)."""
 
     use_ns = True
@@ -67,10 +65,8 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
         self.started = time.time()
         self.file_mode = 0o444 if self.readonly else 0o644
         self.dir_mode = 0o555 if self.readonly else 0o755
-        self.inodes = InodeTable()
         self.opened = OpenFiles()
-        write_dir = getattr(writes, "write_dir", None)
-        self.xattrs = XattrTable(os.path.join(write_dir, "xattrs")) if write_dir and not self.readonly else None
+        self._posix_init(writes)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -89,8 +85,7 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
 
     def destroy(self, path: str) -> None:
         """Called by libfuse at unmount."""
-        if self.xattrs is not None:
-            self.xattrs.close()
+        self._posix_close()
 
     # ---------------------------------------------------------------- metadata
 
@@ -103,8 +98,7 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
             attrs = self._attrs(False, version.size, version.mtime, version.mode, version.uid, version.gid)
         else:
             attrs = self._attrs(*self._lookup(key))
-        attrs["st_ino"] = self.inodes.ino(key)
-        return attrs
+        return self._posix_attrs(key, attrs)
 
     @_errno_op
     def access(self, path: str, amode: int) -> int:
@@ -231,7 +225,10 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
     def create(self, path: str, mode: int, flags: int | None = None) -> int:
         """open(2) with O_CREAT of a new file (its mode and the caller's uid/gid are stored with it)."""
         uid, gid, _pid = fuse.fuse_get_context()
-        return self._write_handle(self._writes().create(_key(path), owner=caller(), mode=mode, uid=uid, gid=gid))
+        key = _key(path)
+        fh = self._write_handle(self._writes().create(key, owner=caller(), mode=mode, uid=uid, gid=gid))
+        self._touch_parents(key)
+        return fh
 
     @_errno_op
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
@@ -301,7 +298,9 @@ class TiercacheOps(AttributeOps, PosixOps, fuse.Operations):
     @_errno_op
     def mkdir(self, path: str, mode: int) -> int:
         """mkdir."""
-        self._writes().mkdir(_key(path))
+        key = _key(path)
+        self._writes().mkdir(key)
+        self._made_dir(key, mode)
         return 0
 
     @_errno_op

@@ -8,19 +8,57 @@ attributes (xattrs.py), inode numbers kept across renames (inodes.py), locks lef
 from __future__ import annotations
 
 import errno
+import os
+import stat
+import time
 from typing import Any
 
 from ..errors import NotFound
 from .calls import errno_op, fuse, store_key
+from .inodes import InodeTable
+from .overlay import AttrOverlay
 from .renames import RenamePlan, plan_rename
 from .xattrs import XattrTable
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def utimens_times(times: Any) -> tuple[int | None, int | None]:
+    """(atime, mtime) in ns from utimens' ``times`` (None: both now); UTIME_NOW is now, UTIME_OMIT None."""
+    now = time.time_ns()
+    if times is None:
+        return now, now
+    atime, mtime = (now if int(t) == UTIME_NOW else None if int(t) == UTIME_OMIT else int(t) for t in times)
+    return atime, mtime
 
 
 class PosixOps:
     """rename, xattrs and locks for TiercacheOps (see the module docstring)."""
 
-    inodes: Any
+    inodes: InodeTable
     xattrs: XattrTable | None
+    overlay: AttrOverlay | None
+    readonly: bool
+
+    def _posix_init(self, writes: Any) -> None:
+        """The tables: inode numbers (memory), xattrs and the attribute overlay (in the write dir)."""
+        self.inodes = InodeTable()
+        write_dir = getattr(writes, "write_dir", None)
+        writable = bool(write_dir) and not self.readonly
+        self.xattrs = XattrTable(os.path.join(write_dir, "xattrs")) if writable else None
+        self.overlay = AttrOverlay(os.path.join(write_dir, "attrs")) if writable else None
+
+    def _posix_close(self) -> None:
+        for table in (self.xattrs, self.overlay):
+            if table is not None:
+                table.close()
+
+    def _posix_attrs(self, key: str, attrs: dict) -> dict:
+        """getattr's dict with the inode number and the overlay's attributes."""
+        attrs["st_ino"] = self.inodes.ino(key)
+        if self.overlay is not None:
+            self.overlay.apply(key, attrs)
+        return attrs
 
     # ---------------------------------------------------------------- rename
 
@@ -36,8 +74,10 @@ class PosixOps:
             writes.rmdir(new)
         writes.rename(old, new)
         self.inodes.renamed(old, new)
-        if self.xattrs is not None:
-            self.xattrs.renamed(old, new)
+        for table in (self.xattrs, self.overlay):
+            if table is not None:
+                table.renamed(old, new)
+        self._touch_parents(old, new)
         return 0
 
     def _kind_now(self, key: str) -> bool | None:
@@ -51,9 +91,47 @@ class PosixOps:
         return len(self.readdir("/" + key, 0)) > 2
 
     def _forget(self, key: str) -> None:
+        """After unlink/rmdir: the tables forget ``key``; its directory's mtime and ctime move."""
         self.inodes.removed(key)
-        if self.xattrs is not None:
-            self.xattrs.removed(key)
+        for table in (self.xattrs, self.overlay):
+            if table is not None:
+                table.removed(key)
+        self._touch_parents(key)
+
+    def _made_dir(self, key: str, mode: int) -> None:
+        """After mkdir: the new directory's mode, owner and group (the caller's; the group and the setgid
+        bit from a setgid parent), and its parent's times."""
+        if self.overlay is None:
+            return
+        uid, gid, _pid = fuse.fuse_get_context()
+        mode &= 0o7777
+        parent = self.overlay.get(key.rpartition("/")[0])
+        if parent.get("mode", 0) & stat.S_ISGID:
+            gid, mode = parent.get("gid", gid), mode | stat.S_ISGID
+        now = time.time_ns()
+        self.overlay.record(key, mode=mode, uid=uid, gid=gid, mtime=now, atime=now)
+        self._touch_parents(key)
+
+    def _dir_attrs(self, key: str, **fields: int | None) -> bool:
+        """chmod/chown/utimens of a directory: recorded in the overlay (directories have no object to
+        carry them). False if ``key`` is a file (its attributes live in its object's metadata)."""
+        if self.overlay is None or not self._lookup(key)[0]:
+            return False
+        self.overlay.record(key, **{k: v for k, v in fields.items() if v is not None})
+        return True
+
+    def _attrs_changed(self, key: str, atime: int | None = None) -> None:
+        """A file's attributes changed: its ctime becomes now (and its atime, if given, is kept)."""
+        if self.overlay is not None:
+            self.overlay.record(key, **({} if atime is None else {"atime": atime}))
+
+    def _touch_parents(self, *keys: str) -> None:
+        """The directories holding ``keys`` changed: their mtime and ctime become now."""
+        if self.overlay is None:
+            return
+        now = time.time_ns()
+        for parent in {key.rpartition("/")[0] for key in keys}:
+            self.overlay.record(parent, mtime=now)
 
     # ---------------------------------------------------------------- extended attributes (xattrs.py)
 
