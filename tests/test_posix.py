@@ -303,3 +303,37 @@ def test_ctime_moves_on_attribute_changes_and_parent_times_on_entries(bucket, mo
     parent = os.stat(m.path / "d").st_mtime_ns
     os.rename(m.path / "d/g", m.path / "d/h")
     assert os.stat(m.path / "d").st_mtime_ns > parent
+
+
+# ---------------------------------------------------------------- special files
+
+
+def test_fifos_device_nodes_and_sockets_are_objects_with_their_mode(bucket, mounter):
+    import socket
+    import stat
+
+    m = mounter.mount(bucket.url)
+    os.mkfifo(m.path / "fifo", 0o640)
+    os.mknod(m.path / "blk", stat.S_IFBLK | 0o600, os.makedev(8, 1))
+    os.mknod(m.path / "chr", stat.S_IFCHR | 0o644, os.makedev(1, 3))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(m.path / "sock"))
+    sock.close()
+    kinds = {name: os.lstat(m.path / name) for name in ("fifo", "blk", "chr", "sock")}
+    assert stat.S_ISFIFO(kinds["fifo"].st_mode) and kinds["fifo"].st_mode & 0o777 == 0o640
+    assert stat.S_ISBLK(kinds["blk"].st_mode) and kinds["blk"].st_rdev == os.makedev(8, 1)
+    assert stat.S_ISCHR(kinds["chr"].st_mode) and kinds["chr"].st_rdev == os.makedev(1, 3)
+    assert stat.S_ISSOCK(kinds["sock"].st_mode)
+    assert errno_of(os.mkfifo, m.path / "fifo") == errno.EEXIST
+    # a FIFO works through the mount (the kernel serves it)
+    writer = subprocess.Popen([sys.executable, "-c", f"open({str(m.path / 'fifo')!r}, 'w').write('through')"])
+    with open(m.path / "fifo") as fh:
+        assert fh.read() == "through"
+    assert writer.wait(30) == 0
+    os.rename(m.path / "fifo", m.path / "fifo2")
+    assert stat.S_ISFIFO(os.lstat(m.path / "fifo2").st_mode)
+    flushed(m)
+    head = bucket.client.head_object(Bucket=bucket.name, Key="fifo2")
+    assert head["ContentLength"] == 0 and int(head["Metadata"]["mode"]) == stat.S_IFIFO | 0o640  # as s3fs
+    for name in ("fifo2", "blk", "chr", "sock"):
+        os.unlink(m.path / name)

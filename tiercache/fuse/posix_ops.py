@@ -133,6 +133,27 @@ class PosixOps:
         for parent in {key.rpartition("/")[0] for key in keys}:
             self.overlay.record(parent, mtime=now)
 
+    # ---------------------------------------------------------------- special files
+
+    @errno_op
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """mknod(2), mkfifo(3), bind(2) of a unix socket: an empty object whose stored mode carries the file
+        type, as s3fs stores special files; a device's numbers are kept in the overlay. The kernel serves
+        the special file itself (a FIFO's or a socket's data never reaches the daemon)."""
+        key = store_key(path)
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
+            raise OSError(errno.EINVAL, f"mknod {key}: file type {kind:o} is not supported")
+        if self._kind_now(key) is not None:
+            raise OSError(errno.EEXIST, f"mknod {key}: exists")
+        uid, gid, _pid = fuse.fuse_get_context()
+        writes = self._writes()
+        writes.release(writes.create(key, mode=kind | (mode & 0o7777), uid=uid, gid=gid))
+        if kind in (stat.S_IFCHR, stat.S_IFBLK) and self.overlay is not None:
+            self.overlay.record(key, rdev=dev, touch=False)
+        self._touch_parents(key)
+        return 0
+
     # ---------------------------------------------------------------- extended attributes (xattrs.py)
 
     def _xattrs(self, path: str) -> tuple[str, XattrTable]:
