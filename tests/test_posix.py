@@ -228,6 +228,7 @@ def test_an_unlinked_open_file_stays_readable_and_writable_until_last_close(buck
     assert not (m.path / "scratch").exists()
     os.write(writer, b"second")
     assert os.pread(writer, 100, 0) == b"first second"
+    assert os.fstat(writer).st_nlink == 0  # no name left
     os.fsync(writer)
     assert os.pread(reader, 5, 7) == b"bytes"
     os.close(writer)

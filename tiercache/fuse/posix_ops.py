@@ -21,6 +21,7 @@ from .renames import RenamePlan, plan_rename
 from .xattrs import XattrTable
 
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+HIDDEN_PREFIX = ".fuse_hidden"  # libfuse renames a file unlinked while open to .fuse_hiddenNNNN
 
 
 def utimens_times(times: Any) -> tuple[int | None, int | None]:
@@ -56,6 +57,8 @@ class PosixOps:
     def _posix_attrs(self, key: str, attrs: dict) -> dict:
         """getattr's dict with the inode number and the overlay's attributes."""
         attrs["st_ino"] = self.inodes.ino(key)
+        if key.rpartition("/")[2].startswith(HIDDEN_PREFIX):
+            attrs["st_nlink"] = 0  # libfuse's stand-in for a file unlinked while open: it has no name
         if self.overlay is not None:
             self.overlay.apply(key, attrs)
         return attrs
