@@ -317,7 +317,7 @@ class ReadOnlyOps(TiercacheOps):
     left to libfuse's C defaults, so reading a file enters Python only for its READ requests."""
 
     create = write = truncate = flush = fsync = release = None
-    unlink = rename = mkdir = rmdir = chmod = chown = utimens = symlink = link = None
+    unlink = rename = mkdir = rmdir = chmod = chown = utimens = symlink = link = mknod = None
     getxattr = setxattr = listxattr = removexattr = None
 
     def __init__(self, cache: Any, writes: Any | None, **kwargs: Any):

@@ -1,8 +1,9 @@
 """The POSIX parts of the mount's operations beyond plain files: rename(2) exactly (renames.py), extended
 attributes (xattrs.py), inode numbers kept across renames (inodes.py), locks left to the kernel.
 
-``PosixOps`` is a mixin of ``ops.TiercacheOps``: it uses that class's ``_lookup``, ``readdir`` and
-``_writes``, and the ``inodes`` / ``xattrs`` tables its constructor makes.
+``PosixOps`` is a mixin of ``ops.TiercacheOps``, before ``attr_ops.AttributeOps`` (whose chmod, chown,
+utimens and symlink it extends for directories and times); it uses the host's ``_lookup``, ``readdir`` and
+``_writes``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from typing import Any
 
 from ..errors import NotFound
+from .attr_ops import AttributeOps
 from .calls import errno_op, fuse, store_key
 from .inodes import InodeTable
 from .overlay import AttrOverlay
@@ -135,6 +137,44 @@ class PosixOps:
         now = time.time_ns()
         for parent in {key.rpartition("/")[0] for key in keys}:
             self.overlay.record(parent, mtime=now)
+
+    # ---------------------------------------------------------------- attributes: files in their objects
+    # (attr_ops.py), directories and ctime/atime in the overlay
+
+    @errno_op
+    def chmod(self, path: str | None, mode: int) -> int:
+        """chmod(2)."""
+        key = store_key(path)
+        if not self._dir_attrs(key, mode=mode & 0o7777):
+            AttributeOps.chmod(self, path, mode)
+            self._attrs_changed(key)
+        return 0
+
+    @errno_op
+    def chown(self, path: str | None, uid: int, gid: int) -> int:
+        """chown(2) (-1 keeps one)."""
+        key = store_key(path)
+        if not self._dir_attrs(key, uid=None if uid == -1 else uid, gid=None if gid == -1 else gid):
+            AttributeOps.chown(self, path, uid, gid)
+            self._attrs_changed(key)
+        return 0
+
+    @errno_op
+    def utimens(self, path: str | None, times: Any = None) -> int:
+        """utimensat(2) with UTIME_NOW and UTIME_OMIT: a file's mtime in its object, its atime here."""
+        key = store_key(path)
+        atime, mtime = utimens_times(times)
+        if not self._dir_attrs(key, atime=atime, mtime=mtime):
+            AttributeOps.utimens(self, path, times)
+            self._attrs_changed(key, atime)
+        return 0
+
+    @errno_op
+    def symlink(self, target: str, source: str) -> int:
+        """ln -s (attr_ops.py), and the parent's times."""
+        AttributeOps.symlink(self, target, source)
+        self._touch_parents(store_key(target))
+        return 0
 
     # ---------------------------------------------------------------- special files
 
