@@ -1,11 +1,13 @@
 """pjdfstest results of bench/posix.sh: count the subtests of each run's TAP log, write JSON, print a table.
 
     python bench/posix_report.py RUNS.jsonl --timeout S --out bench/results/posix.json [--before OLD.json]
+        [--others OLD.json]
 
 RUNS.jsonl has one line per (target, dir) run: {"target", "dir", "status", "start", "end", "tap"}. A subtest
 passes when TAP says ``ok`` (a ``not ok ... # TODO`` counts as passed, as prove counts it); subtests a
 script planned but never ran (it timed out or died) count as failed. ``--before`` adds the tiercache numbers
-of an earlier results file as a "before" column.
+of an earlier results file as a "before" column; ``--others`` takes the targets this run did not measure
+(s3fs) from an earlier results file.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--before", type=Path, help="an earlier posix.json: its tiercache column as 'before'")
+    parser.add_argument("--others", type=Path, help="an earlier posix.json: the targets not measured here")
     args = parser.parse_args(argv)
     results: dict[str, dict] = {}
     for line in args.runs.read_text().splitlines():
@@ -139,11 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     before = None
     if args.before:
         before = json.loads(args.before.read_text())["results"].get("tiercache")
+    reused = {}
+    if args.others:
+        earlier = json.loads(args.others.read_text())
+        reused = {t: r for t, r in earlier["results"].items() if t not in results}
+        results.update(reused)
     rendered = table(results, before)
-    args.out.write_text(json.dumps({
+    out = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "timeout_per_dir_s": args.timeout,
         "versions": versions(), "results": results, "table": rendered,
-    }, indent=1) + "\n")
+    }
+    if before:
+        out["before"] = {"tiercache": before, "when": json.loads(args.before.read_text()).get("when")}
+    if reused:
+        out["reused_from_earlier_run"] = {"targets": sorted(reused), "when": earlier.get("when")}
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(rendered)
     return 0
 
