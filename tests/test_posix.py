@@ -221,6 +221,8 @@ def test_an_unlinked_open_file_stays_readable_and_writable_until_last_close(buck
     m = mounter.mount(bucket.url, "--metadata-ttl", "0")
     reader = os.open(m.path / "stored.txt", os.O_RDONLY)
     os.unlink(m.path / "stored.txt")
+    flushed(m)  # the old key is deleted in the store now, and nothing of it was read (cached) before
+    assert "stored.txt" not in bucket.keys()
     assert os.pread(reader, 100, 0) == b"stored bytes"
     writer = os.open(m.path / "scratch", os.O_CREAT | os.O_RDWR)
     os.write(writer, b"first ")

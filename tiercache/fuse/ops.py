@@ -237,9 +237,9 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
         if self._is_write(fh):
             return _handoff(self.writes.read(fh, offset, size))
         version = self.opened.version(fh) if fh else None
-        if version is not None:
-            return _handoff(self.cache.read_version(version, offset, size))
         key = _key(path)
+        if version is not None:
+            return _handoff(self._read_version(key, version, offset, size))
         if self.writes is not None:
             data = self.writes.read_pending(key, offset, size)
             if data is not None:

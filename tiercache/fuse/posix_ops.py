@@ -14,7 +14,7 @@ import stat
 import time
 from typing import Any
 
-from ..errors import NotFound
+from ..errors import NotFound, StaleVersion
 from .attr_ops import AttributeOps
 from .calls import errno_op, fuse, store_key
 from .inodes import InodeTable
@@ -137,6 +137,21 @@ class PosixOps:
         now = time.time_ns()
         for parent in {key.rpartition("/")[0] for key in keys}:
             self.overlay.record(parent, mtime=now)
+
+    def _read_version(self, key: str, version: Any, offset: int, size: int) -> Any:
+        """A read handle's bytes: its version's. If that version's object is gone because the open file was
+        renamed — unlinked while open is a rename to libfuse's .fuse_hidden name — its bytes are at its
+        new name (the rename's copy ran before the old name's delete): read them there."""
+        try:
+            return self.cache.read_version(version, offset, size)
+        except (StaleVersion, NotFound):
+            if not key or key == version.key:
+                raise
+        if self.writes is not None:
+            data = self.writes.read_pending(key, offset, size)
+            if data is not None:
+                return data
+        return self.cache.read(key, offset, size)
 
     # ---------------------------------------------------------------- attributes: files in their objects
     # (attr_ops.py), directories and ctime/atime in the overlay
