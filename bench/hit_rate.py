@@ -9,7 +9,9 @@ Policies:
 - ``default``: tiercache's scan-resistant policy without plans (S3-FIFO);
 - ``plan``: plan-aware, given what the loaders send: each reader its own plan (its shard for this epoch and
   the next) as its own client, at each of its epoch starts;
-- ``belady``: Belady's MIN on the merged trace with the whole future known, the optimum.
+- ``belady``: Belady's MIN on the merged trace with the whole future known, the optimum;
+- ``one_plan`` (the figure before per-client plans): plan-aware with one plan per mount, the last reader's to
+  send one replacing the others' (what a mount did with several ranks before).
 
 Writes bench/results/hit_rate.json and hit_rate.png, and prints a table (goal: plan >= 0.95 x Belady).
 
@@ -43,15 +45,24 @@ from tiercache.tiers.planned import PlanAwarePolicy
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
 
 RESULTS = Path(__file__).parent / "results"
-POLICY_NAMES = ("lru", "default", "plan", "belady")
+POLICY_NAMES = ("lru", "default", "one_plan", "plan", "belady")
 READERS = (1, 2, 8)
 JITTER = 0.3  # readers' paces differ by up to 30 % per read
 
 
 def hit_rates(shards: list, capacity: int) -> dict[str, float]:
     """Every policy's hit rate over the readers' merged trace."""
-    trace, _ = merged_trace(shards, JITTER, seed=1)
+    trace, where = merged_trace(shards, JITTER, seed=1)
+
+    def last_writer_wins(i: int) -> list:
+        rank, epoch, index = where[i]
+        if index:
+            return []
+        following = shards[epoch + 1][rank] if epoch + 1 < len(shards) else []
+        return [("mount", [*shards[epoch][rank], *following])]
+
     return {
+        "one_plan": replay(PlanAwarePolicy(), trace, capacity, last_writer_wins)[0],
         "lru": simulate(LRUPolicy(), trace, capacity),
         "default": simulate(S3FIFOPolicy(), trace, capacity),
         "plan": replay_readers(PlanAwarePolicy(), shards, capacity, JITTER, seed=1)[0],

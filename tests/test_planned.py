@@ -253,3 +253,20 @@ def test_plan_prefetch_stays_within_the_ram_budget(tmp_path):
             assert plan["position"] == n and pre["lead_bytes"] <= (512 << 10) + 100_000
         stats = cache.stats()
         assert stats["plans"][0]["hit_rate"] == 1.0 and stats["prefetcher"]["prefetched_unread_bytes"] == 0
+
+
+def test_plans_end_when_idle_or_when_their_connection_closes():
+    import time
+
+    book = PlanBook(idle_timeout=0.2)
+    token = object()
+    book.set_plan(["a1", "a2"], "cli")
+    book.set_plan(["b1", "b2"], "loader", bound=token)
+    book.set_plan(["c1", "c2", "c3"], "reading")
+    time.sleep(0.12)
+    book.observe("c1")  # a reader keeps its plan alive
+    time.sleep(0.12)
+    assert book.expire() == ["cli"], "only the idle unbound plan ends"
+    assert sorted(p.client for p in book.plans()) == ["loader", "reading"]
+    assert book.end_bound(token) == ["loader"]
+    assert [p.client for p in book.plans()] == ["reading"]

@@ -54,6 +54,15 @@ log = logging.getLogger(__name__)
 __all__ = ["TIERS", "TieredCache"]
 
 
+def _plain_keys(keys: Sequence[str]) -> bool:
+    """Whether ``keys`` are strings without leading or trailing slashes (one joined-string check)."""
+    try:
+        joined = "\n".join(keys)
+    except TypeError:
+        return False
+    return not (joined.startswith("/") or joined.endswith("/") or "\n/" in joined or "/\n" in joined)
+
+
 class TieredCache:
     """A RAM (+ SSD) cache in front of one object store; thread-safe; see the module docstring."""
 
@@ -308,7 +317,7 @@ class TieredCache:
         by reference. ``bound``: a token the plan lives and dies with (``end_bound``); unbound plans end
         when idle past the book's timeout. Returns the number of entries.
         """
-        keys = [str(k).strip("/") for k in keys_in_order]
+        keys = keys_in_order if _plain_keys(keys_in_order) else [str(k).strip("/") for k in keys_in_order]
         plan = self.plans.build(keys, str(client), bound, note)
         self.plans.install(plan)
         self.prefetcher.wake()

@@ -338,7 +338,7 @@ def format_stats(mountpoint: str, stats: dict) -> str:
     overall = cache.get("read_hit_rate", cache.get("hit_rate"))
     if overall is not None:
         lines.append(f"  hit rate {_pct(overall)} overall")
-    lines.extend(_plan_lines(cache.get("plans")))
+    lines.extend(_plan_lines(cache))
     backend = cache.get("backend")
     if isinstance(backend, dict):
         rates = ""
@@ -579,21 +579,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_lines(plans: Any) -> list[str]:
+def _plan_lines(cache: dict) -> list[str]:
     """The per-client plan table of ``stats``."""
-    if not isinstance(plans, list) or not plans:
+    from .statsrecords import PlanRow
+
+    plans = PlanRow.rows(cache)
+    if not plans:
         return ["  plans: none"]
     lines = [f"  {'plan (client)':<24}{'position':>20}{'lead':>16}{'hit rate':>10}{'age':>8}"]
     now = time.time()
     for plan in plans:
-        if not isinstance(plan, dict):
-            continue
-        age = max(0.0, now - float(plan.get("started") or now))
-        where = f"{_num(plan.get('position'))} of {_num(plan.get('files'))}"
-        lead = f"{_num(plan.get('lead_files'))} / {_human(plan.get('lead_bytes'))}"
-        note = f"  {plan['note']}" if plan.get("note") else ""
-        lines.append(f"  {str(plan.get('client'))[:23]:<24}{where:>20}{lead:>16}{_pct(plan.get('hit_rate')):>10}"
-                     f"{age:>7.0f}s{note}")
+        age = max(0.0, now - float(plan.started or now))
+        where = f"{_num(plan.position)} of {_num(plan.files)}"
+        lead = f"{_num(plan.lead_files)} / {_human(plan.lead_bytes)}"
+        note = f"  {plan.note}" if plan.note else ""
+        lines.append(f"  {plan.client[:23]:<24}{where:>20}{lead:>16}{_pct(plan.hit_rate):>10}{age:>7.0f}s{note}")
     return lines
 
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .errors import ConfigError
+from .statsrecords import PlanRow
 
 StatsFn = Callable[[], dict]
 
@@ -57,7 +58,7 @@ class StatsCollector:
     def _counter(self, name: str, doc: str, value: Any) -> Metric | None:
         return self._one(CounterMetricFamily, name, doc, value)
 
-    def _plans(self, plans: list) -> Iterator[Metric]:
+    def _plans(self, plans: list[PlanRow]) -> Iterator[Metric]:
         """Per plan (labels: mountpoint, client): files, position, lead, reads and hit ratio since it started."""
         fields = [
             ("tiercache_plan_files", "Files in the client's read plan", "files", GaugeMetricFamily),
@@ -71,9 +72,9 @@ class StatsCollector:
         for name, doc, field, kind in fields:
             family = kind(name, doc, labels=["mountpoint", "client"])
             for plan in plans:
-                number = _num(plan.get(field)) if isinstance(plan, dict) else None
+                number = _num(getattr(plan, field))
                 if number is not None:
-                    family.add_metric([self.mountpoint, str(plan.get("client"))], number)
+                    family.add_metric([self.mountpoint, plan.client], number)
             yield family
 
     def collect(self) -> Iterator[Metric]:
@@ -95,7 +96,7 @@ class StatsCollector:
                 if number is not None:
                     family.add_metric([self.mountpoint, tier], number)
             yield family
-        yield from self._plans(cache.get("plans") or [])
+        yield from self._plans(PlanRow.rows(cache))
         backend = cache.get("backend") or {}
         pre = cache.get("prefetcher") or {}
         single = [

@@ -211,13 +211,13 @@ class Prefetcher:
             with self._lock:
                 lead = None
                 while not self._closed:
+                    if time.monotonic() - last_expiry > 1.0:  # idle plans end (busy or not)
+                        last_expiry = time.monotonic()
+                        self.book.expire()
                     lead = self._pick()
                     if lead is not None:
                         break
                     self._lock.wait(0.5)
-                    if time.monotonic() - last_expiry > 1.0:
-                        last_expiry = time.monotonic()
-                        self.book.expire()
                 if self._closed:
                     return
                 index = lead.next_index
