@@ -55,12 +55,16 @@ __all__ = ["TIERS", "TieredCache"]
 
 
 def _plain_keys(keys: Sequence[str]) -> bool:
-    """Whether ``keys`` are strings without leading or trailing slashes (one joined-string check)."""
-    try:
-        joined = "\n".join(keys)
-    except TypeError:
-        return False
-    return not (joined.startswith("/") or joined.endswith("/") or "\n/" in joined or "/\n" in joined)
+    """Whether ``keys`` are strings without leading or trailing slashes (joined-string checks, in parts so
+    that no single call holds the interpreter long)."""
+    for start in range(0, len(keys), 1 << 15):
+        try:
+            joined = "\n".join(keys[start:start + (1 << 15)])
+        except TypeError:
+            return False
+        if joined.startswith("/") or joined.endswith("/") or "\n/" in joined or "/\n" in joined:
+            return False
+    return True
 
 
 class TieredCache:

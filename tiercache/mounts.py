@@ -155,7 +155,7 @@ class Mount:
         return ControlSession(self.socket_path, timeout=timeout, mountpoint=self.mountpoint)
 
     def send_plan(self, paths: list[str], client: str = "default", bind: bool = False,
-                  session: ControlSession | None = None, part: int = 32768) -> dict:
+                  session: ControlSession | None = None, part: int = 8192) -> dict:
         """Send ``client``'s plan (mount-relative paths in read order) in parts of ``part`` paths over one
         connection (``session``, or a new one closed afterwards: then ``bind`` would end it at once)."""
         own = session is None
