@@ -93,6 +93,8 @@ def test_symlinks_are_stored_as_s3fs_stores_them(bucket, mounter):
     assert stat.S_ISLNK(os.lstat(m.path / "link").st_mode)
     assert (m.path / "link").read_bytes() == b"pointed at"
     assert os.readlink(m.path / "from-s3fs") == "data/target.txt"
+    found = subprocess.run(["find", str(m.path), "-type", "l"], capture_output=True, text=True, check=True)
+    assert sorted(found.stdout.split()) == [str(m.path / "from-s3fs"), str(m.path / "link")]
     flush(m)
     assert bucket.get("link") == b"data/target.txt"
     assert metadata(bucket, "link")["mode"] == str(stat.S_IFLNK | 0o777)

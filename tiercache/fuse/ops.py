@@ -117,6 +117,7 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
             raise fuse.FuseOSError(errno.ENOTDIR)
         prefix = key + "/" if key else ""
         kinds: dict[str, bool] = {}
+        links: set[str] = set()  # symlinks (by their stored mode), so d_type says so (find -type l)
         try:
             names = self.cache.listdir(key)
         except NotFound:
@@ -126,7 +127,7 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
             child = prefix + name
             if self.writes is not None and self.writes.is_deleted(child):
                 continue
-            kind = self._kind(child)
+            kind = self._kind(child, links)
             if kind is not None:
                 kinds[name] = kind
         if self.writes is not None:
@@ -141,20 +142,24 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
                     entry = self.writes.pending_entry(pending)
                     if entry is not None:
                         kinds[name] = bool(entry["is_dir"])
+                        if stat.S_ISLNK(int(entry.get("mode", 0))):
+                            links.add(prefix + name)
         entries: list = [".", ".."]
         for name in sorted(kinds):
-            mode = stat.S_IFDIR if kinds[name] else stat.S_IFREG
+            mode = stat.S_IFDIR if kinds[name] else stat.S_IFLNK if prefix + name in links else stat.S_IFREG
             entries.append((name, {"st_mode": mode, "st_ino": self.inodes.ino(prefix + name)}, 0))
         return entries
 
-    def _kind(self, key: str) -> bool | None:
+    def _kind(self, key: str, links: set[str] | None = None) -> bool | None:
         """Is ``key`` a directory (True), a file (False) or gone (None)? From cached metadata: no HEAD per
-        entry when a listing is older than the TTL."""
+        entry when a listing is older than the TTL. A symlink (stored mode) is added to ``links``."""
         namespace = getattr(self.cache, "namespace", None)
         try:
             if namespace is None:
                 return bool(self.cache.stat(key).is_dir)
-            namespace.info(key, revalidate=False)
+            info = namespace.info(key, revalidate=False)
+            if links is not None and stat.S_ISLNK(info.mode):
+                links.add(key)
             return False
         except IsADirectory:
             return True
@@ -212,7 +217,7 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
         namespace = getattr(self.cache, "namespace", None)
         if namespace is None or (self.writes is not None and self.writes.pending_entry(key) is not None):
             return None
-        return namespace.info(key)
+        return namespace.info(key, revalidate=False)  # just revalidated by _lookup
 
     def keep_cache(self, fh: Any) -> bool:
         """Whether the kernel may keep the file's pages from earlier opens (same etag): see fuse/opened.py."""
