@@ -8,12 +8,15 @@ import ctypes
 import errno
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from .fusehelpers import needs_fuse
+from .fusehelpers import Mounter, needs_fuse
 
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(90)]
 
@@ -246,24 +249,22 @@ AS_NOBODY = {"user": 65534, "group": 65534, "extra_groups": []}
 
 
 @pytest.fixture
-def traversable(tmp_path):
-    """Let other users reach mounts under tmp_path (pytest's directories are 0700); restored after."""
-    changed = []
-    for parent in [tmp_path, *tmp_path.parents]:
-        mode = parent.stat().st_mode & 0o7777
-        if mode & 0o001 == 0:
-            os.chmod(parent, mode | 0o001)
-            changed.append((parent, mode))
+def open_mounter():
+    """A Mounter whose mounts other users can reach: under a 0711 directory of /tmp, not pytest's tmp dirs
+    (0700, and re-made 0700 by any pytest session that starts meanwhile)."""
+    base = Path(tempfile.mkdtemp(prefix="tc-posix-"))
+    os.chmod(base, 0o711)
+    m = Mounter(base)
     try:
-        yield
+        yield m
     finally:
-        for parent, mode in changed:
-            os.chmod(parent, mode)
+        m.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
-def test_directory_mode_owner_and_times_are_kept_and_enforced(bucket, mounter, tmp_path, traversable):
-    write_dir = tmp_path / "wd"
-    m = mounter.mount(bucket.url, "--allow-other", write_dir=write_dir)
+def test_directory_mode_owner_and_times_are_kept_and_enforced(bucket, open_mounter):
+    write_dir = open_mounter.tmp_path / "wd"
+    m = open_mounter.mount(bucket.url, "--allow-other", write_dir=write_dir)
     p = m.path
     os.mkdir(p / "made", 0o751)
     assert os.stat(p / "made").st_mode & 0o7777 == 0o751
@@ -286,7 +287,7 @@ def test_directory_mode_owner_and_times_are_kept_and_enforced(bucket, mounter, t
     assert os.stat(p / "moved").st_uid == 65534 and os.stat(p / "moved/sub").st_uid == 65534
     proc = m.cli("unmount")
     assert proc.returncode == 0, proc.stderr
-    again = mounter.mount(bucket.url, write_dir=write_dir, name="again")
+    again = open_mounter.mount(bucket.url, write_dir=write_dir, name="again")
     assert os.stat(again.path / "made").st_mode & 0o7777 == 0o751
     assert os.stat(again.path / "moved").st_uid == 65534
 
