@@ -149,7 +149,11 @@ def test_a_lost_file_fails_flush_and_unmount_reads_eio_until_removed(bucket, mou
     again = mounter.mount(bucket.url, name=m.path.name, cache_dir=m.cache_dir, write_dir=m.write_dir)
     flushed = again.cli("flush")
     assert flushed.returncode != 0 and "k/bad.bin" in flushed.stderr and "LOST" in flushed.stderr
-    assert bucket.keys() == ["k/good.bin"]
+    # A PUT the proxy held may still reach the server after the daemon died (as it can on real S3): then the
+    # bucket holds the acknowledged bytes, never the damaged ones.
+    assert bucket.keys() in (["k/good.bin"], ["k/bad.bin", "k/good.bin"])
+    if "k/bad.bin" in bucket.keys():
+        assert bucket.get("k/bad.bin") == b"will be damaged"
     stats = json.loads(again.cli("stats", "--json").stdout)["writes"]
     assert stats["lost_files"] == ["k/bad.bin"]
     assert "k/bad.bin" in again.cli("stats").stdout
