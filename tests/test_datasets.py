@@ -348,12 +348,12 @@ def test_synthetic_jpegs_make_an_image_folder(tmp_path):
 
 
 def test_local_reads_whole_files_ranges_and_past_the_end(tmp_path):
-    from tiercache.loaders.datasets import _LocalFS
+    from tiercache.loaders.sources import LocalFS
 
     path = tmp_path / "f.bin"
     data = bytes(range(256)) * 1000
     path.write_bytes(data)
-    fs = _LocalFS()
+    fs = LocalFS()
     assert fs.read(str(path)) == data
     assert fs.read(str(path), 1000, 5000) == data[1000:6000]
     assert fs.read(str(path), len(data) - 10, 100) == data[-10:]

@@ -6,8 +6,8 @@
 uint8 ``[H, W, 3]`` tensor, or, with ``augment=``, cropped/resized/flipped/normalized to ``[C, H, W]`` right
 after a reduced-scale JPEG decode. :class:`ArrayDataset` serves fixed-size raw records without copying.
 
-Both report their read/decode/augment time to the tiercache DataLoader via
-:func:`~tiercache.loaders.dataloader.stage_timer`.
+Files are read through :mod:`.sources` (local paths or a TieredCache). Both report their read/decode/augment
+time to the tiercache DataLoader via :func:`~tiercache.loaders.dataloader.stage_timer`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import io
 import math
 import mmap
 import os
-import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -26,111 +25,12 @@ from torch.utils.data import Dataset
 
 from .augment import Augment
 from .decode import dct_scale, decode_image, decode_raw, image_size
+from .sources import CacheFS, LocalFS, open_source
 from .workers import current_epoch, output_slot, stage_timer
 
 __all__ = ["IMG_EXTENSIONS", "ArrayDataset", "ImageFolder", "find_classes", "make_dataset", "synthetic_jpegs"]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Where the files are: the local filesystem (plain paths, mounts included) or a TieredCache (keys).
-
-
-class _LocalFS:
-    """Directory walking and reads on the local filesystem (a tiercache mount is just a directory here)."""
-
-    join = staticmethod(os.path.join)
-
-    def list_dirs(self, path: str) -> list[str]:
-        with os.scandir(path) as it:
-            return [e.name for e in it if e.is_dir()]
-
-    def isdir(self, path: str) -> bool:
-        return os.path.isdir(path)
-
-    def walk(self, top: str) -> list[tuple[str, list[str], list[str]]]:
-        return list(os.walk(top, followlinks=True))
-
-    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        # Unbuffered on purpose: a buffered open() probes isatty() with an ioctl, which FUSE forwards to the
-        # mount daemon, one extra round trip per file on a tiercache mount (~3x the cost of a warm read).
-        with open(path, "rb", buffering=0) as f:
-            if offset:
-                f.seek(offset)
-            if size is None:
-                return f.readall()
-            parts, left = [], size
-            while left > 0:
-                part = f.read(left)
-                if not part:
-                    break
-                parts.append(part)
-                left -= len(part)
-            return b"".join(parts)
-
-    def size(self, path: str) -> int:
-        return os.path.getsize(path)
-
-
-class _CacheFS:
-    """The same operations on a TieredCache (library mode): paths are keys relative to the cache's source."""
-
-    join = staticmethod(posixpath.join)
-
-    def __init__(self, cache: Any):
-        self.cache = cache
-
-    def _entries(self, path: str) -> tuple[list[str], list[str]]:
-        dirs, files = [], []
-        for name in self.cache.listdir(path):
-            (dirs if self.cache.stat(posixpath.join(path, name)).is_dir else files).append(name)
-        return dirs, files
-
-    def list_dirs(self, path: str) -> list[str]:
-        return self._entries(path)[0]
-
-    def isdir(self, path: str) -> bool:
-        try:
-            return bool(self.cache.stat(path).is_dir) if path else True
-        except (FileNotFoundError, KeyError):
-            return False
-        except Exception as exc:  # the engine's NotFound
-            if type(exc).__name__ == "NotFound":
-                return False
-            raise
-
-    def walk(self, top: str) -> list[tuple[str, list[str], list[str]]]:
-        out, stack = [], [top]
-        while stack:
-            d = stack.pop()
-            dirs, files = self._entries(d)
-            out.append((d, dirs, files))
-            stack.extend(posixpath.join(d, x) for x in reversed(dirs))
-        return out
-
-    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes:
-        return self.cache.read(path, offset, size)
-
-    def size(self, path: str) -> int:
-        return int(self.cache.stat(path).size)
-
-
-def _open_source(
-    root: str, cache: Any, endpoint_url: str | None, cache_options: dict[str, Any] | None
-) -> tuple[Any, Any, str, bool]:
-    """(fs, cache or None, path of root inside fs, whether we own the cache) for a path or URL ``root``."""
-    if cache is not None:
-        return _CacheFS(cache), cache, root.strip("/") if "://" not in root else "", False
-    if "://" in root:
-        import tiercache
-
-        opts = dict(cache_options or {})
-        if endpoint_url is not None:
-            opts["endpoint_url"] = endpoint_url
-        opened = tiercache.open(root, **opts)
-        return _CacheFS(opened), opened, "", True
-    return _LocalFS(), None, os.path.expanduser(root), False
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,7 +44,7 @@ def has_file_allowed_extension(filename: str, extensions: str | tuple[str, ...])
 
 def find_classes(directory: str, fs: Any = None) -> tuple[list[str], dict[str, int]]:
     """Sorted class directory names and their indices, as torchvision's ``find_classes``."""
-    fs = fs or _LocalFS()
+    fs = fs or LocalFS()
     classes = sorted(fs.list_dirs(directory))
     if not classes:
         raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
@@ -160,7 +60,7 @@ def make_dataset(
     fs: Any = None,
 ) -> list[tuple[str, int]]:
     """(path, class index) pairs in torchvision's ``make_dataset`` order, with its errors."""
-    fs = fs or _LocalFS()
+    fs = fs or LocalFS()
     if (extensions is None) == (is_valid_file is None):
         raise ValueError("Both extensions and is_valid_file cannot be None or not None at the same time")
     if extensions is not None:
@@ -242,7 +142,7 @@ class ImageFolder(Dataset):
         self.augment = augment
         self.dct_scaling = dct_scaling
         self.epoch = 0
-        self._fs, self.cache, top, self._owns_cache = _open_source(self.root, cache, endpoint_url, cache_options)
+        self._fs, self.cache, top, self._owns_cache = open_source(self.root, cache, endpoint_url, cache_options)
         try:
             self.classes, self.class_to_idx = find_classes(top, self._fs)
             extensions = IMG_EXTENSIONS if is_valid_file is None else None
@@ -365,13 +265,13 @@ class ArrayDataset(Dataset):
         if cache is None and "://" in first:
             prefix = os.path.commonprefix(self.files)
             base = prefix[: prefix.rfind("/")]
-            self._fs, self.cache, _, self._owns_cache = _open_source(base, None, endpoint_url, cache_options)
+            self._fs, self.cache, _, self._owns_cache = open_source(base, None, endpoint_url, cache_options)
             self._keys = [f[len(base) :].lstrip("/") for f in self.files]
         elif cache is not None:
-            self._fs, self.cache, self._owns_cache = _CacheFS(cache), cache, False
+            self._fs, self.cache, self._owns_cache = CacheFS(cache), cache, False
             self._keys = list(self.files)
         else:
-            self._fs, self.cache, self._owns_cache = _LocalFS(), None, False
+            self._fs, self.cache, self._owns_cache = LocalFS(), None, False
             self._keys = list(self.files)
         counts = [max(0, (self._fs.size(k) - header_bytes) // self.record_bytes) for k in self._keys]
         self._starts = [0]

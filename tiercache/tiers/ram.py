@@ -168,11 +168,6 @@ class RamTier:
         """The byte budget."""
         return self._capacity
 
-    def set_plan(self, keys_in_order: list[str]) -> None:
-        """Hand the read plan to the policy."""
-        with self._lock:
-            self.policy.set_plan(keys_in_order)
-
     def clear(self) -> None:
         """Drop everything (on close)."""
         with self._lock:

@@ -413,11 +413,6 @@ class SsdTier:
         """Bytes of resident blocks (``used()`` minus garbage awaiting compaction)."""
         return self.policy.tracked_bytes
 
-    def set_plan(self, keys_in_order: list[str]) -> None:
-        """Hand the read plan to the policy."""
-        with self._lock:
-            self.policy.set_plan(keys_in_order)
-
     def stats(self) -> dict:
         """Counters and occupancy, JSON-serializable."""
         capacity = self.capacity()
