@@ -146,6 +146,24 @@ class Ragged(Dataset):
         return img, i
 
 
+def test_gpu_augment_stage_seconds_are_counted_once_per_batch(monkeypatch):
+    from tiercache.loaders import epochstats
+
+    added = []
+    real_add = epochstats.EpochStats.add
+
+    def spy(self, timers):
+        added.append(dict(timers))
+        real_add(self, timers)
+
+    monkeypatch.setattr(epochstats.EpochStats, "add", spy)
+    loader = DataLoader(Ragged(), batch_size=4, num_workers=2, gpu_augment=Augment(8, seed=2))
+    assert len(list(loader)) == 3
+    with_augment = [t for t in added if "augment" in t]
+    assert len(with_augment) == 3  # one report per batch: the stall split would double otherwise
+    assert loader.stats()[0]["worker_s"]["augment"] == pytest.approx(sum(t["augment"] for t in with_augment), abs=1e-5)
+
+
 def test_gpu_augment_through_packed_staging_equals_the_kernel_reference(fake_cuda):
     kernels = pytest.importorskip("tiercache.kernels", reason="tiercache.kernels not available")
     aug = Augment(8, seed=2)

@@ -16,10 +16,10 @@ from .staging import DeviceStager, map_tensors, tensors_in
 
 def augment_batch(batch: Batch, samples: list[Any], timers: dict[str, float], *, augment: Any, epoch: int,
                   device: torch.device | None, stager: DeviceStager | None,
-                  collate_fn: Callable[[list[Any]], Any], add_timers: Callable[[dict[str, float]], None]) -> Any:
+                  collate_fn: Callable[[list[Any]], Any]) -> Any:
     """Augment one batch of ``(uint8 HWC image or encoded bytes, *rest)`` samples; ``(images, *collate_fn(rest))``.
 
-    Stage seconds go into ``timers`` and are reported through ``add_timers``; with a ``stager`` the result is on
+    Stage seconds go into ``timers`` (the caller reports them once); with a ``stager`` the result is on
     its device and ``batch.event`` marks when it is ready.
     """
     from .decode import decode_image, decode_jpeg_cuda, image_size
@@ -82,7 +82,6 @@ def augment_batch(batch: Batch, samples: list[Any], timers: dict[str, float], *,
     else:
         out = augment.apply_batch(images, boxes, flips)
         timers["augment"] = time.perf_counter() - t2 + (t_params - t0)
-    add_timers(timers)
     if rest_data is None:
         return out
     return (out, *rest_data) if isinstance(rest_data, (tuple, list)) else (out, rest_data)

@@ -161,7 +161,7 @@ class EpochPipeline:
         samples = batch.samples if self.auto_collation else batch.samples[0]
         if self.augment is not None:
             data = augment_batch(batch, samples, timers, augment=self.augment, epoch=self.epoch, device=self.device,
-                                 stager=self.stager, collate_fn=self.collate_fn, add_timers=self.stats.add)
+                                 stager=self.stager, collate_fn=self.collate_fn)
         else:
             data = collate_slots(batch) if batch.buffer is not None else None
             if data is None:
