@@ -564,3 +564,41 @@ def test_kill9_during_writeback_loses_nothing_acknowledged(tmp_path, bucket, s3_
     stalled = [k for k in keys if not k.endswith("-fast")]
     assert all(puts.count(k) == 1 for k in stalled), "a replayed file was uploaded twice (or a stale version)"
     assert os.listdir(write_dir / "staging") == []
+
+
+class DeleteFailingStore:
+    """A store whose deletes fail while ``failing`` (so acknowledged deletes stay pending); the rest passes."""
+
+    def __init__(self, inner):
+        self.inner, self.url, self.failing, self.deleted = inner, inner.url, True, []
+
+    def delete(self, key):
+        if self.failing:
+            raise StoreError("injected: deletes stalled")
+        self.deleted.append(key)
+        return self.inner.delete(key)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_rmdir_of_a_directory_whose_deletes_are_pending(make_tier, s3store, bucket, tmp_path):
+    """rm -r: each file unlinked (its delete still pending), then rmdir bottom-up succeeds; the bucket is right
+    after a restart (the journal replays the deletes, then the directory marker's delete)."""
+    for key, data in (("d/", b""), ("d/a", b"1"), ("d/sub/b", b"2"), ("keep/c", b"3")):
+        bucket.put(key, data)
+    store = DeleteFailingStore(s3store)
+    tier = make_tier(store, retry_attempts=1, retry_wait=0.0, retry_interval=600.0)
+    tier.unlink("d/a")
+    tier.unlink("d/sub/b")
+    assert tier.is_deleted("d/a") and tier.is_deleted("d/sub/b")  # genuinely pending
+    tier.rmdir("d/sub")
+    tier.rmdir("d")
+    assert sorted(bucket.keys()) == ["d/", "d/a", "d/sub/b", "keep/c"]  # nothing reached the store yet
+    tier.rmdir("d")  # again: its marker's delete is pending already, nothing more is journaled
+    tier.close(drain=False, timeout=30)  # as after kill -9: everything stays in the journal
+    store.failing = False
+    again = make_tier(store, uploaders=1)  # one runner: the store sees the journal's order
+    again.flush_all(timeout=60)
+    assert bucket.keys() == ["keep/c"]
+    assert store.deleted.index("d/") > max(store.deleted.index("d/a"), store.deleted.index("d/sub/b"))

@@ -72,7 +72,8 @@ class NamespaceOps:
         st.journal.sync()
 
     def rmdir(self, path: str) -> None:
-        """Remove an empty directory (DirectoryNotEmpty, ENOTEMPTY, otherwise)."""
+        """Remove a directory that is empty in the merged view (its listing less pending deletes, plus pending
+        writes; DirectoryNotEmpty, ENOTEMPTY, otherwise). A marker object's delete is journaled like a file's."""
         st = self.state
         st.writable()
         path = norm_path(path)
@@ -85,19 +86,27 @@ class NamespaceOps:
         marker = remote = False
         for info in st.store.list(path + "/"):
             if info.key == path + "/":
-                marker = True
+                with st.cond:  # its delete may be pending already (an earlier rmdir)
+                    pending = st.changes.current(info.key)
+                marker = pending is None or pending.op != DELETE
+                remote = remote or not marker
             elif not self.view.is_deleted(info.key) and not self._deleted_meanwhile(info.key):
                 raise DirectoryNotEmpty(f"{path}: directory not empty")
             else:
                 remote = True
         if not (local or marker or remote or self._cached_dir(path)):
             raise NotFound(f"{path}: no such directory")
-        if marker:
-            st.uploader.retrying(st.store.delete, path + "/")
+        rec = None
         with st.cond:
+            if marker:  # journaled after the pending deletes of its files: a replay removes them first
+                dropped = st.changes.supersede(path + "/")
+                rec = st.changes.add(DELETE, path + "/")
+                st.journal.write(put=[rec], delete=dropped)
             st.names.remove_dirs(st.journal, [path])
         st.journal.sync()
         st.uploader.tell_cache("namespace.remove_dir", path)  # no ghost of it lists or blocks a mkdir
+        if rec is not None:
+            st.uploader.try_now(rec)
 
     def _deleted_meanwhile(self, key: str) -> bool:
         """A listed key whose acknowledged delete finished after the listing: gone from the store now."""
