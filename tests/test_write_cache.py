@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import pytest
@@ -71,25 +70,3 @@ def test_rename_and_unlink_update_the_cache(cached, bucket):
         with pytest.raises(NotFound):
             cache.stat(gone)
     assert cache.listdir("r") == ["b"]
-
-
-def test_a_deleted_file_is_invalidated_before_its_delete_is_done(cached, bucket):
-    """The cache forgets a deleted object while the write tier still hides it: no moment shows it again."""
-    cache, tier = cached
-    bucket.put("gone/x", b"old bytes")
-    assert cache.read("gone/x") == b"old bytes"  # cached now
-    hidden_at_invalidate: list[bool] = []
-    invalidate = cache.invalidate
-
-    def watching_invalidate(path: str) -> None:
-        if any(frame.function == "_delete" for frame in inspect.stack()):  # the uploader's, after the store's
-            hidden_at_invalidate.append(tier.is_deleted(path))
-        invalidate(path)
-
-    cache.invalidate = watching_invalidate
-    tier.unlink("gone/x")
-    tier.flush_all(timeout=60)
-    assert hidden_at_invalidate == [True]  # still hidden as pending when the cache forgot it: never shown again
-    assert "gone/x" not in bucket.keys()
-    with pytest.raises(NotFound):
-        cache.stat("gone/x")

@@ -197,8 +197,8 @@ class Uploader:
         self.retrying(self.store.delete, rec.key)
         rec.landed = True
         self.tell_cache("namespace.remove", rec.key)  # before _done: the name never shows again
-        self.tell_cache("invalidate", rec.key)  # before _done too: no stale info of it is served meanwhile
         self._done(rec)
+        self.tell_cache("invalidate", rec.key)
 
     def _follow(self, rec: Record, key: str, info: ObjectInfo) -> tuple[str, ObjectInfo] | None:
         """After ``rec`` wrote ``key``: follow renames made meanwhile by server-side copies. Returns where it
