@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from .cli import command
+from .cli_registry import command
 from .errors import ConfigError
 from .mounts import Mount, find_mount
 
