@@ -7,18 +7,8 @@ import argparse
 import os
 import sys
 
-from .cli_registry import command
+from .cli_registry import command, mount_of
 from .errors import ConfigError
-from .mounts import Mount, find_mount
-
-
-def _the_mount(path: str) -> Mount:
-    if not os.path.lexists(path):
-        raise ConfigError(f"{path}: no such file or directory")
-    mount = find_mount(path)
-    if mount is None:
-        raise ConfigError(f"{path} is not inside a tiercache mount")
-    return mount
 
 
 def _profile_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +27,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise ConfigError("profile save MOUNTPOINT FILE: name the file to write")
     if args.action != "save" and args.file:
         raise ConfigError(f"profile {args.action} takes no FILE")
-    mount = _the_mount(args.mountpoint)
+    mount = mount_of(args.mountpoint)
     reply = mount.client().request("profile", action=args.action, stop=args.stop)
     if args.action == "start":
         sys.stderr.write(f"tiercache: recording the files read in {mount.mountpoint} "
