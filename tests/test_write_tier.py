@@ -180,7 +180,10 @@ def test_writethrough_failure_raises_and_keeps_the_file_pending(make_tier, s3sto
         write_file(tier, "wt/fail.bin", b"data")
     assert tier.stats()["failed_uploads"] == 1
     store.broken = False
-    assert tier.flush_all(timeout=30)["uploaded"] == ["wt/fail.bin"]
+    report = tier.flush_all(timeout=30)
+    # The last close (RELEASE) after the failed writethrough close queues the file again, and that upload may
+    # land before flush_all starts: either way the file ends uploaded, and nothing is left.
+    assert report["uploaded"] in (["wt/fail.bin"], []) and report["left"] == []
     assert bucket.get("wt/fail.bin") == b"data"
 
 
