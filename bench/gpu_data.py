@@ -66,7 +66,7 @@ def torchvision_transforms(out_size: int):
                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def _rrc_params(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def rrc_params(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop.get_params on the global RNG (torch seeds it per worker process)."""
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
@@ -89,7 +89,7 @@ class PlainTransforms:
         self.std = torch.tensor(IMAGENET_STD)[:, None, None]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        top, left, h, w = _rrc_params(img.height, img.width)
+        top, left, h, w = rrc_params(img.height, img.width)
         img = img.resize((self.out_size, self.out_size), Image.BILINEAR, box=(left, top, left + w, top + h))
         if torch.rand(1) < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)

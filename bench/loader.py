@@ -33,6 +33,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gpu_data import rrc_params as rrc_params_global  # noqa: E402  (bench/ is the script's dir)
+
 from tiercache.loaders import Augment, DataLoader, ImageFolder  # noqa: E402
 from tiercache.loaders.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from tiercache.loaders.datasets import synthetic_jpegs  # noqa: E402
@@ -115,20 +117,6 @@ def decoder_table(paths: list[str], repeats: int = 3) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------------
 # Baseline: what a torchvision pipeline does, written with Pillow/torch (torchvision is not installable here).
-
-
-def rrc_params_global(height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision RandomResizedCrop.get_params on the global RNG (seeded per worker by torch)."""
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])).item()
-        w, h = int(round(math.sqrt(target_area * aspect))), int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return (torch.randint(0, height - h + 1, (1,)).item(), torch.randint(0, width - w + 1, (1,)).item(), h, w)
-    w, h = min(width, height), min(width, height)
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class PillowFolder(torch.utils.data.Dataset):
