@@ -215,28 +215,6 @@ def _settle(cache) -> dict:
     return cache.prefetcher.stats()
 
 
-def test_readahead_window_grows_on_sequential_reads_and_resets_on_seek(tmp_path):
-    bs = 64 << 10
-    blob = random.Random(1).randbytes(64 * bs)
-    with _local_cache(tmp_path, {"big.bin": blob}, ram="64M", block_size="64K") as cache:
-        windows = []
-        for i in range(5):
-            assert cache.read("big.bin", i * bs, bs) == blob[i * bs:(i + 1) * bs]
-            windows.append(cache.prefetcher.readahead.window("big.bin"))
-            _settle(cache)  # each window is fetched before the next read, so the counts below are exact
-        assert windows == [bs, 2 * bs, 4 * bs, 8 * bs, 16 * bs]
-        blocks = cache.blocks.ids(cache.namespace.info("big.bin"))
-        ahead = [i for i, block in enumerate(blocks) if cache.tiers.contains(block, "ram")]
-        assert ahead == list(range(5 + 16)), "the blocks of the window are fetched ahead of the reader"
-        assert cache.read("big.bin", 40 * bs, bs) == blob[40 * bs:41 * bs]  # a seek: no read-ahead ...
-        assert cache.prefetcher.readahead.window("big.bin") == 0
-        assert cache.read("big.bin", 41 * bs, bs) == blob[41 * bs:42 * bs]  # ... until the reader goes on
-        assert cache.prefetcher.readahead.window("big.bin") == bs
-        pre = _settle(cache)
-        assert [i for i, block in enumerate(blocks) if cache.tiers.contains(block, "ram")] == [*ahead, 40, 41, 42]
-        assert pre["readahead_bytes"] == (20 + 1) * bs and pre["prefetched_read_bytes"] == 4 * bs
-
-
 def test_plan_prefetch_stays_within_the_ram_budget(tmp_path):
     files = {f"f{i:02d}": random.Random(i).randbytes(100_000) for i in range(40)}
     with _local_cache(tmp_path, files, ram="1M", block_size="128K") as cache:

@@ -9,7 +9,8 @@ It owns no algorithm; it builds the parts, wires them with callables, and answer
 - :mod:`.readpath`: ranges through the tier stack, misses fetched once (:mod:`.flight`, single-flight);
 - :mod:`.plans`: one compact Plan per client and where each reader stands, shared by both tiers' policies
   (``make_policy(config.policy, book)``) and the prefetcher;
-- :mod:`.prefetch`: read-ahead and plan prefetch, given callables (residency, load, lookup), never this class;
+- :mod:`.readahead`: sequential read-ahead per file; :mod:`.prefetch`: plan and hinted prefetch; both are
+  given callables (residency, load, lookup), never this class;
 - :mod:`.warm`: warm jobs; :mod:`.pins`: pinned prefixes; :mod:`.counters`: counters and rates.
 
 Freshness: object infos come from the namespace (listing cached with a TTL). A fetch is a conditional GET
@@ -39,6 +40,7 @@ from .namespace import Entry, Namespace, normalize
 from .pins import Pins
 from .plans import PlanBook
 from .prefetch import HintedPrefetch, Prefetcher
+from .readahead import StreamReadAhead
 from .readpath import BlockReader
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId
@@ -125,8 +127,13 @@ class TieredCache:
             load=lambda info, blocks: self.reader.get_blocks(blocks, info, "ram", want=False),
             lookup=lambda key: self.namespace.info(key, revalidate=False), threads=max(1, config.threads // 2),
         )
+        self.readahead = StreamReadAhead(
+            self.blocks, config.ram_bytes, resident=self.ram.contains,
+            load=lambda info, blocks: self.reader.get_blocks(blocks, info, "ram", want=False),
+            threads=max(1, config.threads // 2),
+        )
         self.reader = BlockReader(self.tiers, self.fetcher, self.blocks, self._fetch_pool,
-                                  on_read=self._observe, on_served=self.prefetcher.mark_read)
+                                  on_read=self._observe, on_served=self._served)
         self.warmer = Warmer(self.namespace, self.blocks, self.tiers, self.reader, self.fetcher, self.counters,
                              config.threads)
         self.hinted = HintedPrefetch(self._prefetch_key, max(1, config.threads // 2), self.counters)
@@ -205,7 +212,11 @@ class TieredCache:
             hit = all(self.tiers.contains(b, "any") for b in ids)
             if self.plans.observe(info.key, hit):
                 self.prefetcher.wake()
-        self.prefetcher.observe(info, offset, end)
+        self.readahead.observe(info, offset, end)
+
+    def _served(self, block: BlockId) -> None:
+        self.prefetcher.mark_read(block)
+        self.readahead.mark_read(block)
 
     # ------------------------------------------------------------------ residency, pins, eviction
 
@@ -391,18 +402,27 @@ class TieredCache:
             "demotions": c("demotions"),
             "evicted_bytes": c("evicted_bytes"),
             "prefetch": self.hinted.stats(),
-            "prefetcher": self.prefetcher.stats(),
+            "prefetcher": self._prefetch_stats(),
             "pins": self.pins(),
             "plan_keys": sum(len(p) for p in self.plans.plans()),
             "plan_bytes": self.plans.nbytes,
             "namespace": self.namespace.stats(),
         }
 
+    def _prefetch_stats(self) -> dict:
+        """Plan prefetch and read-ahead together (prefetched = both) and each one's own counters."""
+        plan, ahead = self.prefetcher.stats(), self.readahead.stats()
+        return {**plan, **ahead,
+                "prefetched_bytes": plan["prefetched_bytes"] + ahead["readahead_bytes"],
+                "prefetched_read_bytes": plan["prefetched_read_bytes"] + ahead["readahead_read_bytes"],
+                "prefetched_unread_bytes": plan["prefetched_unread_bytes"] + ahead["readahead_unread_bytes"]}
+
     def close(self) -> None:
         """Finish background work, flush the SSD index, release the cache dir. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        self.readahead.close()
         self.prefetcher.close()
         self.hinted.close()
         self._fetch_pool.shutdown(wait=True)

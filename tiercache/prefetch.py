@@ -1,11 +1,9 @@
-"""Prefetch: sequential read-ahead per file, and plan prefetch by deadline within one lead budget.
+"""Prefetch: plan prefetch by deadline within one lead budget, and hinted whole-file prefetch.
 
 The prefetcher never sees the store, the tiers or the cache: the composition root hands it callables
-(``resident(block)``, ``load(info, blocks)``, ``lookup(key)``) and the shared PlanBook.
+(``resident(block)``, ``load(info, blocks)``, ``lookup(key)``) and the shared PlanBook. Sequential
+read-ahead per file is :mod:`.readahead`.
 
-- **Read-ahead** (:class:`ReadAhead`, a small state machine without I/O): for objects larger than one block,
-  each sequential read doubles a per-file window (up to ``max_window`` bytes, at most a quarter of the RAM
-  tier); a seek resets it to one block. The blocks in the window are fetched in parallel.
 - **Plans**: a background thread starts whole-file fetches for the live plans, always the entry with the
   nearest predicted next use over all plans (deadline first), at most ``threads`` at a time. Each plan's
   lead (:class:`PlanLead`: its own cursor, at or past the reader's position) is at most ``lead_files``
@@ -20,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,35 +30,7 @@ from .tiers.base import BlockId
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PlanLead", "Prefetcher", "ReadAhead"]
-
-
-class ReadAhead:
-    """Per-object read-ahead windows (LRU over ``max_streams`` objects); pure bookkeeping."""
-
-    def __init__(self, block_size: int, max_window: int, max_streams: int = 1024):
-        self.block_size = block_size
-        self.max_window = max(max_window, block_size)
-        self.max_streams = max_streams
-        self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key → (next offset, window)
-
-    def on_read(self, key: str, size: int, offset: int, end: int) -> tuple[int, int]:
-        """A read of [offset, end) of an object of ``size`` bytes: block indices [first, last) to fetch ahead."""
-        bs = self.block_size
-        next_offset, window = self._streams.pop(key, (-1, 0))
-        # a stream reads ahead, doubling its window; a scattered read earns none (it would fetch whole
-        # blocks nobody reads)
-        streaming = offset == next_offset or offset == 0
-        window = (min(window * 2, self.max_window) if window else bs) if streaming else 0
-        self._streams[key] = (end, window)
-        while len(self._streams) > self.max_streams:
-            self._streams.popitem(last=False)
-        first = -(-end // bs)
-        return first, (min(-(-size // bs), -(-(end + window) // bs)) if window else first)
-
-    def window(self, key: str) -> int:
-        """The current window of ``key`` in bytes (0 if not followed)."""
-        return self._streams.get(key, (0, 0))[1]
+__all__ = ["HintedPrefetch", "PlanLead", "Prefetcher"]
 
 
 @dataclass
@@ -81,7 +51,7 @@ class PlanLead:
 
 
 class Prefetcher:
-    """Read-ahead and plan prefetch; the cache calls ``observe`` on every read and ``wake`` on plan moves."""
+    """Plan prefetch; the cache calls ``wake`` on plan moves and ``mark_read`` on every block served."""
 
     MAX_TRACKED = 1 << 20  # prefetched-but-unread blocks remembered for the "never read" counter
 
@@ -96,8 +66,6 @@ class Prefetcher:
         threads: int = 8,
         lead_files: int = 256,
         lead_bytes: int | None = None,
-        max_window: int = 64 << 20,
-        max_streams: int = 1024,
     ):
         self.book = book
         self.blocks = blocks
@@ -105,17 +73,15 @@ class Prefetcher:
         bs = blocks.block_size
         self.lead_files = lead_files
         self.lead_bytes = lead_bytes if lead_bytes is not None else max(ram_bytes // 2, bs)
-        self.readahead = ReadAhead(bs, min(max_window, ram_bytes // 4), max_streams)
         self.parallel = max(1, threads)
-        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="tiercache-readahead")
+        self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="tiercache-plan-fetch")
         self._lock = threading.Condition()
-        self._scheduled: set[BlockId] = set()
         self._unread: dict[BlockId, int] = {}  # prefetched, not read yet (insertion order: oldest first)
         self._forgotten_unread = 0
         self._in_flight = 0
         self._leads: dict[str, PlanLead] = {}
         self._closed = False
-        self.prefetched_bytes = self.used_bytes = self.readahead_bytes = 0
+        self.prefetched_bytes = self.used_bytes = 0
         self._thread = threading.Thread(target=self._plan_loop, name="tiercache-plan-prefetch", daemon=True)
         self._thread.start()
 
@@ -126,11 +92,6 @@ class Prefetcher:
         with self._lock:
             self._lock.notify_all()
 
-    def observe(self, info: ObjectInfo, offset: int, end: int) -> None:
-        """A reader read [offset, end) of an object: extend its read-ahead window."""
-        if info.size > self.blocks.block_size:
-            self._readahead(info, offset, end)
-
     def mark_read(self, block: BlockId) -> None:
         """A reader was served ``block``: if it was prefetched, it was worth it."""
         if self._unread:
@@ -139,21 +100,7 @@ class Prefetcher:
                 if size is not None:
                     self.used_bytes += size
 
-    # ------------------------------------------------------------------ read-ahead
-
-    def _readahead(self, info: ObjectInfo, offset: int, end: int) -> None:
-        with self._lock:
-            first, last = self.readahead.on_read(info.key, info.size, offset, end)
-            todo = [b for b in self.blocks.indices(info, first, last)
-                    if b not in self._scheduled and not self.resident(b)]
-            self._scheduled.update(todo)
-        for block in todo:
-            try:
-                self._pool.submit(self._fetch_blocks, [block], info, True)
-            except RuntimeError:  # closed
-                return
-
-    def _fetch_blocks(self, blocks: list[BlockId], info: ObjectInfo, readahead: bool) -> None:
+    def _fetch_blocks(self, blocks: list[BlockId], info: ObjectInfo) -> None:
         try:
             missing = [b for b in blocks if not self.resident(b)]
             if missing:
@@ -162,16 +109,11 @@ class Prefetcher:
                 nbytes = sum(sizes.values())
                 with self._lock:
                     self.prefetched_bytes += nbytes
-                    self.readahead_bytes += nbytes if readahead else 0
                     self._unread.update(sizes)
                     while len(self._unread) > self.MAX_TRACKED:  # bounded memory: the oldest stay unread
                         self._forgotten_unread += self._unread.pop(next(iter(self._unread)))
         except Exception as exc:  # noqa: BLE001 - prefetch is best effort; the reader will fetch itself
             log.debug("prefetch of %s failed: %s", info.key, exc)
-        finally:
-            if readahead:
-                with self._lock:
-                    self._scheduled.difference_update(blocks)
 
     # ------------------------------------------------------------------ plan prefetch
 
@@ -240,7 +182,7 @@ class Prefetcher:
 
     def _plan_fetch(self, info: ObjectInfo) -> None:
         try:
-            self._fetch_blocks(self.blocks.ids(info), info, readahead=False)
+            self._fetch_blocks(self.blocks.ids(info), info)
         finally:
             self._done()
 
@@ -255,7 +197,7 @@ class Prefetcher:
         """Wait until nothing is in flight and every lead is used up (or its plan done); False on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._in_flight or self._scheduled or self._pick() is not None:
+            while self._in_flight or self._pick() is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -275,7 +217,6 @@ class Prefetcher:
         with self._lock:
             return {
                 "prefetched_bytes": self.prefetched_bytes,
-                "readahead_bytes": self.readahead_bytes,
                 "prefetched_read_bytes": self.used_bytes,
                 "prefetched_unread_bytes": sum(self._unread.values()) + self._forgotten_unread,
                 "in_flight": self._in_flight,
@@ -284,7 +225,7 @@ class Prefetcher:
             }
 
     def close(self) -> None:
-        """Stop the plan thread and the read-ahead pool."""
+        """Stop the plan thread and its fetch pool."""
         with self._lock:
             self._closed = True
             self._lock.notify_all()
