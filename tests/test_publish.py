@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tiercache import mounts
-from tiercache.tiers.journal import Journal
+from tiercache.writeback.journal import Journal
 
 from .fusehelpers import needs_fuse
 

@@ -10,7 +10,7 @@ import pytest
 
 from tiercache.errors import NoSpace, WriteFailed
 from tiercache.store.local import LocalStore
-from tiercache.tiers.write import WriteTier
+from tiercache.writeback.front import WriteTier
 
 from .fusehelpers import needs_fuse
 

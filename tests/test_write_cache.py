@@ -10,7 +10,7 @@ from tiercache.cache import TieredCache
 from tiercache.config import CacheConfig
 from tiercache.errors import NotFound
 from tiercache.store.s3 import S3Store
-from tiercache.tiers.write import WriteTier
+from tiercache.writeback.front import WriteTier
 
 
 @pytest.fixture

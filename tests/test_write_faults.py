@@ -18,7 +18,7 @@ import pytest
 from tiercache.errors import ConfigError, NoSpace, WriteFailed
 from tiercache.store.s3 import S3Store
 from tiercache.tiers.meta import Meta
-from tiercache.tiers.write import WriteTier
+from tiercache.writeback.front import WriteTier
 
 from .fusehelpers import assert_one_line_error, needs_fuse, run_cli, ssd_size
 

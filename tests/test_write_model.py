@@ -13,7 +13,7 @@ import pytest
 
 from tiercache.errors import StoreError
 from tiercache.store.local import LocalStore
-from tiercache.tiers.write import WriteTier
+from tiercache.writeback.front import WriteTier
 
 
 class FlakyStore:

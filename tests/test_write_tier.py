@@ -20,8 +20,8 @@ import pytest
 
 from tiercache.errors import ConfigError, DirectoryNotEmpty, NoSpace, NotFound, ReadOnly, StoreError, WriteFailed
 from tiercache.store.s3 import S3Store
-from tiercache.tiers.journal import Journal
-from tiercache.tiers.write import WriteTier
+from tiercache.writeback.journal import Journal
+from tiercache.writeback.front import WriteTier
 
 MiB = 1 << 20
 
@@ -487,7 +487,7 @@ def test_corrupt_staging_is_kept_and_orphans_removed(make_tier, s3store, bucket,
 CRASH_WRITER = r"""
 import os, random, sys, time
 from tiercache.store.s3 import S3Store
-from tiercache.tiers.write import WriteTier
+from tiercache.writeback.front import WriteTier
 
 class Stalled:
     def __init__(self, inner):

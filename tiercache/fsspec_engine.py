@@ -48,7 +48,7 @@ class Engine:
         self.writes: Any = None
         self.started = time.time()
         if config.mode != "readonly":
-            from .tiers.write import WriteTier
+            from .writeback.front import WriteTier
 
             write_dir = config.write_dir or Path(config.cache_dir) / "write"
             try:

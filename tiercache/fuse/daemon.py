@@ -97,7 +97,7 @@ class MountDaemon:
     def run(self, ready: Callable[[str | None], None]) -> int:
         """Mount and serve until unmounted; ``ready(None)`` once usable, ``ready(msg)`` on early failure."""
         from ..cache import TieredCache
-        from ..tiers.write import WriteTier
+        from ..writeback.front import WriteTier
         from . import binding
 
         spec, config = self.spec, self.config

@@ -7,10 +7,10 @@ import itertools
 import time
 
 from ..errors import AlreadyExists, ConfigError, DirectoryNotEmpty, IsADirectory, NotADirectory, NotFound
+from .attrs import attrs_now
 from .journal import COPY, DELETE, PUT
-from .write_attrs import attrs_now
-from .write_state import WriteState, norm_path
-from .write_view import PendingView
+from .pending_view import PendingView
+from .state import WriteState, norm_path
 
 
 class NamespaceOps:

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadHandle, IsADirectory, StoreError, TiercacheError, WriteFailed
+from .attrs import attrs_now
 from .journal import HELD, PENDING, PUT, Record
+from .pending_view import PendingView
+from .space import WriteSpace
 from .staging import StagedFile
-from .write_attrs import attrs_now
-from .write_space import WriteSpace
-from .write_state import WriteState, norm_path
-from .write_view import PendingView
+from .state import WriteState, norm_path
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ acknowledged in a journal, and is uploaded by background threads.
     uploaders ─► PUT (multipart when large) ─► verify size ─► CLEAN ─► cache.admit_file ─► staging deleted
     start ─► journal replay: the newest change per key is redone; staging files no record names are deleted
 
-Modules: ``write_state`` (the shared parts: lock, open files, pending names), ``write_handles`` (open files
-and their commit), ``write_view`` (read-your-writes), ``write_namespace`` (unlink, rename, mkdir, rmdir),
-``write_space`` (space accounting, backpressure), ``journal`` (records on disk), ``changes`` (their order in memory),
-``staging`` (a file being written), ``uploader`` (threads running changes against the store). Dirty data
-lives only in the write dir, never in the cache tiers, so it is never evicted. The journal is an LMDB env
-inside the write dir, not in the cache dir as DESIGN.md has it, so that a write dir on durable storage
-survives the loss of an ephemeral cache dir.
+Modules: ``state`` (the shared parts: lock, open files, pending names), ``handles`` (open files and their
+commit), ``pending_view`` (read-your-writes), ``namespace_ops`` (unlink, rename, mkdir, rmdir), ``space`` (space
+accounting, backpressure), ``attrs`` (chmod/chown/utime), ``journal`` (records on disk), ``changes`` (their
+order in memory), ``staging`` (a file being written), ``uploader`` (threads running changes against the
+store). Dirty data lives only in the write dir, never in the cache tiers, so it is never evicted. The journal
+is an LMDB env inside the write dir, not in the cache dir as DESIGN.md has it, so that a write dir on durable
+storage survives the loss of an ephemeral cache dir.
 
 Directories: ``mkdir`` records the directory in the write dir's journal (no marker object in the store); it
 lists in ``pending_paths`` until ``rmdir``. Directories holding objects exist in the store by their keys.
@@ -31,15 +31,15 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..store.base import ObjectStore
+from .attrs import AttrChanges
 from .changes import Changes
+from .handles import Handles
 from .journal import CLEAN, PUT, Journal
+from .namespace_ops import NamespaceOps
+from .pending_view import PendingView
+from .space import WriteSpace
+from .state import MODES, OpenFiles, PendingNames, WriteState
 from .uploader import Uploader
-from .write_attrs import AttrChanges
-from .write_handles import Handles
-from .write_namespace import NamespaceOps
-from .write_space import WriteSpace
-from .write_state import MODES, OpenFiles, PendingNames, WriteState
-from .write_view import PendingView
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class WriteTier:
         self.attrs = AttrChanges(self._state, self.view)
 
 
-    # ---------------------------------------------------------------- handles (write_handles)
+    # ---------------------------------------------------------------- handles (handles.py)
 
     def create(self, path: str, owner: Any = None, mode: int = 0, uid: int = -1, gid: int = -1) -> int:
         """Open ``path`` as a new, empty file; returns a handle (``owner``: who opens it, see ``flush``;
@@ -148,7 +148,7 @@ class WriteTier:
         """The last close of a handle: its newest version is published (see ``Handles.release``)."""
         self.handles.release(fh)
 
-    # ---------------------------------------------------------------- namespace (write_namespace)
+    # ---------------------------------------------------------------- namespace (namespace_ops.py)
 
     def unlink(self, path: str) -> None:
         """Remove a file (journaled first)."""
@@ -168,10 +168,10 @@ class WriteTier:
 
     def set_attrs(self, path: str, mode: int | None = None, uid: int | None = None, gid: int | None = None,
                   mtime: float | None = None) -> None:
-        """chmod/chown/utime of a file (None: unchanged; see ``write_attrs``)."""
+        """chmod/chown/utime of a file (None: unchanged; see ``attrs``)."""
         self.attrs.set_attrs(path, mode, uid, gid, mtime)
 
-    # ---------------------------------------------------------------- read-your-writes (write_view)
+    # ---------------------------------------------------------------- read-your-writes (pending_view.py)
 
     def pending_entry(self, path: str) -> dict | None:
         """{path, size, mtime, is_dir, state} of a pending file or directory, else None."""

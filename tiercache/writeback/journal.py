@@ -37,7 +37,7 @@ import lmdb
 
 from ..lock import CacheDirLock
 from ..private import private_dir
-from .meta import Meta, loaded_item
+from ..tiers.meta import Meta, loaded_item
 
 log = logging.getLogger(__name__)
 

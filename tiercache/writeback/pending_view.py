@@ -9,7 +9,7 @@ import time
 
 from ..errors import Corrupt, NotFound
 from .journal import COPY, DELETE
-from .write_state import WriteState
+from .state import WriteState
 
 
 class PendingView:

@@ -13,8 +13,8 @@ from typing import Any
 from ..errors import IsADirectory, NotFound
 from ..store.base import Attrs
 from .journal import DELETE
-from .write_state import WriteState, norm_path
-from .write_view import PendingView
+from .pending_view import PendingView
+from .state import WriteState, norm_path
 
 
 def attrs_now(state: WriteState, path: str) -> Attrs:
