@@ -20,8 +20,8 @@ import pytest
 
 from tiercache.errors import ConfigError, DirectoryNotEmpty, NoSpace, NotFound, ReadOnly, StoreError, WriteFailed
 from tiercache.store.s3 import S3Store
-from tiercache.writeback.journal import Journal
 from tiercache.writeback.front import WriteTier
+from tiercache.writeback.journal import Journal
 
 MiB = 1 << 20
 
