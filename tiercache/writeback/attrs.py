@@ -27,7 +27,7 @@ def attrs_now(state: WriteState, path: str) -> Attrs:
         sf = state.files.get(path)
         if sf is not None:
             return Attrs(sf.mode, sf.uid, sf.gid, sf.mtime)
-    namespace = getattr(state.cache, "namespace", None)
+    namespace = state.cache.namespace if state.cache is not None else None
     try:
         info = namespace.info(path, revalidate=False) if namespace is not None else None
     except (NotFound, IsADirectory):
@@ -81,4 +81,4 @@ class AttrChanges:
             return
         info = st.store.set_attrs(path, Attrs(mode or 0, -1 if uid is None else uid, -1 if gid is None else gid,
                                               mtime))
-        st.uploader.tell_cache("namespace.add", info)
+        st.feed.added(info)

@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..store.base import ObjectStore
 from .attrs import AttrChanges
+from .cacheside import CacheFeed, CacheSide
 from .changes import Changes
 from .handles import Handles
 from .journal import CLEAN, PUT, Journal
@@ -49,7 +50,8 @@ HELD_GRACE_S = 2.0
 
 
 class WriteTier:
-    """Durable write tier over an ObjectStore, optionally feeding a TieredCache (``cache``); handles are ints.
+    """Durable write tier over an ObjectStore, optionally feeding a cache (``cache``: a ``CacheSide``, e.g. a
+    TieredCache); handles are ints.
 
     ``limit_bytes`` 0: the limit is the free space of the write dir's filesystem minus ``reserve_bytes``.
     Past ``high_watermark`` of the limit writers wait for uploads to drain (giving up after
@@ -62,7 +64,7 @@ class WriteTier:
         store: ObjectStore,
         write_dir: str | os.PathLike,
         *,
-        cache: Any = None,
+        cache: CacheSide | None = None,
         mode: str = "writeback",
         limit_bytes: int = 0,
         high_watermark: float = 0.8,
@@ -83,7 +85,9 @@ class WriteTier:
         names = PendingNames()
         self.journal = Journal(self.write_dir)
         self.changes = Changes(cond, names.live_add)
-        self._state = WriteState(store, cache, mode, self.journal, cond, names, OpenFiles(names), self.changes)
+        self.feed = CacheFeed(cache)
+        self._state = WriteState(store, cache, self.feed, mode, self.journal, cond, names, OpenFiles(names),
+                                 self.changes)
         self._cond = cond
         self.space = WriteSpace(cond, self.journal.staging, self.changes, limit_bytes=limit_bytes,
                                 high_watermark=high_watermark, reserve_bytes=reserve_bytes,
@@ -101,12 +105,12 @@ class WriteTier:
             self.journal.close()
             raise
         self.uploader = Uploader(
-            store, self.journal, self.changes, cache=cache, threads=uploaders,
+            store, self.journal, self.changes, feed=self.feed, threads=uploaders,
             retry_attempts=retry_attempts, retry_wait=retry_wait, retry_interval=retry_interval,
         )
         self._state.uploader = self.space.uploader = self.uploader
         self.uploader.start()
-        self.uploader.tell_cache("namespace.hide", self.is_deleted)  # listings leave out pending deletes
+        self.feed.hide(self.is_deleted)  # listings leave out pending deletes
         self.attrs = AttrChanges(self._state, self.view)
 
 

@@ -104,7 +104,7 @@ class NamespaceOps:
                 st.journal.write(put=[rec], delete=dropped)
             st.names.remove_dirs(st.journal, [path])
         st.journal.sync()
-        st.uploader.tell_cache("namespace.remove_dir", path)  # no ghost of it lists or blocks a mkdir
+        st.feed.dir_removed(path)  # no ghost of it lists or blocks a mkdir
         if rec is not None:
             st.uploader.try_now(rec)
 
@@ -172,4 +172,4 @@ class NamespaceOps:
             st.names.remove_dirs(st.journal, list(moved))
             st.names.add_dirs(st.journal, {new + p[len(old):]: t for p, t in moved.items()} or {new: time.time()})
         st.journal.sync()
-        st.uploader.tell_cache("namespace.remove_dir", old)  # the old name lists no more
+        st.feed.dir_removed(old)  # the old name lists no more

@@ -11,13 +11,17 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ReadOnly
 from ..store.base import ObjectStore
+from .cacheside import CacheFeed, CacheSide
 from .changes import Changes
 from .journal import Journal, Record
 from .staging import StagedFile
+
+if TYPE_CHECKING:
+    from .uploader import Uploader
 
 MODES = ("writeback", "writethrough", "readonly")
 
@@ -137,14 +141,15 @@ class WriteState:
     """The parts of one write tier, shared by its modules (``handles``, ``view``, ``namespace``)."""
 
     store: ObjectStore
-    cache: Any
+    cache: CacheSide | None
+    feed: CacheFeed
     mode: str
     journal: Journal
     cond: threading.Condition
     names: PendingNames
     files: OpenFiles
     changes: Changes
-    uploader: Any = None
+    uploader: Uploader | None = None
     closing: bool = False
 
     def writable(self) -> None:
@@ -161,7 +166,7 @@ class WriteState:
             self.journal.sync()
         self.journal.discard(dropped)
         for path in paths:
-            self.uploader.tell_cache("invalidate", path)
+            self.feed.changed(path)
 
 
 def norm_path(path: str) -> str:

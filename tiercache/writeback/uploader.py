@@ -15,12 +15,12 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from ..errors import NotFound, StoreError
 from ..store.base import Attrs, ObjectInfo, ObjectStore
+from .cacheside import CacheFeed
 from .changes import Changes
 from .journal import CLEAN, COPY, PUT, Journal, Record, file_sha256
 
@@ -36,10 +36,12 @@ class Uploader:
     """
 
     def __init__(
-        self, store: ObjectStore, journal: Journal, changes: Changes, *, cache: Any = None, threads: int = 4,
+        self, store: ObjectStore, journal: Journal, changes: Changes, *, feed: CacheFeed | None = None,
+        threads: int = 4,
         retry_attempts: int = 3, retry_wait: float = 0.2, retry_interval: float = 5.0,
     ):
-        self.store, self.journal, self.changes, self.cache = store, journal, changes, cache
+        self.store, self.journal, self.changes = store, journal, changes
+        self.feed = feed if feed is not None else CacheFeed(None)
         self.cond = changes.cond
         self.retry_interval = retry_interval
         self.retrying = Retrying(
@@ -101,19 +103,6 @@ class Uploader:
                     self.cond.wait(1.0)
             self._execute(rec)
 
-    def tell_cache(self, method: str, *args: Any) -> None:
-        """Call ``cache.<method>(*args)`` if a cache is attached; its failures are logged, never raised (the
-        store is already right; the cache at worst revalidates or reads cold)."""
-        if self.cache is None:
-            return
-        target = self.cache
-        try:
-            for name in method.split("."):
-                target = getattr(target, name)
-            target(*args)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cache.%s(%s) failed: %s", method, args[0] if args else "", exc)
-
     def _worker(self) -> None:
         while True:
             with self.cond:
@@ -158,7 +147,7 @@ class Uploader:
             if landed is None:
                 return
             key, info = landed
-            self.tell_cache("admit_file", key, info, str(path))  # reads back warm
+            self.feed.uploaded(key, info, str(path))  # reads back warm
             with self.cond:
                 if self.journal.closed:
                     return
@@ -190,15 +179,15 @@ class Uploader:
         if landed is None:
             return
         self._done(rec)
-        self.tell_cache("invalidate", landed[0])
-        self.tell_cache("namespace.add", landed[1])
+        self.feed.changed(landed[0])
+        self.feed.added(landed[1])
 
     def _delete(self, rec: Record) -> None:
         self.retrying(self.store.delete, rec.key)
         rec.landed = True
-        self.tell_cache("namespace.remove", rec.key)  # before _done: the name never shows again
+        self.feed.removed(rec.key)  # before _done: the name never shows again
         self._done(rec)
-        self.tell_cache("invalidate", rec.key)
+        self.feed.changed(rec.key)
 
     def _follow(self, rec: Record, key: str, info: ObjectInfo) -> tuple[str, ObjectInfo] | None:
         """After ``rec`` wrote ``key``: follow renames made meanwhile by server-side copies. Returns where it
