@@ -62,14 +62,27 @@ def _thread_state_keeper() -> Callable[[], None]:
 
 _keep_thread_state = _thread_state_keeper()
 
+OP_NAMES: set[str] = set()  # every operation wrapped by errno_op (the keys of ``op_counts``)
+
+
+def op_counts() -> dict[str, int]:
+    """A zeroed count per operation, for an operations object's ``op_counts``: ``errno_op`` adds one per
+    call (all keys exist up front, so the dict can be serialized while FUSE threads count)."""
+    return dict.fromkeys(sorted(OP_NAMES), 0)
+
 
 def errno_op(fn: Callable) -> Callable:
-    """Turn whatever ``fn`` raises into a FuseOSError with the right errno; log what is not routine."""
+    """Turn whatever ``fn`` raises into a FuseOSError with the right errno; log what is not routine. Each
+    call is counted in the host's ``op_counts`` (see ``op_counts()``), when it has one."""
     name = fn.__name__
+    OP_NAMES.add(name)
 
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any) -> Any:
         _keep_thread_state()
+        counts = getattr(self, "op_counts", None)
+        if counts is not None:
+            counts[name] += 1
         try:
             return fn(self, *args)
         except fuse.FuseOSError:

@@ -136,6 +136,7 @@ class MountDaemon:
                            immutable=math.isinf(config.metadata_ttl),
                            statfs_dir=str(config.write_dir),
                            on_init=lambda: self._announce(mountpoint, ready))
+            self.info["fuse_ops"] = ops.op_counts  # live: calls per FUSE operation
             options = fuse_options(config, spec)
             log.info("FUSE options: %s", options)
             log_offset = _log_size(self.info["log"])

@@ -1,5 +1,5 @@
 """Read handles of open files: the version (etag) each open reads, and whether the kernel may keep the file's
-pages from an earlier open.
+pages from an earlier open; and the binding's FUSE class the mount runs (``TiercacheFUSE``).
 
 An open for reading pins the object's version it found (the ObjectInfo, etag included): its reads get bytes
 of that version or ESTALE (``TieredCache.read_version``), never a mix of two. The kernel keeps a file's
@@ -19,6 +19,7 @@ from typing import Any
 
 from ..store.base import ObjectInfo
 from . import binding
+from .dirplus import ReaddirPlus
 
 fuse = binding()
 
@@ -82,9 +83,10 @@ class OpenFiles:
         return keep
 
 
-class TiercacheFUSE(fuse.FUSE):
+class TiercacheFUSE(ReaddirPlus, fuse.FUSE):
     """The binding's FUSE class, with an ``open`` that also sets keep_cache from the operations'
-    ``keep_cache(fh)`` (the binding alone offers that only with raw_fi, which changes every handle op)."""
+    ``keep_cache(fh)`` (the binding alone offers that only with raw_fi, which changes every handle op), and
+    READDIRPLUS answered with each entry's attributes (dirplus.py)."""
 
     def open(self, path: bytes, fip: Any) -> int:
         """libfuse's open: the operations' open gives the handle, then ``keep_cache`` decides the pages."""

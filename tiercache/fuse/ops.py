@@ -14,17 +14,20 @@ import ctypes
 import errno
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import IsADirectory, NotFound, ReadOnly
+from ..errors import IsADirectory, ReadOnly
 from . import binding
 from .attr_ops import AttributeOps
 from .callers import caller, caller_killed
 from .calls import errno_op as _errno_op
+from .calls import op_counts
 from .calls import store_key as _key
+from .dirhandles import DirHandles
+from .dirplus import want_readdirplus
+from .dirs import DirectoryOps
 from .opened import OpenFiles
 from .posix_ops import PosixOps
 
@@ -49,7 +52,7 @@ def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
     return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
 
 
-class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
+class TiercacheOps(PosixOps, AttributeOps, DirectoryOps, fuse.Operations):
     """The mount's file operations: a thin client of ``cache`` (TieredCache) and ``writes`` (WriteTier)."""
 
     use_ns = True
@@ -66,16 +69,19 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
         self.file_mode = 0o444 if self.readonly else 0o644
         self.dir_mode = 0o555 if self.readonly else 0o755
         self.opened = OpenFiles()
+        self.dir_handles = DirHandles()
+        self.op_counts = op_counts()  # calls per operation (``tiercache stats``: mount.fuse_ops)
         self._posix_init(writes)
 
     # ---------------------------------------------------------------- lifecycle
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         """libfuse's init with the connection's parameters: raise the limit on background (read-ahead)
-        requests in flight, then ``init``."""
+        requests in flight, READDIRPLUS for every READDIR (dirplus.py), then ``init``."""
         if conn is not None:
             conn.max_background = max(int(conn.max_background), MAX_BACKGROUND)
             conn.congestion_threshold = max(int(conn.congestion_threshold), MAX_BACKGROUND * 3 // 4)
+            want_readdirplus(conn)
         self.init("/")
 
     def init(self, path: str) -> None:
@@ -107,64 +113,6 @@ class TiercacheOps(PosixOps, AttributeOps, fuse.Operations):
         if amode & os.W_OK and self.readonly:
             raise fuse.FuseOSError(errno.EROFS)
         return 0
-
-    @_errno_op
-    def readdir(self, path: str, fh: Any) -> list:
-        """Names in a directory: the store's listing merged with pending writes, minus pending deletes."""
-        key = _key(path)
-        is_dir = self._lookup(key)[0]
-        if not is_dir:
-            raise fuse.FuseOSError(errno.ENOTDIR)
-        prefix = key + "/" if key else ""
-        kinds: dict[str, bool] = {}
-        links: set[str] = set()  # symlinks (by their stored mode), so d_type says so (find -type l)
-        try:
-            names = self.cache.listdir(key)
-        except NotFound:
-            names = []
-        for name in names:
-            name = name.rstrip("/")
-            child = prefix + name
-            if self.writes is not None and self.writes.is_deleted(child):
-                continue
-            kind = self._kind(child, links)
-            if kind is not None:
-                kinds[name] = kind
-        if self.writes is not None:
-            for pending in self.writes.pending_paths(prefix):
-                rest = pending[len(prefix):]
-                if not rest:
-                    continue
-                name, sep, _ = rest.partition("/")
-                if sep:
-                    kinds[name] = True
-                elif name not in kinds or not kinds[name]:
-                    entry = self.writes.pending_entry(pending)
-                    if entry is not None:
-                        kinds[name] = bool(entry["is_dir"])
-                        if stat.S_ISLNK(int(entry.get("mode", 0))):
-                            links.add(prefix + name)
-        entries: list = [".", ".."]
-        for name in sorted(kinds):
-            mode = stat.S_IFDIR if kinds[name] else stat.S_IFLNK if prefix + name in links else stat.S_IFREG
-            entries.append((name, {"st_mode": mode, "st_ino": self.inodes.ino(prefix + name)}, 0))
-        return entries
-
-    def _kind(self, key: str, links: set[str] | None = None) -> bool | None:
-        """Is ``key`` a directory (True), a file (False) or gone (None)? From cached metadata: no HEAD per
-        entry when a listing is older than the TTL. A symlink (stored mode) is added to ``links``."""
-        namespace = getattr(self.cache, "namespace", None)
-        try:
-            if namespace is None:
-                return bool(self.cache.stat(key).is_dir)
-            info = namespace.info(key, revalidate=False)
-            if links is not None and stat.S_ISLNK(info.mode):
-                links.add(key)
-            return False
-        except IsADirectory:
-            return True
-        except NotFound:
-            return None
 
     @_errno_op
     def statfs(self, path: str) -> dict:
