@@ -45,6 +45,13 @@ def rss(pid: int | str = "self") -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def plan_keys(entries: int) -> list[str]:
     """The hot files first, then ``entries - HOT`` distinct files that are not there."""
     return [f"hot/{i:03d}.bin" for i in range(HOT)] + [
@@ -77,6 +84,11 @@ class Reader:
         self._stop.set()
         self._thread.join(10)
 
+    def quantile(self, t0: float, t1: float, q: float) -> float:
+        """The ``q`` quantile of the reads overlapping [t0, t1]."""
+        window = sorted(s for start, s in self.samples if start <= t1 and start + s >= t0)
+        return window[min(len(window) - 1, int(q * len(window)))] if window else 0.0
+
     def longest(self, t0: float, t1: float) -> tuple[float, int]:
         """(longest read overlapping [t0, t1], reads in that window)."""
         window = [s for start, s in self.samples if start <= t1 and start + s >= t0]
@@ -102,16 +114,18 @@ def library(entries: int, work: Path, client_api: bool) -> dict:
         keys = plan_keys(entries)
         before = rss()
         with Reader(lambda i: cache.read(f"hot/{i:03d}.bin")) as reader:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             if client_api:
                 cache.set_plan(keys, client="bench")
             else:
                 cache.set_plan(keys)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             time.sleep(0.5)
         longest, reads = reader.longest(t0, t1 + 0.5)
-        out = {"accept_s": t1 - t0, "longest_read_ms": 1000 * longest, "reads_during": reads,
+        out = {"accept_s": t1 - t0, "accept_cpu_s": c1 - c0, "longest_read_ms": 1000 * longest, "reads_during": reads,
                "longest_read_no_plan_ms": 1000 * reader.longest(t0 - 1.0, t0 - 1e-6)[0],
+               "p99_read_ms": 1000 * reader.quantile(t0, t1 + 0.5, 0.99),
+               "p99_read_no_plan_ms": 1000 * reader.quantile(t0 - 1.0, t0 - 1e-6, 0.99),
                "rss_bytes_per_entry": (rss() - before) / entries}
         book = getattr(cache, "plans", None)
         if book is not None and hasattr(book, "get"):
@@ -149,30 +163,44 @@ def mount(entries: int, work: Path, client_api: bool) -> dict | None:
 
         for i in range(HOT):
             read_one(i)
-        keys = plan_keys(entries)
-        before = rss(found.pid)
-        listed = work / f"mnt{entries}-plan.json"
-        listed.write_text(json.dumps(keys))
-        sender = subprocess.Popen([sys.executable, __file__, "--send", str(mnt), str(listed), str(int(client_api))],
-                                  stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-        sender.stdout.readline()  # loaded, connected: ready to send
-        with Reader(read_one) as reader:
+
+        def sender_for(keys: list[str], client: str) -> subprocess.Popen:
+            listed = work / f"mnt{entries}-{client}.json"
+            listed.write_text(json.dumps(keys))
+            sender = subprocess.Popen([sys.executable, __file__, "--send", str(mnt), str(listed), client,
+                                       str(int(client_api))], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+            sender.stdout.readline()  # loaded, connected: ready to send
+            return sender
+
+        def accept(sender: subprocess.Popen) -> tuple[float, float, float]:
+            c0 = cpu_seconds(found.pid)
             sender.stdin.write("go\n")
             sender.stdin.flush()
-            t0 = time.perf_counter()
-            accept = float(sender.stdout.readline())
-            t1 = time.perf_counter()
+            took, sender_cpu = map(float, sender.stdout.readline().split())
             sender.wait(60)
+            return took, sender_cpu, cpu_seconds(found.pid) - c0
+
+        # first with no reader: the daemon's CPU seconds are then the plan's alone (other files, same shape)
+        quiet = accept(sender_for([f"q{k}" for k in plan_keys(entries)], "quiet"))
+        sender = sender_for(plan_keys(entries), "bench")
+        before = rss(found.pid)
+        with Reader(read_one) as reader:
+            t0 = time.perf_counter()
+            took, sender_cpu, daemon_cpu = accept(sender)
+            t1 = time.perf_counter()
             time.sleep(0.5)
         longest, reads = reader.longest(t0, t1 + 0.5)
-        return {"accept_s": accept, "longest_read_ms": 1000 * longest, "reads_during": reads,
+        return {"accept_s": took, "accept_cpu_s": quiet[1] + quiet[2], "accept_quiet_s": quiet[0],
+                "daemon_cpu_quiet_s": quiet[2], "longest_read_ms": 1000 * longest, "reads_during": reads,
                 "longest_read_no_plan_ms": 1000 * reader.longest(t0 - 1.0, t0 - 1e-6)[0],
+                "p99_read_ms": 1000 * reader.quantile(t0, t1 + 0.5, 0.99),
+                "p99_read_no_plan_ms": 1000 * reader.quantile(t0 - 1.0, t0 - 1e-6, 0.99),
                 "daemon_rss_bytes_per_entry": (rss(found.pid) - before) / entries}
     finally:
         subprocess.run([*CLI, "unmount", str(mnt)], capture_output=True, text=True)
 
 
-def send(mountpoint: str, listed: str, client_api: bool) -> None:
+def send(mountpoint: str, listed: str, client: str, client_api: bool) -> None:
     """Child process: send the plan in ``listed`` to the mount when told; print the seconds it took."""
     from tiercache import mounts
 
@@ -180,59 +208,97 @@ def send(mountpoint: str, listed: str, client_api: bool) -> None:
     found = mounts.find_mount(mountpoint)
     print("ready", flush=True)
     sys.stdin.readline()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if client_api:
-        found.send_plan(keys, "bench")
+        found.send_plan(keys, client)
     else:
         found.client(timeout=600).request("plan", paths=keys)
-    print(time.perf_counter() - t0, flush=True)
+    print(time.perf_counter() - t0, time.process_time() - c0, flush=True)
 
 
-def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--send":  # the plan sender of a mount run (its own process)
-        send(sys.argv[2], sys.argv[3], sys.argv[4] == "1")
-        return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--modes", nargs="+", default=["library", "mount"], choices=["library", "mount"])
-    parser.add_argument("--tag", default="after", help="results key (before: a baseline checkout)")
-    args = parser.parse_args()
+def run_one(mode: str, entries: int) -> dict | None:
+    """One measurement in this process (the code under test is whatever ``import tiercache`` finds)."""
     import inspect
 
     import tiercache
 
     client_api = "client" in inspect.signature(tiercache.TieredCache.set_plan).parameters
-    results_path = RESULTS / "plan_cost.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    runs = results.setdefault(args.tag, {})
-    runs["tiercache"] = str(Path(tiercache.__file__).parent)
     work = Path(tempfile.mkdtemp(prefix="tc-plancost-"))
     try:
-        for entries in args.entries:
-            for mode in args.modes:
-                out = library(entries, work, client_api) if mode == "library" else mount(entries, work, client_api)
-                if out is not None:
-                    runs[f"{mode}/{entries}"] = out
+        out = library(entries, work, client_api) if mode == "library" else mount(entries, work, client_api)
     finally:
         with contextlib.suppress(Exception):
             subprocess.run(["rm", "-rf", str(work)], check=False)
+    if out is not None:
+        out["tiercache"] = str(Path(tiercache.__file__).parent)
+    return out
+
+
+def measure(mode: str, entries: int, pythonpath: str | None) -> dict | None:
+    """``run_one`` in a child process, with ``pythonpath`` first on its path (a baseline checkout)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, __file__, "--one", mode, str(entries)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"plan_cost: {mode}/{entries} failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--send":  # the plan sender of a mount run (its own process)
+        send(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "1")
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "--one":  # one measurement (a child of main)
+        print(json.dumps(run_one(sys.argv[2], int(sys.argv[3]))), flush=True)
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--modes", nargs="+", default=["library", "mount"], choices=["library", "mount"])
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="an older checkout: each run is measured with it too, alternately, in this run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each (the median is reported)")
+    args = parser.parse_args()
+    versions = [("before", args.baseline), ("after", None)] if args.baseline else [("after", None)]
+    results_path = RESULTS / "plan_cost.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    runs: dict[str, dict] = {tag: {} for tag, _ in versions}
+    for entries in args.entries:
+        for mode in args.modes:
+            rounds: dict[str, list[dict]] = {tag: [] for tag, _ in versions}
+            for _ in range(args.rounds):
+                for tag, path in versions:
+                    out = measure(mode, entries, path)
+                    if out is not None:
+                        rounds[tag].append(out)
+            for tag, got in rounds.items():
+                if got:
+                    got.sort(key=lambda r: r["accept_s"])
+                    runs[tag][f"{mode}/{entries}"] = {**got[len(got) // 2], "rounds": len(got)}
+    results.update(runs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=2))
-    other = {"after": "before", "before": "after"}.get(args.tag)
-    base = results.get(other, {})
-    print(f"{'run':<16}{'accept s':>10}{'longest read ms':>17}{'(no plan)':>10}{'B/entry (plan)':>16}"
-          f"{'RSS B/entry':>13}"
-          + (f"   {other}: accept s, longest ms" if base else ""))
-    for name, run in runs.items():
-        if not isinstance(run, dict):
-            continue
-        mem = run.get("rss_bytes_per_entry", run.get("daemon_rss_bytes_per_entry", 0))
-        line = (f"{name:<16}{run['accept_s']:>10.2f}{run['longest_read_ms']:>17.1f}"
-                f"{run.get('longest_read_no_plan_ms', float('nan')):>10.1f}"
-                f"{run.get('plan_bytes_per_entry', float('nan')):>16.1f}{mem:>13.0f}")
-        if name in base:
-            line += f"   {base[name]['accept_s']:.2f}, {base[name]['longest_read_ms']:.0f}"
-        print(line)
+    print_table(runs)
+
+
+def print_table(runs: dict[str, dict]) -> None:
+    """One line per run and version: accept (wall, CPU, with no reader), reads while it arrives, memory."""
+    nan = float("nan")
+    print(f"{'run':<16}{'version':>8}{'accept s':>10}{'CPU s':>7}{'quiet s':>8}{'longest ms':>11}{'no plan':>8}"
+          f"{'p99 ms':>8}{'no plan':>8}{'plan B/entry':>13}{'keys B/key':>11}{'RSS B/entry':>12}")
+    for name in runs.get("after", {}):
+        for tag in ("before", "after"):
+            run = runs.get(tag, {}).get(name)
+            if run is None:
+                continue
+            g = run.get
+            mem = g("rss_bytes_per_entry", g("daemon_rss_bytes_per_entry", nan))
+            print(f"{name:<16}{tag:>8}{run['accept_s']:>10.2f}{g('accept_cpu_s', nan):>7.2f}"
+                  f"{g('accept_quiet_s', nan):>8.2f}{run['longest_read_ms']:>11.1f}"
+                  f"{g('longest_read_no_plan_ms', nan):>8.1f}{g('p99_read_ms', nan):>8.1f}"
+                  f"{g('p99_read_no_plan_ms', nan):>8.1f}{g('plan_bytes_per_entry', nan):>13.1f}"
+                  f"{g('key_table_bytes_per_key', nan):>11.1f}{mem:>12.0f}")
 
 
 if __name__ == "__main__":

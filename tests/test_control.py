@@ -16,6 +16,8 @@ import urllib.request
 
 import pytest
 
+from tiercache.errors import TiercacheError
+
 from .fusehelpers import CLI, assert_one_line_error, needs_fuse, run_cli
 
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(120)]
@@ -260,6 +262,13 @@ def test_plans_per_client_replace_only_their_own_and_end_with_their_session(buck
     found = mounts.find_mount(str(m.path))
     assert found.send_plan(keys[::-1], "parts", part=5)["planned"] == 12  # three parts on one connection
     assert found.client().request("plan", client="parts", show=True)["paths"] == keys[::-1]
+    odd = ["/" + keys[0], "data//" + keys[1].split("/")[-1], "with\nnewline", *keys[2:]]  # normalised, or a list part
+    assert found.send_plan(odd, "parts", part=2)["planned"] == 13
+    assert found.client().request("plan", client="parts", show=True)["paths"] == [keys[0], keys[1], "with\nnewline",
+                                                                                  *keys[2:]]
+    with pytest.raises(TiercacheError, match="outside the mount"):  # one refused part refuses the whole plan
+        found.send_plan([*keys[:4], "../etc/passwd", *keys[4:]], "parts", part=3)
+    assert found.client().request("plan", client="parts", show=True)["paths"][0] == keys[0], "the plan is unchanged"
     found.client().request("plan", client="parts", end=True)
     session = found.session()
     session.request("plan", paths=keys[4:6], client="rank0", bind=True)

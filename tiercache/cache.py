@@ -35,6 +35,8 @@ from .config import CacheConfig
 from .counters import Counters
 from .errors import ConfigError, StaleVersion
 from .fetcher import Fetcher, Stale
+from .keybatch import KeyBatch
+from .keytable import as_batch
 from .lock import CacheDirLock
 from .namespace import Entry, Namespace, normalize
 from .pins import Pins
@@ -54,19 +56,6 @@ from .warm import Warmer
 log = logging.getLogger(__name__)
 
 __all__ = ["TIERS", "TieredCache"]
-
-
-def _plain_keys(keys: Sequence[str]) -> bool:
-    """Whether ``keys`` are strings without leading or trailing slashes (joined-string checks, in parts so
-    that no single call holds the interpreter long)."""
-    for start in range(0, len(keys), 1 << 15):
-        try:
-            joined = "\n".join(keys[start:start + (1 << 15)])
-        except TypeError:
-            return False
-        if joined.startswith("/") or joined.endswith("/") or "\n/" in joined or "/\n" in joined:
-            return False
-    return True
 
 
 class TieredCache:
@@ -324,7 +313,7 @@ class TieredCache:
 
     # ------------------------------------------------------------------ plans
 
-    def set_plan(self, keys_in_order: Sequence[str], client: str = "default", bound: object = None,
+    def set_plan(self, keys_in_order: Sequence[str] | KeyBatch, client: str = "default", bound: object = None,
                  note: str = "") -> int:
         """Set ``client``'s read plan (keys in read order; empty ends it) for eviction and prefetch.
 
@@ -332,7 +321,10 @@ class TieredCache:
         by reference. ``bound``: a token the plan lives and dies with (``end_bound``); unbound plans end
         when idle past the book's timeout. Returns the number of entries.
         """
-        keys = keys_in_order if _plain_keys(keys_in_order) else [str(k).strip("/") for k in keys_in_order]
+        keys = as_batch(keys_in_order)  # one buffer and offsets: the list is not copied
+        slashed = keys.rows_needing_normalisation(inner=False)
+        if len(slashed):
+            keys = keys.replaced(slashed, [keys.key(i).strip("/") for i in slashed.tolist()])
         plan = self.plans.build(keys, str(client), bound, note)
         self.plans.install(plan)
         self.prefetcher.wake()

@@ -172,7 +172,42 @@ class ControlSession:
                                            f"connection during {op!r}") from None
             raise AssertionError("unreachable")
 
-    def _request(self, op: str, args: dict) -> dict:
+    def pipeline(self, op: str, args_list: list[dict]) -> list[dict]:
+        """Run ``op`` once per entry of ``args_list``, every request written before the answers are read
+        (the daemon works on one while the next travels); raises the first error after reading them all."""
+        with self._lock:
+            self._connect()
+            payload = b"".join(json.dumps({"op": op, "args": args}).encode() + b"\n" for args in args_list)
+            sender = threading.Thread(target=self._send_all, args=(payload,), daemon=True)
+            sender.start()  # write and read at once: neither side's socket buffer can fill up and stall
+            results: list[dict] = []
+            error: TiercacheError | None = None
+            try:
+                while len(results) < len(args_list):
+                    line = self._reader.readline(_MAX_LINE)
+                    if not line:
+                        raise ControlError(f"{self.mountpoint or self.socket_path}: the daemon closed the "
+                                           f"connection during {op!r}")
+                    msg = json.loads(line)
+                    if "progress" in msg:
+                        continue
+                    if not msg.get("ok") and error is None:
+                        error = _error_from(msg)
+                    results.append(msg.get("result") or {})
+            except (OSError, ValueError):
+                self._close()
+                raise
+            finally:
+                sender.join()
+            if error is not None:
+                raise error
+            return results
+
+    def _send_all(self, payload: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.sendall(payload)
+
+    def _connect(self) -> None:
         if self._sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock.settimeout(self.timeout)
@@ -183,6 +218,9 @@ class ControlSession:
                 raise DaemonUnreachable(f"{self.mountpoint or self.socket_path}: the tiercache daemon is not "
                                         f"running ({exc.strerror}: {self.socket_path})") from None
             self._sock, self._reader = sock, sock.makefile("rb")
+
+    def _request(self, op: str, args: dict) -> dict:
+        self._connect()
         self._sock.sendall(json.dumps({"op": op, "args": args}).encode() + b"\n")
         while True:
             line = self._reader.readline(_MAX_LINE)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .control import Daemon, Progress, current_connection, handler, on_disconnect
 from .errors import ConfigError, NotFound
+from .keybatch import KeyBatch
 
 
 def keys_of(paths: Any) -> list[str]:
@@ -146,12 +147,33 @@ def _client_name(args: dict) -> str:
     return client
 
 
+_REFUSED: list = []  # marks a plan whose earlier part was refused (compared by identity)
+
+
+def _plan_part(args: dict) -> KeyBatch:
+    """One part of a plan as a KeyBatch with its hashes: ``lines`` (newline-joined paths, the fast way: no
+    Python object per path) or ``paths`` (a list); normalised like ``keys_of``, vectorised where clean."""
+    lines = args.get("lines")
+    if lines is not None:
+        if not isinstance(lines, str):
+            raise ConfigError("lines: expected newline-joined paths relative to the mount")
+        batch = KeyBatch.from_lines(lines)
+    else:
+        batch = KeyBatch.from_strings(keys_of(args.get("paths", [])))
+    odd = batch.rows_needing_normalisation()
+    if len(odd):
+        batch = batch.replaced(odd, keys_of([batch.key(i) for i in odd.tolist()]))
+    return batch.with_hashes()
+
+
 @handler("plan")
 def _plan(daemon: Daemon, args: dict, progress: Progress) -> dict:
-    """One client's read plan: ``paths`` (mount-relative, in read order) replace that client's plan only.
+    """One client's read plan: ``lines`` (mount-relative paths, newline-joined, in read order) or ``paths``
+    (the same as a list) replace that client's plan only.
 
     ``client`` names the reader (default "default"). A long plan comes in parts on one connection, every
-    part but the last with ``more`` true, so no request holds the daemon long. ``end`` true ends the
+    part but the last with ``more`` true, so no request holds the daemon long; each part is hashed as it
+    arrives, and the last one builds the plan (outside every lock) and swaps it in. ``end`` true ends the
     client's plan; ``bind`` true ties it to this connection: it ends when the client closes it (the
     DataLoader's session); unbound plans end when idle past the timeout. ``note`` is shown in ``stats``;
     ``show`` true returns the client's plan.
@@ -160,20 +182,28 @@ def _plan(daemon: Daemon, args: dict, progress: Progress) -> dict:
     connection = current_connection()
     if args.get("more"):  # one part of a long plan: kept until the last part arrives on this connection
         parts = connection.state.setdefault(("plan", client), [])
-        parts.append(keys_of(args.get("paths", [])))
+        if parts is _REFUSED:
+            raise ConfigError(f"plan of {client!r}: an earlier part was refused")
+        try:
+            parts.append(_plan_part(args))
+        except ConfigError:
+            connection.state[("plan", client)] = _REFUSED  # the rest of this plan is refused too
+            raise
         return {"client": client, "received": sum(map(len, parts))}
     if args.get("show"):
         return {"client": client, "paths": daemon.cache.plan_keys(client)}
     if args.get("end"):
         return {"client": client, "ended": bool(daemon.cache.end_plan(client))}
-    keys = keys_of(args.get("paths", []))
     parts = connection.state.pop(("plan", client), None) if connection is not None else None
-    if parts:
-        keys = [key for part in parts for key in part] + keys
+    if parts is _REFUSED:
+        raise ConfigError(f"plan of {client!r}: an earlier part was refused; the plan is unchanged")
+    keys = KeyBatch.concat([*(parts or []), _plan_part(args)])
     bound = None
     if args.get("bind"):
         bound = connection
-        on_disconnect(lambda: daemon.cache.end_bound(bound))
+        if not connection.state.get("plan-bound"):  # once per connection, however many plans it sends
+            connection.state["plan-bound"] = True
+            on_disconnect(lambda: daemon.cache.end_bound(bound))
     planned = daemon.cache.set_plan(keys, client, bound=bound, note=str(args.get("note", ""))[:200])
     return {"planned": planned, "client": client}
 

@@ -1,14 +1,18 @@
 """KeyTable: object keys interned as dense int32 ids, held in a few numpy arrays (no Python object per key).
 
 Plans name files by id. The table holds every key once, however many plans (and epochs within a plan)
-name it: the UTF-8 bytes of all keys in one buffer with an offset array (id → bytes), and the keys'
-64-bit hashes sorted with their ids beside them (key → id by binary search). Lookups read one immutable
-snapshot of those arrays; adding keys builds new arrays outside the lock and swaps them in by reference,
-so a reader never waits on a large plan being interned.
+name it: the UTF-8 bytes of all keys in one buffer, each followed by a newline byte, with an offset array
+(id → bytes), and the keys' 64-bit hashes sorted with their ids beside them (key → id by binary search).
+Lookups read one immutable snapshot of those arrays; adding keys builds new arrays outside the lock and
+swaps them in by reference, so a reader never waits on a large plan being interned. Keys come in as a
+:class:`~tiercache.keybatch.KeyBatch` (or a list of strings, turned into one): hashing and picking the new
+keys are vectorised, with no Python object per key.
 
-Ids come from Python's 64-bit string hash (SipHash, fixed for the life of the process; the table is never
-persisted). Two distinct keys with the same hash (odds about n²/2⁶⁵: 3·10⁻⁸ for a million keys) would
-share an id: a plan is a hint for prefetch and eviction, so that costs at most a wasted prefetch.
+Footprint per distinct key: 8 (hash) + 4 (id) + 8 (offset) + 1 (terminator) bytes + the key's bytes.
+
+Ids come from :func:`~tiercache.keybatch.key_hash` (64 bits). Two distinct keys with the same hash (odds
+about n²/2⁶⁵: 3·10⁻⁸ for a million keys) would share an id: a plan is a hint for prefetch and eviction,
+so that costs at most a wasted prefetch.
 """
 
 from __future__ import annotations
@@ -19,30 +23,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KeyTable"]
+from .keybatch import KeyBatch, key_hash
+
+__all__ = ["KeyTable", "as_batch"]
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     hashes: np.ndarray  # int64, sorted
     ids: np.ndarray  # int32, the id of hashes[i]
-    offsets: np.ndarray  # int64[n + 1]: key id i is blob[offsets[i]:offsets[i + 1]]
-    blob: bytes
+    offsets: np.ndarray  # int64[n + 1]: key id i is blob[offsets[i]:offsets[i + 1] - 1] (then a newline)
+    blob: np.ndarray  # uint8
 
 
-_EMPTY = _Snapshot(np.empty(0, np.int64), np.empty(0, np.int32), np.zeros(1, np.int64), b"")
+_EMPTY = _Snapshot(np.empty(0, np.int64), np.empty(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.uint8))
 
 
-_CHUNK = 1 << 15  # keys per C-level call: each holds the GIL, so readers never wait long on a big plan
-
-
-def hashes_of(keys: Sequence[str]) -> np.ndarray:
-    """The 64-bit hashes of ``keys`` (int64), in order."""
-    out = np.empty(len(keys), np.int64)
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        out[start:start + len(chunk)] = np.fromiter(map(hash, chunk), dtype=np.int64, count=len(chunk))
-    return out
+def as_batch(keys: Sequence[str] | KeyBatch) -> KeyBatch:
+    """``keys`` as a KeyBatch (a batch is used as it is)."""
+    return keys if isinstance(keys, KeyBatch) else KeyBatch.from_strings(keys)
 
 
 class KeyTable:
@@ -59,11 +58,14 @@ class KeyTable:
     def nbytes(self) -> int:
         """Bytes held by the table's arrays and key buffer."""
         s = self._snap
-        return s.hashes.nbytes + s.ids.nbytes + s.offsets.nbytes + len(s.blob)
+        return s.hashes.nbytes + s.ids.nbytes + s.offsets.nbytes + s.blob.nbytes
 
-    def intern(self, keys: Sequence[str]) -> np.ndarray:
-        """The ids of ``keys`` (int32, in order), adding the keys not known yet."""
-        hashes = hashes_of(keys)
+    def intern(self, keys: Sequence[str] | KeyBatch, hashes: np.ndarray | None = None) -> np.ndarray:
+        """The ids of ``keys`` (int32, in order), adding the keys not known yet; ``hashes``: the batch's
+        :meth:`~tiercache.keybatch.KeyBatch.hashes` when already computed."""
+        batch = as_batch(keys)
+        if hashes is None:
+            hashes = batch.hashes()
         order = np.argsort(hashes)  # queries in hash order: the binary searches walk memory in order
         ids, known = self._find(self._snap, hashes, order)
         if known.all():
@@ -71,44 +73,64 @@ class KeyTable:
         with self._lock:  # one writer at a time; readers keep using the snapshot they hold
             snap = self._snap
             ids, known = self._find(snap, hashes, order)
+            if not len(snap.hashes):  # the first plan: often every key is new and named once
+                sorted_hashes = hashes[order]
+                if not (sorted_hashes[1:] == sorted_hashes[:-1]).any():
+                    blob, lengths = batch.take(np.arange(len(hashes)))
+                    offsets = np.concatenate([snap.offsets, np.cumsum(lengths + 1)])
+                    ids = np.arange(len(hashes), dtype=np.int32)
+                    self._snap = _Snapshot(sorted_hashes, order.astype(np.int32), offsets, blob)
+                    return ids
             unknown = order[~known[order]]  # indices of unknown keys, in hash order
-            if len(unknown):
-                sorted_new = hashes[unknown]
-                starts = np.flatnonzero(np.concatenate([[True], sorted_new[1:] != sorted_new[:-1]]))
-                firsts = np.sort(np.minimum.reduceat(unknown, starts))  # each new key's first index, in order
-                new_keys = list(keys) if len(firsts) == len(keys) else [keys[i] for i in firsts.tolist()]
-                new_hashes = hashes[firsts]
-                blob, lengths = _encode(new_keys)
-                start = len(snap.offsets) - 1
-                new_ids = np.arange(start, start + len(new_keys), dtype=np.int32)
-                offsets = np.concatenate([snap.offsets, snap.offsets[-1] + np.cumsum(lengths)])
-                all_hashes = np.concatenate([snap.hashes, new_hashes])
-                all_ids = np.concatenate([snap.ids, new_ids])
-                merged = np.argsort(all_hashes)
-                snap = _Snapshot(all_hashes[merged], all_ids[merged], offsets, snap.blob + blob)
-                self._snap = snap
-                ids, _ = self._find(snap, hashes, order)
+            if not len(unknown):
+                return ids
+            sorted_new = hashes[unknown]
+            runs = np.flatnonzero(np.concatenate([[True], sorted_new[1:] != sorted_new[:-1]]))
+            first_of_run = np.minimum.reduceat(unknown, runs)  # each new key's first index, in hash order
+            is_first = np.zeros(len(hashes), bool)
+            is_first[first_of_run] = True
+            firsts = np.flatnonzero(is_first)  # ... in plan order: new ids are given in that order
+            rank = (np.cumsum(is_first) - 1)[first_of_run]
+            blob, lengths = batch.take(firsts)
+            start = len(snap.offsets) - 1
+            new_hashes = sorted_new[runs]
+            new_ids = (start + rank).astype(np.int32)  # in hash order
+            offsets = np.concatenate([snap.offsets, snap.offsets[-1] + np.cumsum(lengths + 1)])
+            if len(snap.hashes):  # merge two sorted runs (no sort of the whole table)
+                at = snap.hashes.searchsorted(new_hashes)
+                all_hashes, all_ids = np.insert(snap.hashes, at, new_hashes), np.insert(snap.ids, at, new_ids)
+            else:
+                all_hashes, all_ids = new_hashes, new_ids
+            blob = np.concatenate([snap.blob, blob]) if len(snap.blob) else blob
+            snap = _Snapshot(all_hashes, all_ids, offsets, blob)
+            self._snap = snap
+            ids[unknown] = new_ids[np.cumsum(np.concatenate([[0], (sorted_new[1:] != sorted_new[:-1])]))]
             return ids
 
     def lookup(self, key: str) -> int:
         """The id of ``key``, or -1 when no plan named it."""
         snap = self._snap
-        h = hash(key)
+        if not len(snap.hashes):
+            return -1
+        h = key_hash(key)
         i = int(snap.hashes.searchsorted(h))
         if i < len(snap.hashes) and snap.hashes[i] == h:
             return int(snap.ids[i])
         return -1
 
-    def lookup_many(self, keys: Sequence[str]) -> np.ndarray:
+    def lookup_many(self, keys: Sequence[str] | KeyBatch) -> np.ndarray:
         """The ids of ``keys`` (int32; -1 for unknown ones)."""
-        ids, known = self._find(self._snap, hashes_of(keys))
+        snap = self._snap
+        if not len(snap.hashes):
+            return np.full(len(keys), -1, np.int32)
+        ids, known = self._find(snap, as_batch(keys).hashes())
         ids[~known] = -1
         return ids
 
     def key(self, key_id: int) -> str:
         """The key with id ``key_id``."""
         snap = self._snap
-        return snap.blob[snap.offsets[key_id]:snap.offsets[key_id + 1]].decode()
+        return snap.blob[snap.offsets[key_id]:snap.offsets[key_id + 1] - 1].tobytes().decode()
 
     def clear(self) -> None:
         """Forget every key (when no plan is left)."""
@@ -130,17 +152,3 @@ class KeyTable:
         ids[order] = snap.ids[at]
         known[order] = found
         return ids, known
-
-
-def _encode(keys: list[str]) -> tuple[bytes, np.ndarray]:
-    """The UTF-8 bytes of ``keys`` back to back, and each key's length in bytes."""
-    blobs, lengths = [], []
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        blob = "".join(chunk).encode()
-        sizes = np.fromiter(map(len, chunk), dtype=np.int64, count=len(chunk))
-        if len(blob) != int(sizes.sum()):  # not all ASCII: lengths in bytes differ from those in characters
-            sizes = np.fromiter((len(k.encode()) for k in chunk), dtype=np.int64, count=len(chunk))
-        blobs.append(blob)
-        lengths.append(sizes)
-    return b"".join(blobs), (np.concatenate(lengths) if lengths else np.empty(0, np.int64))

@@ -155,16 +155,25 @@ class Mount:
         return ControlSession(self.socket_path, timeout=timeout, mountpoint=self.mountpoint)
 
     def send_plan(self, paths: list[str], client: str = "default", bind: bool = False,
-                  session: ControlSession | None = None, part: int = 8192) -> dict:
-        """Send ``client``'s plan (mount-relative paths in read order) in parts of ``part`` paths over one
-        connection (``session``, or a new one closed afterwards: then ``bind`` would end it at once)."""
+                  session: ControlSession | None = None, part: int = 1 << 15) -> dict:
+        """Send ``client``'s plan (mount-relative paths in read order) over one connection (``session``, or a
+        new one closed afterwards: then ``bind`` would end it at once), as newline-joined parts of ``part``
+        paths (a path holding a newline goes in a list part of its own)."""
         own = session is None
         session = session or self.session(timeout=300)
         try:
-            for start in range(0, max(0, len(paths) - part), part):
-                session.request("plan", paths=paths[start:start + part], client=client, more=True)
-            last = paths[(max(0, len(paths) - 1) // part) * part:] if paths else []
-            return session.request("plan", paths=last, client=client, bind=bind)
+            requests = []
+            starts = range(0, max(len(paths), 1), part)
+            for start in starts:
+                chunk = paths[start:start + part]
+                args = {"client": client, **({"bind": bind} if start == starts[-1] else {"more": True})}
+                lines = "\n".join(chunk)
+                if lines.count("\n") == len(chunk) - 1 and (len(chunk) != 1 or lines):
+                    args["lines"] = lines
+                else:
+                    args["paths"] = list(chunk)
+                requests.append(args)
+            return session.pipeline("plan", requests)[-1]  # the parts travel while the daemon hashes
         finally:
             if own:
                 session.close()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .keybatch import KeyBatch
 from .keytable import KeyTable
 
 __all__ = ["Plan", "PlanBook", "PlanStats"]
@@ -156,7 +157,7 @@ class PlanBook:
 
     # ---------------------------------------------------------------- plans in, plans out
 
-    def build(self, keys: Sequence[str], client: str, bound: object = None, note: str = "") -> Plan:
+    def build(self, keys: Sequence[str] | KeyBatch, client: str, bound: object = None, note: str = "") -> Plan:
         """A Plan over ``keys`` (interning them), without taking the book's lock."""
         return Plan(client, self.table.intern(keys), self.slack, bound, note)
 
@@ -177,7 +178,8 @@ class PlanBook:
                 self.table.clear()
             return old
 
-    def set_plan(self, keys: Sequence[str], client: str = "default", bound: object = None, note: str = "") -> Plan:
+    def set_plan(self, keys: Sequence[str] | KeyBatch, client: str = "default", bound: object = None,
+                 note: str = "") -> Plan:
         """Build and install a plan for ``client`` (keys in read order; empty ends the client's plan)."""
         plan = self.build(keys, client, bound, note)
         self.install(plan)
