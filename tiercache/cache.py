@@ -91,12 +91,13 @@ class TieredCache:
             # blocks in RAM, in flight and queued for the SSD share --ram (at least a few blocks in flight)
             self.memory = MemoryBudget(config.ram_bytes, floor=4 * config.block_size)
             if config.ssd_bytes > 0:
+                from .tiers.slot_plans import make_slot_policy
                 from .tiers.ssd import SsdTier
 
                 self.ssd = SsdTier(
                     cache_dir / "regions", config.ssd_bytes, self.meta, region_size=config.region_size,
-                    policy=self._policy(), high=config.high_watermark, low=config.low_watermark,
-                    protected=self._protected, budget=self.memory,
+                    policy=make_slot_policy(config.policy, self.plans), high=config.high_watermark,
+                    low=config.low_watermark, protected=self._protected, budget=self.memory,
                 )
             self.tiers = TierStack(self.ssd, self.counters)
             self.ram = RamTier(

@@ -24,6 +24,8 @@ __all__ = ["Warmer"]
 class Warmer:
     """Warm jobs over one cache's parts (namespace, blocks, tiers, the read path)."""
 
+    IN_FLIGHT_PER_THREAD = 4  # files submitted ahead of the workers, per worker thread
+
     def __init__(self, namespace: Namespace, blocks: BlockMap, tiers: TierStack, reader: BlockReader,
                  fetcher: Fetcher, counters: Counters, threads: int):
         self.namespace, self.blocks, self.tiers = namespace, blocks, tiers
@@ -81,36 +83,51 @@ class Warmer:
         """
         if tier not in TIERS:
             raise ConfigError(f"tier {tier!r} is not one of ram, ssd")
-        total = sum(i.size for i in infos)
         before = self.counters.get("backend_bytes")
-        skipped = [i for i in infos if self.resident(i, 0, None, tier)]
-        todo = [i for i in infos if not self.resident(i, 0, None, tier)]
-        state = {"files": len(infos), "bytes": total, "done_files": len(skipped),
-                 "done_bytes": sum(i.size for i in skipped), "skipped_files": len(skipped),
-                 "skipped_bytes": sum(i.size for i in skipped), "fetched_bytes": 0}
+        state = {"files": len(infos), "bytes": sum(i.size for i in infos), "done_files": 0, "done_bytes": 0,
+                 "skipped_files": 0, "skipped_bytes": 0, "fetched_bytes": 0}
         errors: list[str] = []
         lock = threading.Lock()
-        if progress is not None:
-            progress(dict(state))
+        workers = max(1, threads or self.threads)
+        in_flight = threading.BoundedSemaphore(self.IN_FLIGHT_PER_THREAD * workers)
 
-        def one(info: ObjectInfo) -> None:
-            if cancel is not None and cancel.is_set():
-                return
-            try:
-                self.load(info, tier)
-            except Exception as exc:  # noqa: BLE001 - reported in the result
-                with lock:
-                    errors.append(f"{info.key}: {exc}")
+        def report(info: ObjectInfo, skipped: bool) -> None:
             with lock:
                 state["done_files"] += 1
                 state["done_bytes"] += info.size
+                if skipped:
+                    state["skipped_files"] += 1
+                    state["skipped_bytes"] += info.size
                 state["fetched_bytes"] = self.counters.get("backend_bytes") - before
                 snapshot = dict(state)
             if progress is not None:
                 progress(snapshot)
 
-        with ThreadPoolExecutor(max(1, threads or self.threads), thread_name_prefix="tiercache-warm") as pool:
-            list(pool.map(one, todo))
+        def one(info: ObjectInfo) -> None:
+            try:
+                if cancel is not None and cancel.is_set():
+                    return
+                self.load(info, tier)
+            except Exception as exc:  # noqa: BLE001 - reported in the result
+                with lock:
+                    errors.append(f"{info.key}: {exc}")
+            finally:
+                in_flight.release()
+            report(info, False)
+
+        if progress is not None:
+            progress(dict(state))
+        # Files are submitted as workers free up (a bounded number in flight), never all at once: memory
+        # stays flat however many files there are.
+        with ThreadPoolExecutor(workers, thread_name_prefix="tiercache-warm") as pool:
+            for info in infos:
+                if cancel is not None and cancel.is_set():
+                    break
+                if self.resident(info, 0, None, tier):
+                    report(info, True)
+                    continue
+                in_flight.acquire()
+                pool.submit(one, info)
         missing = sum(self.missing_bytes(info, tier) for info in infos)
         cancelled = cancel is not None and cancel.is_set()
         if errors:

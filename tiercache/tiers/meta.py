@@ -40,7 +40,7 @@ from ..private import private_dir
 
 log = logging.getLogger(__name__)
 
-DATABASES = ("objects", "listings", "ssd_index", "regions", "journal", "pins", "misc")
+DATABASES = ("objects", "listings", "ssd_index", "ssd_slots", "regions", "journal", "pins", "misc")
 
 RAW_KEY_MAX = 400
 LONG_MARK = b"\0\xffL"
@@ -146,6 +146,7 @@ class Meta:
                 raise
             self._start_over(exc)
         self._write_lock = threading.Lock()
+        self.reads: dict[str, int] = dict.fromkeys(DATABASES, 0)  # entries read by get/scan, per database
 
     def _open(self) -> None:
         private_dir(self.path)
@@ -166,12 +167,17 @@ class Meta:
                 pass
 
     def _walk(self) -> None:
-        """Touch every page of every sub-database (raises lmdb.Error where one is damaged)."""
+        """Touch the first and last entries of every sub-database (raises lmdb.Error where the path down to
+        them is damaged): bounded work at open, whatever the size. Deeper damage is met when read; the SSD
+        tier's checksums catch wrong bytes."""
         try:
             with self.env.begin() as txn:
                 for db in self._dbs.values():
-                    for _key in txn.cursor(db=db).iternext(keys=True, values=False):
-                        pass
+                    cursor = txn.cursor(db=db)
+                    if cursor.first():
+                        cursor.value()
+                        cursor.last()
+                        cursor.value()
         except BaseException:
             self.env.close()
             raise
@@ -199,6 +205,7 @@ class Meta:
 
     def get(self, db: str, key: bytes) -> bytes | None:
         """Value of ``key`` or None."""
+        self.reads[db] += 1
         with self.env.begin(db=self._dbs[db], buffers=False) as txn:
             return _loaded_value(key, txn.get(stored_key(key)))
 
@@ -229,7 +236,31 @@ class Meta:
     def scan(self, db: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
         """All (key, value) pairs whose key starts with ``prefix``, in key order."""
         with self.env.begin(db=self._dbs[db]) as txn:
-            return _scan(txn, self._dbs[db], prefix)
+            out = _scan(txn, self._dbs[db], prefix)
+        self.reads[db] += len(out)
+        return out
+
+    def batches(self, db: str, size: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every (key, value) pair of ``db`` in stored-key order, ``size`` at a time, each batch read in its
+        own short transaction (a long walk holds no snapshot; entries changed meanwhile may or may not be
+        seen). Not counted in ``reads``: this is background work."""
+        after: bytes | None = None
+        while True:
+            out: list[tuple[bytes, bytes]] = []
+            with self.env.begin(db=self._dbs[db]) as txn:
+                cursor = txn.cursor()
+                more = cursor.first() if after is None else cursor.set_range(after)
+                if more and after is not None and cursor.key() == after:
+                    more = cursor.next()
+                while more and len(out) < size:
+                    after = bytes(cursor.key())
+                    out.append(loaded_item(after, bytes(cursor.value())))
+                    more = cursor.next()
+            if not out:
+                return
+            yield out
+            if not more:
+                return
 
     def count(self, db: str) -> int:
         """Number of entries in a sub-database."""

@@ -10,11 +10,10 @@ import logging
 import os
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..private import open_private, private_dir
-from .base import BlockId
 from .meta import Meta
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class Region:
     fd: int
     end: int = 0  # bytes appended (or reserved for writes in flight)
     live: int = 0  # bytes of blocks the index points at
-    members: set[BlockId] = field(default_factory=set)
+    count: int = 0  # blocks the index points at (which ones: the SSD tier's SlotTable)
     readers: int = 0
     inflight: int = 0
     dead: bool = False
@@ -101,7 +100,7 @@ class RegionFiles:
             except OSError:
                 pass
         self.unset_active(region)
-        if not region.members and region.inflight == 0 and not region.dead:
+        if region.count <= 0 and region.inflight == 0 and not region.dead:
             self.free(region)
 
     def _create(self) -> Region:

@@ -2,8 +2,11 @@
 restarts.
 
 Layout under ``directory``: region files (``regions.py``), append-only, about ``region_size`` each, so
-millions of small blocks need few inodes. The index (``ssd_index.py``) maps ``BlockId.encode()`` → a
-``Location``: region, offset, length and one crc32 per 64 KiB page (``ssd_format.py``).
+millions of small blocks need few inodes. The index (``ssd_index.py``, LMDB, the index of record) maps
+``BlockId.encode()`` → a ``Location``: region, offset, length, slot and one crc32 per 64 KiB page
+(``ssd_format.py``). In memory a block is only its slot: a dense integer with its region in a numpy
+``SlotTable`` (``ssd_slots.py``) and its eviction state in a slot policy (``slot_policy.py``), no Python
+object per block (issue 12). ``ssd_blocks.py`` keeps index, slots, regions and policy in step.
 
 Space: ``used()`` is the bytes of all region files and never exceeds ``capacity()``: the configured quota,
 bounded by what the filesystem holds (``statvfs``: the region files plus the free space, less a little
@@ -16,8 +19,10 @@ remains in it.
 Integrity: every page checksum is bound to the block's identity (key, etag, block index), so a read whose
 bytes do not match — corrupt, or another block's bytes under a damaged index — drops the entry and reports
 a miss, and the cache refetches; such bytes are never returned. ``get_range`` reads and checks only the
-pages a read needs. At open, index entries pointing at missing regions or past a region's end are dropped,
-and region files the index does not know are deleted.
+pages a read needs. Open takes constant time: region files the index does not know are deleted, and the
+index is opened, not loaded; entries pointing at missing regions or past a region's end are dropped when
+read, and by the background validation (``ssd_validate.py``) that rebuilds the slot table and the
+policy without blocking readers. Until it is done, blocks are admitted only while they fit unevicted.
 """
 
 from __future__ import annotations
@@ -32,11 +37,15 @@ from pathlib import Path
 from .base import BlockId
 from .budget import MemoryBudget
 from .meta import Meta
-from .policy import Policy, Protected, make_policy
-from .regions import Region, RegionFiles
+from .policy import Policy, Protected
+from .regions import RegionFiles
+from .slot_plans import SlotPlanPolicy, make_slot_policy
+from .ssd_blocks import SsdBlocks
 from .ssd_format import FORMAT, PAGE_SIZE, Location, checksums, page_count, page_span, verify
 from .ssd_index import SsdIndex
 from .ssd_queue import WriteQueue
+from .ssd_slots import SlotTable
+from .ssd_validate import Validator
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +75,7 @@ class SsdTier:
         self.files = RegionFiles(directory, meta, self.region_size)
         self.dir = Path(self.files.dir)
         self.meta = meta
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.policy = make_slot_policy(policy) if isinstance(policy, str) else policy
         self.high, self.low = high, min(low, high)
         self.protected = protected
         self._lock = threading.Lock()
@@ -81,8 +90,7 @@ class SsdTier:
         self._writing: set[BlockId] = set()
         self._touched: OrderedDict[BlockId, tuple[int, int]] = OrderedDict()  # (last part's end, run)
         self._regions = self.files.regions
-        self.hits = self.misses = self.bytes_served = self.evictions = self.evicted_bytes = 0
-        self.relocated_bytes = self.crc_errors = self.rejected = self.dropped_at_open = self.write_errors = 0
+        self.hits = self.misses = self.bytes_served = self.rejected = self.write_errors = 0
         self._open()
         if self._quota > self.capacity():
             log.warning("ssd tier: %s holds %d MiB; using that instead of the configured %d MiB",
@@ -91,6 +99,8 @@ class SsdTier:
     # ------------------------------------------------------------------ open and validate
 
     def _open(self) -> None:
+        """Constant work: the format mark, the region files, the slot high-water mark; the rest in the
+        background (``ssd_validate.py``)."""
         if self.meta.get("misc", b"ssd_format") != FORMAT:
             if self.meta.count("ssd_index") or self.files.listed():
                 log.info("ssd tier: index of an older format; starting the SSD tier over")
@@ -98,27 +108,22 @@ class SsdTier:
             self.files.unlist(sorted(self.files.listed()))
             self.meta.put("misc", b"ssd_format", FORMAT)
         self.files.load()
-        entries, drop = [], []
-        for key, raw in self.index.scan():
-            loc = Location.unpack(raw)
-            region = self._regions.get(loc.region)
-            if region is None or loc.offset + loc.length > region.end or not loc.well_formed():
-                drop.append(key)
-                continue
-            entries.append((loc.region, loc.offset, loc.length, key))
-        entries.sort()
-        for rid, _off, length, key in entries:
-            block = BlockId.decode(key)
-            region = self._regions[rid]
-            region.members.add(block)
-            region.live += length
-            self.policy.on_insert(block, length)
-        if drop:
-            self.dropped_at_open = len(drop)
-            log.warning("ssd tier: dropped %d index entries pointing past their region", len(drop))
-            self.index.delete_committed(drop)
-        for region in [r for r in self._regions.values() if not r.members]:
-            self.files.free(region)
+        self.slots = SlotTable(self.index.committed_next_slot())
+        self.index.next_slot = self.slots.next_slot
+        self.entries = SsdBlocks(self.files, self.index, self.slots, self.policy, self.protected,
+                                self.region_size)
+        if isinstance(self.policy, SlotPlanPolicy):
+            self.policy.key_of = self._key_of
+        self.validator = Validator(self.entries, self._lock)
+        self.validator.start()
+
+    def _key_of(self, slot: int) -> str | None:
+        block = self.entries.block_of(slot)
+        return None if block is None else block.key
+
+    def validated(self, timeout: float | None = None) -> bool:
+        """Wait until background validation is done (True), or ``timeout`` passes (False)."""
+        return self.validator.done.wait(timeout)
 
     # ------------------------------------------------------------------ reads
 
@@ -146,9 +151,9 @@ class SsdTier:
         blocks of up to two pages, or on a miss: the caller takes the whole-block path."""
         if page_count(block_len) <= 2:
             return None
+        if block not in self.queue and self.index.get(block.encode()) is None:
+            return None
         with self._lock:
-            if block not in self.policy and block not in self.queue:
-                return None
             last_end, run = self._touched.pop(block, (-1, 0))
             run = run + 1 if start == last_end else 0
             if run >= 2:
@@ -165,8 +170,7 @@ class SsdTier:
                 queued = self.queue.get(block)
                 if queued is not None:
                     return self._queued_hit(queued, count, out, start, end)
-                resident = block in self.policy
-            raw = self.index.get(key) if resident else None
+            raw = self.index.get(key)
             if raw is None:
                 break
             loc = Location.unpack(raw)
@@ -179,8 +183,13 @@ class SsdTier:
             n = loc.length - lo if last is None else min(loc.length, last * PAGE_SIZE) - lo
             with self._lock:
                 region = self._regions.get(loc.region)
-                if region is None or region.dead:
+                if region is not None and region.dead:
                     continue  # freed by a concurrent relocation: look the block up again
+                if not self.entries.valid(loc):
+                    if self.index.get(key) == raw:
+                        self.entries.drop(key, raw)
+                        self.entries.dropped += 1
+                    break
                 region.readers += 1
             try:
                 if out is None:
@@ -201,7 +210,7 @@ class SsdTier:
                 self._corrupt(block, raw)
                 break
             with self._lock:
-                self.policy.on_access(block)
+                self.policy.on_access(loc.slot)
                 if count:
                     self.hits += 1
                     self.bytes_served += n
@@ -231,11 +240,11 @@ class SsdTier:
 
     def _corrupt(self, block: BlockId, raw: bytes) -> None:
         log.warning("ssd tier: checksum mismatch for %s block %d; dropping it", block.key, block.index)
+        key = block.encode()
         with self._lock:
-            self.crc_errors += 1
-            if self.index.get(block.encode()) == raw:
-                self._drop(block)
-                self.policy.on_remove(block)
+            self.entries.crc_errors += 1
+            if self.index.get(key) == raw:
+                self.entries.drop(key, raw)
 
     def contains(self, block: BlockId) -> bool:
         """Whether the block is resident (in this tier's own index) or queued (it may still fail its check
@@ -256,18 +265,23 @@ class SsdTier:
         length = len(data)
         if length > self._quota:
             return False
+        key = block.encode()
+        if not self.validator.done.is_set() and not self._fits_unevicted(length):
+            self.validator.done.wait()  # eviction needs the whole index walked
         crcs = checksums(block, data)
         with self._lock:
-            if block in self.policy or block in self._writing or (block in self.queue and not queued):
+            if block in self._writing or (block in self.queue and not queued) or self.index.get(key) is not None:
                 return True
             if queued and block not in self.queue:
                 return False  # discarded while queued
-            if not self._make_room(length):
+            validated = self.validator.done.is_set()
+            if not (self._fits_unevicted(length) if not validated else self._make_room(length)):
                 self.rejected += 1
                 return False
             region, off = self.files.reserve(length, "new")
             region.inflight += 1
             self._writing.add(block)
+            slot = self.slots.allocate()
         ok = False
         try:
             ok = os.pwrite(region.fd, data, off) == length
@@ -278,11 +292,18 @@ class SsdTier:
                 region.inflight -= 1
                 self._writing.discard(block)
                 if ok:
-                    self._link(block, region, Location(region.id, off, length, crcs))
+                    self.entries.link(block, region, Location(region.id, off, length, crcs, slot))
                 else:
                     self.write_errors += 1
+                    self.slots.release(slot)
                     self.files.unreserve(region, off, length)
         return ok
+
+    def _fits_unevicted(self, length: int) -> bool:
+        return self.files.physical + length <= self.high * self.capacity()
+
+    def _make_room(self, need: int) -> bool:
+        return self.entries.make_room(need, self.capacity(), self.high, self.low)
 
     def put_async(self, block: BlockId, data: bytes) -> bool:
         """Queue a block for a background ``put`` (readable meanwhile); False if the queue is full.
@@ -291,109 +312,26 @@ class SsdTier:
         queue costs nothing but the SSD copy, and RAM evictions still demote synchronously.
         """
         with self._lock:
-            if block in self.policy or block in self.queue or block in self._writing:
+            if block in self.queue or block in self._writing:
                 return True
+        if self.index.get(block.encode()) is not None:
+            return True
+        with self._lock:
             return self.queue.add(block, data)
 
     def drain(self) -> None:
         """Wait until every queued block is written."""
         self.queue.drain()
 
-    def _link(self, block: BlockId, region: Region, loc: Location) -> None:
-        self.index.set(block.encode(), loc.pack())
-        region.members.add(block)
-        region.live += loc.length
-        self.policy.on_insert(block, loc.length)
-
-    def _drop(self, block: BlockId) -> int:
-        """Unlink a block from the index and its region (caller holds the lock; policy handled by caller)."""
-        key = block.encode()
-        raw = self.index.get(key)
-        if raw is None:
-            return 0
-        loc = Location.unpack(raw)
-        self.index.set(key, None)
-        region = self._regions.get(loc.region)
-        if region is not None:
-            region.members.discard(block)
-            region.live -= loc.length
-            if not region.members and region not in self.files.active.values() and region.inflight == 0:
-                self.files.free(region)
-        return loc.length
-
-    def _make_room(self, need: int) -> bool:
-        """Evict until ``need`` more bytes fit under the low watermark (at least under the hard quota).
-
-        The policy chooses victims (index entries dropped); then regions are freed, most garbage first,
-        copying their live blocks forward (into a separate "old" stream, so blocks that survive stay apart
-        from new ones). Only when no region's live bytes fit under the quota does the policy evict more:
-        evicting beyond the policy's choice to save copying costs far more hits than the copying costs.
-        """
-        cap = self.capacity()
-        if self.files.physical + need <= self.high * cap:
-            return True
-        goal = max(0, int(self.low * cap) - need)
-        self._evict(self.policy.tracked_bytes - goal)
-        chunk = max(self.region_size // 4, need)
-        while self.files.physical > goal:
-            for region in [r for r in self._regions.values() if not r.members and r.inflight == 0]:
-                self.files.free(region)
-            if self.files.physical <= goal:
-                break
-            candidates = [r for r in self._regions.values() if r.inflight == 0 and r.end > r.live]
-            best = max(candidates, key=lambda r: (r.end - r.live, -r.id), default=None)
-            fits = best is not None and self.files.physical + best.live <= cap
-            if fits:
-                self._compact(best)
-            elif not self._evict(chunk):
-                break
-        return self.files.physical + need <= cap
-
-    def _evict(self, nbytes: int) -> bool:
-        """Drop the policy's victims for ``nbytes``; False if it had none to give."""
-        if nbytes <= 0:
-            return True
-        victims = self.policy.victims(nbytes, self.protected)
-        for victim in victims:
-            self.evicted_bytes += self._drop(victim)
-        self.evictions += len(victims)
-        return bool(victims)
-
-    def _compact(self, region: Region) -> None:
-        """Copy a region's live blocks to the active region and delete it (caller checked they fit)."""
-        locs = {b: Location.unpack(self.index.get(b.encode())) for b in region.members}
-        members = sorted(region.members, key=lambda b: locs[b].offset)
-        self.files.unset_active(region)
-        data = os.pread(region.fd, region.end, 0) if members else b""
-        for block in members:
-            loc = locs[block]
-            chunk = data[loc.offset:loc.offset + loc.length]
-            if len(chunk) != loc.length or not verify(block, loc, chunk):
-                self.crc_errors += 1
-                self._drop(block)
-                self.policy.on_remove(block)
-                continue
-            target, new_off = self.files.reserve(loc.length, "old")
-            os.pwrite(target.fd, chunk, new_off)
-            region.members.discard(block)
-            region.live -= loc.length
-            target.members.add(block)
-            target.live += loc.length
-            self.index.set(block.encode(), loc.moved(target.id, new_off).pack())
-            self.relocated_bytes += loc.length
-        if region.id in self._regions:
-            self.files.free(region)
-
     def discard(self, block: BlockId) -> int:
         """Drop a block; returns its size (0 if absent)."""
+        key = block.encode()
         with self._lock:
             queued = self.queue.remove(block)
             if queued:
                 return queued
-            if block not in self.policy:
-                return 0
-            self.policy.on_remove(block)
-            return self._drop(block)
+            raw = self.index.get(key)
+            return 0 if raw is None else self.entries.drop(key, raw)
 
     def flush(self) -> None:
         """Commit buffered index changes to LMDB in one transaction."""
@@ -416,22 +354,27 @@ class SsdTier:
     def stats(self) -> dict:
         """Counters and occupancy, JSON-serializable."""
         capacity = self.capacity()
+        validated = self.validator.done.is_set()
+        blocks = self.entries
         with self._lock:
             lookups = self.hits + self.misses
             return {
                 "used": self.files.physical, "capacity": capacity, "configured_capacity": self._quota,
                 "live": self.policy.tracked_bytes, "queued": self.queue.bytes,
-                "blocks": len(self.policy), "regions": len(self._regions), "region_size": self.region_size,
+                "blocks": self.slots.live if validated else self.index.count(),
+                "regions": len(self._regions), "region_size": self.region_size,
                 "hits": self.hits, "misses": self.misses, "hit_rate": self.hits / lookups if lookups else 0.0,
-                "bytes_served": self.bytes_served, "evictions": self.evictions,
-                "evicted_bytes": self.evicted_bytes, "relocated_bytes": self.relocated_bytes,
-                "crc_errors": self.crc_errors, "rejected": self.rejected, "write_errors": self.write_errors,
-                "dropped_at_open": self.dropped_at_open, "index_reset": self.meta.reset_reason,
-                "policy": self.policy.name,
+                "bytes_served": self.bytes_served, "evictions": blocks.evictions,
+                "evicted_bytes": blocks.evicted_bytes, "relocated_bytes": blocks.relocated_bytes,
+                "crc_errors": blocks.crc_errors, "rejected": self.rejected, "write_errors": self.write_errors,
+                "dropped_at_open": blocks.dropped, "index_reset": self.meta.reset_reason,
+                "validated": validated, "policy": self.policy.name,
+                "state_bytes": self.slots.nbytes + getattr(self.policy, "nbytes", 0),
             }
 
     def close(self) -> None:
         """Write what is queued, commit the index and close the region files."""
+        self.validator.stop()
         if not self.queue.close():
             return
         self.index.close()

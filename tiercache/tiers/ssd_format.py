@@ -1,6 +1,7 @@
 """How the SSD tier records a block: where it lies, and a checksum per page bound to the block's identity.
 
-An index entry is ``region id, offset, length`` and one crc32 per ``PAGE_SIZE`` page of the block. Each
+An index entry is ``region id, offset, length, slot`` (the block's dense integer id in the tier's arrays)
+and one crc32 per ``PAGE_SIZE`` page of the block. Each
 page's crc is seeded with the crc of the block's id (key, etag, block index) and the page number, so bytes
 are only accepted for the block and page they were written as: an index entry that points at another
 block's bytes (a damaged or swapped index, a region reused) fails its check and reads as a miss. Pages let
@@ -19,9 +20,9 @@ try:  # ISA-L's crc32: the same CRC-32 as zlib's, about 6x faster
 except ImportError:  # pragma: no cover - isal is a dependency; zlib computes identical values
     from zlib import crc32
 
-FORMAT = b"pages-v2"  # stored in misc/ssd_format; an index of another format is dropped at open
+FORMAT = b"pages-v3"  # stored in misc/ssd_format; an index of another format is dropped at open
 PAGE_SIZE = 64 << 10
-_HEAD = struct.Struct("<IQI")  # region id, offset, length
+_HEAD = struct.Struct("<IQII")  # region id, offset, length, slot
 _PAGE_NO = struct.Struct("<I")
 
 
@@ -44,26 +45,30 @@ def _page_crc(seed: int, page: int, data: bytes | memoryview) -> int:
 
 
 class Location(NamedTuple):
-    """Where a block's bytes are (region id, offset, length) and their page checksums (packed uint32s)."""
+    """Where a block's bytes are (region id, offset, length), its slot, and its page checksums (packed
+    uint32s)."""
 
     region: int
     offset: int
     length: int
     crcs: bytes
+    slot: int = 0
 
     def pack(self) -> bytes:
         """The index value."""
-        return _HEAD.pack(self.region, self.offset, self.length) + self.crcs
+        return _HEAD.pack(self.region, self.offset, self.length, self.slot) + self.crcs
 
     @classmethod
     def unpack(cls, raw: bytes) -> Location:
-        """Inverse of :meth:`pack`."""
-        region, offset, length = _HEAD.unpack_from(raw)
-        return cls(region, offset, length, bytes(raw[_HEAD.size:]))
+        """Inverse of :meth:`pack` (a value too short to be one reads as an entry that is not well formed)."""
+        if len(raw) < _HEAD.size:
+            return cls(0, 0, 0, b"", -1)
+        region, offset, length, slot = _HEAD.unpack_from(raw)
+        return cls(region, offset, length, bytes(raw[_HEAD.size:]), slot)
 
     def moved(self, region: int, offset: int) -> Location:
         """The same block at another place (checksums do not depend on where it lies)."""
-        return Location(region, offset, self.length, self.crcs)
+        return Location(region, offset, self.length, self.crcs, self.slot)
 
     def well_formed(self) -> bool:
         """Whether the entry carries one checksum per page."""

@@ -1,0 +1,154 @@
+"""Plan-aware eviction over slots, compact while no plan is live; and the SSD tier's policy factory.
+
+``SlotPlanPolicy`` is what the SSD tier runs under the ``default``/``plan`` policies. Without a live plan it
+is its compact fallback (``slot_policy.SlotS3FIFO``: numpy arrays, no Python object per block). When a plan
+arrives it builds a ``planned.PlanAwarePolicy`` over the resident slots (each handed over as a ``SlotRef``,
+an int that carries its object key, which that policy ranks by) and defers to it; when the last plan ends
+that per-block state is dropped again. Seeding reads each resident slot's key from the tier's index once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+
+from ..plans import PlanBook
+from .planned import PlanAwarePolicy
+from .policy import Policy, Protected, make_policy
+from .slot_policy import SlotLRU, SlotPolicy, SlotS3FIFO
+
+__all__ = ["SlotPlanPolicy", "SlotRef", "make_slot_policy"]
+
+
+class SlotRef(int):
+    """A slot id that carries its object key (``key``); equal to and hashed as the plain int."""
+
+    key: str
+
+    def __new__(cls, slot: int, key: str) -> SlotRef:
+        ref = super().__new__(cls, slot)
+        ref.key = key
+        return ref
+
+
+class _Detached(Policy):
+    """A fallback that does nothing: used while seeding a plan-aware policy from slots already tracked."""
+
+    def on_insert(self, block: Hashable, size: int) -> None:
+        """Nothing."""
+
+    def on_access(self, block: Hashable) -> None:
+        """Nothing."""
+
+    def on_remove(self, block: Hashable) -> None:
+        """Nothing."""
+
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
+        """None."""
+        return []
+
+    def __contains__(self, block: Hashable) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    @property
+    def tracked_bytes(self) -> int:
+        """Zero."""
+        return 0
+
+
+class SlotPlanPolicy(Policy):
+    """Farthest next use over ``book``'s live plans; the compact ``fallback`` alone without plans."""
+
+    name = "plan"
+
+    def __init__(self, book: PlanBook | None = None, fallback: Callable[[], SlotPolicy] = SlotS3FIFO):
+        super().__init__()
+        self.book = book if book is not None else PlanBook()
+        self.fallback = fallback()
+        self.key_of: Callable[[int], str | None] = lambda _slot: None  # the tier's slot → object key
+        self._planned: PlanAwarePolicy | None = None
+
+    def _active(self) -> PlanAwarePolicy | None:
+        if not self.book:
+            self._planned = None  # no plan left: drop the per-block plan state
+            return None
+        if self._planned is None:
+            planned = PlanAwarePolicy(self.book, fallback=_Detached)
+            for slot in self.fallback.resident().tolist():
+                planned.on_insert(self._ref(slot), self.fallback.size_of(slot))
+            planned.fallback = self.fallback
+            self._planned = planned
+        return self._planned
+
+    def _ref(self, slot: int) -> SlotRef:
+        return SlotRef(slot, self.key_of(slot) or "")
+
+    def on_insert(self, block: int, size: int, ident: int | None = None) -> None:
+        """Track a resident slot (in the fallback; in the plan-aware policy too while plans are live)."""
+        planned = self._active()
+        if planned is None:
+            self.fallback.on_insert(block, size, ident)
+        else:
+            self.fallback.on_insert(block, size, ident)
+            planned.fallback = _DETACHED  # the fallback has it already (with its ghost identity)
+            try:
+                planned.on_insert(self._ref(int(block)), size)
+            finally:
+                planned.fallback = self.fallback
+
+    def on_access(self, block: int) -> None:
+        """A hit (only the fallback keeps recency)."""
+        self.fallback.on_access(block)
+
+    def on_remove(self, block: int) -> None:
+        """Forget a slot."""
+        if self._planned is not None:
+            self._planned.on_remove(block)
+        else:
+            self.fallback.on_remove(block)
+
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[int]:
+        """The plan-aware choice while plans are live, else the fallback's; plain slot ints."""
+        planned = self._active()
+        chosen = self.fallback.victims(bytes_needed, protected) if planned is None else \
+            planned.victims(bytes_needed, protected)
+        return [int(slot) for slot in chosen]
+
+    def set_plan(self, keys_in_order: Sequence[str], client: str = "default") -> None:
+        """Install ``client``'s plan in the book."""
+        self.book.set_plan(keys_in_order, client)
+
+    def __contains__(self, block: object) -> bool:
+        return block in self.fallback
+
+    def __len__(self) -> int:
+        return len(self.fallback)
+
+    @property
+    def tracked_bytes(self) -> int:
+        """Bytes of the resident slots."""
+        return self.fallback.tracked_bytes
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the compact state (the plan-aware dicts, while plans are live, are not counted)."""
+        return self.fallback.nbytes
+
+
+_DETACHED = _Detached()
+
+_SLOT_POLICIES: dict[str, Callable[[PlanBook | None], Policy]] = {
+    "s3fifo": lambda _book: SlotS3FIFO(),
+    "lru": lambda _book: SlotLRU(),
+    "default": lambda book: SlotPlanPolicy(book, SlotS3FIFO),
+    "plan": lambda book: SlotPlanPolicy(book, SlotS3FIFO),
+    "plan-lru": lambda book: SlotPlanPolicy(book, SlotLRU),
+}
+
+
+def make_slot_policy(name: str = "default", book: PlanBook | None = None) -> Policy:
+    """The SSD tier's policy by name: a compact slot policy where one exists, else ``make_policy``'s."""
+    factory = _SLOT_POLICIES.get(name)
+    return factory(book) if factory is not None else make_policy(name, book)

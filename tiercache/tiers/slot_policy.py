@@ -1,0 +1,309 @@
+"""Eviction policies over integer slot ids with their state in numpy arrays (the SSD tier's, issue 12).
+
+Same contract and the same decisions as ``policy.py``'s LRU and S3-FIFO, but a block is a small integer
+(the SSD tier's slot, dense from 0) and every per-block field lives in a numpy array: no Python object per
+block. S3-FIFO keeps about 30 bytes per slot (size, counter, queue, last access tick, two pairs of links);
+LRU about 12. ``on_insert`` takes an optional ``ident`` (a 64-bit hash of the block's identity) that the
+ghost remembers after an eviction, since a slot is reused by other blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .policy import Policy, Protected, never_protected
+from .slot_lists import NIL, Ghost, Lists, grown
+
+SMALL, MAIN = 0, 1
+_OUT, _IN_SMALL, _IN_MAIN = 0, 1, 2
+
+
+class SlotPolicy(Policy):
+    """Base of the slot policies: sizes per slot, resident count and bytes."""
+
+    name = "slots"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._size = np.zeros(0, np.uint32)
+        self._count = 0
+        self._bytes = 0
+
+    def _reserve(self, need: int) -> None:
+        self._size = grown(self._size, need)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def tracked_bytes(self) -> int:
+        """Bytes of the resident slots."""
+        return self._bytes
+
+    def resident(self) -> np.ndarray:
+        """The resident slots (int64), in no particular order."""
+        raise NotImplementedError
+
+    def size_of(self, slot: int) -> int:
+        """The size a resident slot was inserted with."""
+        return int(self._size[slot])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the policy's arrays."""
+        return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+
+
+class SlotLRU(SlotPolicy):
+    """Least recently used over slots."""
+
+    name = "lru"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lists = Lists(1)
+        self._in = np.zeros(0, np.bool_)
+
+    def _reserve(self, need: int) -> None:
+        super()._reserve(need)
+        self._in = grown(self._in, need)
+        self._lists.reserve(need)
+
+    def on_insert(self, block: int, size: int, ident: int | None = None) -> None:
+        """Insert at the most-recent end."""
+        slot = int(block)
+        self._reserve(slot + 1)
+        if self._in[slot]:
+            self.on_remove(slot)
+        self._in[slot] = True
+        self._size[slot] = size
+        self._lists.append(0, slot)
+        self._count += 1
+        self._bytes += size
+
+    def on_access(self, block: int) -> None:
+        """Move to the most-recent end."""
+        slot = int(block)
+        if slot < len(self._in) and self._in[slot]:
+            self._lists.to_tail(0, slot)
+
+    def on_remove(self, block: int) -> None:
+        """Forget a slot."""
+        slot = int(block)
+        if slot < len(self._in) and self._in[slot]:
+            self._forget(slot)
+
+    def _forget(self, slot: int) -> None:
+        self._lists.remove(0, slot)
+        self._in[slot] = False
+        self._count -= 1
+        self._bytes -= int(self._size[slot])
+
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[int]:
+        """Least recent first, skipping protected slots."""
+        protected = protected or never_protected
+        out, freed = [], 0
+        slot = self._lists.first(0)
+        while slot != NIL and freed < bytes_needed:
+            nxt = self._lists.after(slot)
+            if not protected(slot):
+                freed += int(self._size[slot])
+                self._forget(slot)
+                out.append(slot)
+            slot = nxt
+        return out
+
+    def __contains__(self, block: object) -> bool:
+        return isinstance(block, (int, np.integer)) and 0 <= block < len(self._in) and bool(self._in[block])
+
+    def resident(self) -> np.ndarray:
+        """The resident slots."""
+        return np.flatnonzero(self._in)
+
+
+class SlotS3FIFO(SlotPolicy):
+    """S3-FIFO over slots: ``policy.S3FIFOPolicy``'s algorithm (see there), state in numpy arrays."""
+
+    name = "s3fifo"
+
+    def __init__(self, small_ratio: float = 0.1, ghost_ratio: float = 0.1, stale_factor: float = 1.5,
+                 max_freq: int = 3) -> None:
+        super().__init__()
+        self.small_ratio, self.ghost_ratio = small_ratio, ghost_ratio
+        self.stale_factor, self.max_freq = stale_factor, max_freq
+        self._where = np.zeros(0, np.uint8)  # _OUT, _IN_SMALL, _IN_MAIN
+        self._freq = np.zeros(0, np.uint8)
+        self._last = np.zeros(0, np.int64)
+        self._ident = np.zeros(0, np.int64)
+        self._queues = Lists(2)  # SMALL and MAIN FIFOs
+        self._recency = Lists(1)  # main slots, least recently used first
+        self._ghost = Ghost()
+        self._small_bytes = self._main_bytes = 0
+        self._tick = 0
+        self._reuse: float | None = None
+
+    def _reserve(self, need: int) -> None:
+        if need > len(self._where):
+            super()._reserve(need)
+            self._where = grown(self._where, need)
+            self._freq = grown(self._freq, need)
+            self._last = grown(self._last, need)
+            self._ident = grown(self._ident, need)
+            self._queues.reserve(need)
+            self._recency.reserve(need)
+
+    def on_insert(self, block: int, size: int, ident: int | None = None) -> None:
+        """Into main if the ghost remembers its identity, else into the small queue."""
+        slot = int(block)
+        self._reserve(slot + 1)
+        if self._where[slot]:
+            self.on_remove(slot)
+        ident = int(ident if ident is not None else slot + 1) or 1
+        self._tick += 1
+        self._last[slot] = self._tick
+        self._freq[slot] = 0
+        self._ident[slot] = ident
+        self._size[slot] = size
+        self._count += 1
+        self._bytes += size
+        if ident in self._ghost:
+            self._ghost.discard(ident)
+            self._to_main(slot)
+        else:
+            self._where[slot] = _IN_SMALL
+            self._queues.append(SMALL, slot)
+            self._small_bytes += size
+
+    def on_access(self, block: int) -> None:
+        """Bump the slot's counter; main hits also feed the reuse-interval estimate."""
+        slot = int(block)
+        if slot >= len(self._where) or not self._where[slot]:
+            return
+        self._tick += 1
+        freq = int(self._freq[slot])
+        if freq < self.max_freq:
+            self._freq[slot] = freq + 1
+        if self._where[slot] == _IN_MAIN:
+            interval = self._tick - int(self._last[slot])
+            decay = 1.0 - 1.0 / max(1, self._queues.size[MAIN])
+            self._reuse = interval if self._reuse is None else max(interval, self._reuse * decay)
+            self._recency.to_tail(0, slot)
+        self._last[slot] = self._tick
+
+    def on_remove(self, block: int) -> None:
+        """Forget a slot (not remembered as a ghost)."""
+        slot = int(block)
+        if slot >= len(self._where) or not self._where[slot]:
+            return
+        if self._where[slot] == _IN_SMALL:
+            self._queues.remove(SMALL, slot)
+            self._small_bytes -= int(self._size[slot])
+        else:
+            self._drop_main(slot)
+        self._forget(slot)
+
+    def _to_main(self, slot: int) -> None:
+        self._where[slot] = _IN_MAIN
+        self._queues.append(MAIN, slot)
+        self._recency.append(0, slot)
+        self._main_bytes += int(self._size[slot])
+
+    def _drop_main(self, slot: int) -> int:
+        size = int(self._size[slot])
+        self._queues.remove(MAIN, slot)
+        self._recency.remove(0, slot)
+        self._main_bytes -= size
+        return size
+
+    def _forget(self, slot: int) -> None:
+        self._where[slot] = _OUT
+        self._count -= 1
+        self._bytes -= int(self._size[slot])
+
+    def _remember(self, slot: int) -> None:
+        self._ghost.add(int(self._ident[slot]), max(16, int(self.ghost_ratio * self._count)))
+
+    def _stale(self, bytes_needed: int, protected: Protected, out: list[int]) -> int:
+        """Evict main slots idle far longer than main slots are normally reused."""
+        if self._reuse is None:
+            return 0
+        limit = self.stale_factor * self._reuse
+        freed = 0
+        for _ in range(self._recency.size[0]):
+            if freed >= bytes_needed:
+                break
+            slot = self._recency.first(0)
+            if self._tick - int(self._last[slot]) <= limit:
+                break
+            if protected(slot):
+                self._recency.to_tail(0, slot)
+                continue
+            freed += self._drop_main(slot)
+            self._forget(slot)
+            out.append(slot)
+        return freed
+
+    def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[int]:
+        """Stale main slots first; then from the small queue while it is over its share, else from main."""
+        protected = protected or never_protected
+        out: list[int] = []
+        freed = self._stale(bytes_needed, protected, out)
+        after = max(0, self._small_bytes + self._main_bytes - (bytes_needed - freed))
+        queues = self._queues
+        while queues.size[SMALL]:  # main under its share: fill it from the small queue
+            slot = queues.first(SMALL)
+            size = int(self._size[slot])
+            if self._main_bytes + size > (1.0 - self.small_ratio) * after:
+                break
+            queues.remove(SMALL, slot)
+            self._small_bytes -= size
+            self._to_main(slot)
+        small_target = self.small_ratio * after
+        main_skips = 0
+        while freed < bytes_needed and (queues.size[SMALL] or queues.size[MAIN]):
+            main_stuck = main_skips > queues.size[MAIN]
+            if queues.size[SMALL] and (self._small_bytes > small_target or not queues.size[MAIN] or main_stuck):
+                slot = queues.first(SMALL)
+                size = int(self._size[slot])
+                queues.remove(SMALL, slot)
+                self._small_bytes -= size
+                if self._freq[slot] > 0 or protected(slot):
+                    self._freq[slot] = 0
+                    self._to_main(slot)  # read again (or pinned): promote
+                    main_skips = 0
+                    continue
+                self._forget(slot)
+                self._remember(slot)
+            elif main_stuck:
+                break
+            else:
+                slot = queues.first(MAIN)
+                size = int(self._size[slot])
+                if protected(slot):
+                    queues.to_tail(MAIN, slot)
+                    main_skips += 1
+                    continue
+                freq = int(self._freq[slot])
+                if freq > 0:
+                    queues.to_tail(MAIN, slot)
+                    self._freq[slot] = freq - 1
+                    continue
+                self._drop_main(slot)
+                self._forget(slot)
+                main_skips = 0
+            out.append(slot)
+            freed += size
+        return out
+
+    def __contains__(self, block: object) -> bool:
+        return (isinstance(block, (int, np.integer)) and 0 <= block < len(self._where)
+                and bool(self._where[block]))
+
+    def resident(self) -> np.ndarray:
+        """The resident slots."""
+        return np.flatnonzero(self._where)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays, the links and the ghost."""
+        return (super().nbytes + self._queues.nbytes + self._recency.nbytes + self._ghost.nbytes)
