@@ -3,8 +3,10 @@
     python tests/scaleprobe.py warm CACHE_DIR N      # open, list all N, warm all N into the SSD tier
     python tests/scaleprobe.py restart CACHE_DIR N   # open the warm cache dir, read one cached file
 
-Memory is counted two ways: RssAnon (the process's anonymous resident bytes) and Python allocations
-(``sys.getallocatedblocks``), after a ``gc.collect()``. Imports happen before the first checkpoint.
+``index_reads`` counts the SSD index entries read in the foreground (``Meta.reads``; the background
+validation is not counted) from open to the first read served. Memory is counted two ways: RssAnon (the
+process's anonymous resident bytes) and Python allocations (``sys.getallocatedblocks``), after a
+``gc.collect()``. Imports happen before the first checkpoint.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def warm(cache_dir: str, n: int) -> dict:
     listed = checkpoint()
     report = cache.warm("", tier="ssd")
     warmed = checkpoint()
+    ssd = cache.stats()["ssd"]
     cache.close()
     return {"top": names, "warm": {k: report[k] for k in ("files", "complete", "errors")},
-            "opened": opened, "listed": listed, "warmed": warmed}
+            "opened": opened, "listed": listed, "warmed": warmed,
+            "ssd_state_bytes": ssd["state_bytes"], "ssd_blocks": ssd["blocks"]}
 
 
 def restart(cache_dir: str, n: int) -> dict:
@@ -59,10 +63,14 @@ def restart(cache_dir: str, n: int) -> dict:
     opened = checkpoint()
     data = bytes(cache.read(key))
     read = checkpoint()
+    index_reads = {db: cache.meta.reads[db] for db in ("ssd_index", "ssd_slots", "regions")}
     gets = cache.stats()["backend"]["gets"]
+    validated = cache.ssd.validated(300)
+    ssd = cache.stats()["ssd"]
     cache.close()
-    return {"start": start, "opened": opened, "read": read, "backend_gets": gets,
-            "read_ok": data == SyntheticStore(n, SIZE).content(key)}
+    return {"start": start, "opened": opened, "read": read, "backend_gets": gets, "index_reads": index_reads,
+            "read_ok": data == SyntheticStore(n, SIZE).content(key), "validated": validated,
+            "blocks_after_validation": ssd["blocks"]}
 
 
 if __name__ == "__main__":

@@ -209,6 +209,11 @@ class Meta:
         with self.env.begin(db=self._dbs[db], buffers=False) as txn:
             return _loaded_value(key, txn.get(stored_key(key)))
 
+    def get_many(self, db: str, keys: list[bytes]) -> list[bytes | None]:
+        """Values of ``keys`` (None where absent), read in one transaction; background work, not counted."""
+        with self.env.begin(db=self._dbs[db], buffers=False) as txn:
+            return [_loaded_value(key, txn.get(stored_key(key))) for key in keys]
+
     def put(self, db: str, key: bytes, value: bytes) -> None:
         """Store one value in its own transaction."""
         with self.write() as txn:

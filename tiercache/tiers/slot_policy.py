@@ -2,9 +2,10 @@
 
 Same contract and the same decisions as ``policy.py``'s LRU and S3-FIFO, but a block is a small integer
 (the SSD tier's slot, dense from 0) and every per-block field lives in a numpy array: no Python object per
-block. S3-FIFO keeps about 30 bytes per slot (size, counter, queue, last access tick, two pairs of links);
-LRU about 12. ``on_insert`` takes an optional ``ident`` (a 64-bit hash of the block's identity) that the
-ghost remembers after an eviction, since a slot is reused by other blocks.
+block. S3-FIFO keeps 34 bytes per slot (size, counter, queue, last access tick, identity, two pairs of
+links), LRU 13, plus up to half again while an array has room to grow. ``on_insert`` takes an optional
+``ident`` (a hash of the block's identity) that the ghost remembers after an eviction, since a slot is
+reused by other blocks.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class SlotS3FIFO(SlotPolicy):
         self._where = np.zeros(0, np.uint8)  # _OUT, _IN_SMALL, _IN_MAIN
         self._freq = np.zeros(0, np.uint8)
         self._last = np.zeros(0, np.int64)
-        self._ident = np.zeros(0, np.int64)
+        self._ident = np.zeros(0, np.uint32)  # 32 bits of identity: enough for a lossy ghost
         self._queues = Lists(2)  # SMALL and MAIN FIFOs
         self._recency = Lists(1)  # main slots, least recently used first
         self._ghost = Ghost()
@@ -158,7 +159,7 @@ class SlotS3FIFO(SlotPolicy):
         self._reserve(slot + 1)
         if self._where[slot]:
             self.on_remove(slot)
-        ident = int(ident if ident is not None else slot + 1) or 1
+        ident = (int(ident if ident is not None else slot + 1) & 0xFFFFFFFF) or 1
         self._tick += 1
         self._last[slot] = self._tick
         self._freq[slot] = 0

@@ -83,6 +83,8 @@ class SsdBlocks:
         points at its slot, the slot's block; ``forget``: tell the policy (not for its own victims)."""
         loc = Location.unpack(raw)
         self.index.set(key, None)
+        if loc.slot < 0:
+            return 0  # not an entry at all (too short to name a slot)
         owner = self.index.key_of(loc.slot)
         if owner != key and owner is not None:
             other = self.index.get(owner)

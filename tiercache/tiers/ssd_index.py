@@ -62,6 +62,12 @@ class SsdIndex:
             value = self._pending_slots.get(slot, _UNSET)
         return self.meta.get(SLOTS, slot_key(slot)) if value is _UNSET else value
 
+    def keys_of(self, slots: list[int]) -> list[bytes | None]:
+        """``key_of`` for many slots in one read transaction (background validation)."""
+        keys = self.meta.get_many(SLOTS, [slot_key(s) for s in slots])
+        with self._lock:
+            return [self._pending_slots.get(s, k) for s, k in zip(slots, keys, strict=True)]
+
     def set(self, key: bytes, value: bytes | None) -> None:
         """Buffer a change (None deletes)."""
         with self._lock:

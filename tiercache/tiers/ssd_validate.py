@@ -59,26 +59,27 @@ class Validator:
             for batch in self.blocks.index.committed_batches(self.batch):
                 if self._stop:
                     return
+                locs = [Location.unpack(raw) for _key, raw in batch]
+                owners = self.blocks.index.keys_of([max(0, loc.slot) for loc in locs])
                 with self.lock:
-                    for key, raw in batch:
-                        self._one(key, raw, idents)
+                    for (key, raw), loc, owner in zip(batch, locs, owners, strict=True):
+                        self._one(key, raw, loc, owner, idents)
                 self.seen += len(batch)
             self._to_policy(idents)
         except Exception:  # noqa: BLE001 - the tier keeps serving; eviction stays off
             log.exception("ssd tier: background validation failed")
 
-    def _one(self, key: bytes, raw: bytes, idents: np.ndarray) -> None:
+    def _one(self, key: bytes, raw: bytes, loc: Location, owner: bytes | None, idents: np.ndarray) -> None:
         blocks = self.blocks
-        loc = Location.unpack(raw)
+        if loc.slot >= 0 and blocks.slots.state(loc.slot) != FREE:
+            return  # written since open, dropped since the batch was read (GONE), or held by another entry
         if not blocks.valid(loc) or not 0 <= loc.slot < self.mark:
             if blocks.index.get(key) == raw:
                 blocks.drop(key, raw)
                 blocks.dropped += 1
             return
-        if blocks.slots.state(loc.slot) != FREE:
-            return  # dropped since the batch was read (GONE), or held by another entry
         region = blocks.files.regions[loc.region]
-        if blocks.index.key_of(loc.slot) != key:  # a damaged slot map: the entry that claims the slot owns it
+        if owner != key:  # a damaged slot map: the entry that claims the slot owns it
             blocks.index.set_slot(loc.slot, key)
         blocks.slots.claim(loc.slot, region.id, loc.length)
         region.count += 1
