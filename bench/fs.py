@@ -230,6 +230,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--skip-others", action="store_true", help="no s3fs / rclone")
     parser.add_argument("--skip-latency", action="store_true", help="no run with added latency")
     parser.add_argument("--skip-fio", action="store_true", help="no fio phases")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="where fs_LABEL.json goes")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny data, one round, no s3fs/rclone/fio/latency: checks the script, measures nothing")
     args = parser.parse_args(argv)
@@ -337,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         "issue13_goals": goals13,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", f"fs_{args.label}.json")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"fs_{args.label}.json")
     with open(path, "w") as fh:
         json.dump(report, fh, indent=1)
     print()
