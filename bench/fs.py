@@ -15,6 +15,7 @@ every response (the cold phases are repeated under it). Targets:
   tiercache-ssd   the same with ``--ram 64M``: the large file is served by the SSD tier
   s3fs, rclone    s3fs ``use_cache``, rclone ``--vfs-cache-mode full`` (when installed)
   ceiling         bench/fuse_ceiling.py: same names and sizes, bytes from memory, tiercache's libfuse options
+  library         library mode (``TieredCache.read``, no FUSE hop), ``--ssd-ram``: bench/fs_library.py
 
 Phases (bench/fs_phases.py, bench/fs_fio.py): metadata walk; small files with N threads; large sequential
 read in 1 MiB reads; 64 KiB random reads (cold on a second large file, fresh mount; warm after the large read,
@@ -31,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +44,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import fs_report  # noqa: E402
 from fs_data import check_server, host, load_average, make_data, upload  # noqa: E402
 from fs_fio import KiB, fio_installed, fio_phases, randread  # noqa: E402
-from fs_mounts import CREDS, CeilingMount, RcloneMount, S3fsMount, TiercacheMount, code_tree  # noqa: E402
+from fs_mounts import BUCKET, CREDS, ROOT, CeilingMount, RcloneMount, S3fsMount, TiercacheMount, code_tree  # noqa: E402
 from fs_phases import (  # noqa: E402
     best_of,
     boto3_phases,
@@ -58,7 +60,7 @@ from fs_phases import (  # noqa: E402
 from tiercache.config import parse_size  # noqa: E402
 from tiercache.devserver import LocalS3Process  # noqa: E402
 
-ALL_TARGETS = ("local", "boto3", "tiercache", "tiercache-ssd", "s3fs", "rclone", "ceiling")
+ALL_TARGETS = ("local", "boto3", "tiercache", "tiercache-ssd", "library", "s3fs", "rclone", "ceiling")
 
 
 class Bench:
@@ -174,12 +176,32 @@ class Bench:
         try:
             self.results[name] = measure(mount)
             if isinstance(mount, TiercacheMount):
-                self.results[name + "_stats"] = mount.stats()
+                self.results[name + "_stats"] = {**mount.stats(), "daemon_code": mount.daemon_code()}
         except Exception as exc:  # noqa: BLE001 - e.g. a mount that fails mid-phase: note it, go on
             self.notes.append(f"{name}: failed: {type(exc).__name__}: {str(exc)[:300]}")
         finally:
             mount.close()
         self.load[name] = load_average()
+
+
+def library(bench: Bench, endpoint: str, name: str, tree: str | None) -> None:
+    """bench/fs_library.py (library mode, --ssd-ram) in its own process, from ``tree`` (None: this one)."""
+    args = bench.args
+    print(f"{name} ...", flush=True)
+    env = {**os.environ, **CREDS, **({"PYTHONPATH": tree} if tree else {})}
+    cmd = [sys.executable, os.path.join(HERE, "fs_library.py"), endpoint, BUCKET, bench.big, bench.rand,
+           "--ram", args.ssd_ram, "--threads", str(args.threads), "--seconds", str(args.ssd_seconds / 2),
+           "--cold-random-reads", str(args.cold_random_reads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or ROOT, timeout=300)
+    except subprocess.TimeoutExpired:
+        bench.notes.append(f"{name}: timed out")
+        return
+    if proc.returncode != 0:
+        bench.notes.append(f"{name}: failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}")
+        return
+    bench.results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    bench.load[name] = load_average()
 
 
 def mount_factories(bench: Bench, endpoint: str, trees: dict[str, str | None]) -> list[tuple[str, object, str]]:
@@ -288,6 +310,9 @@ def run(bench: Bench, server) -> None:
         else:
             bench.mount_and_measure(name, make, lambda m, k=kind: bench.tree_phases(
                 m.path, reference=bench.local, cold_random=k != "ceiling"))
+    libraries = {"library" + suffix: tree for suffix, tree in trees.items()} if "library" in args.targets else {}
+    for name, tree in libraries.items():
+        library(bench, server.endpoint, name, tree)
     if args.skip_latency or args.latency <= 0:
         return
     server.set_latency(args.latency)
@@ -298,6 +323,8 @@ def run(bench: Bench, server) -> None:
     for name, make, kind in factories:
         if kind == "tree":
             bench.mount_and_measure(name + tag, make, lambda m: bench.cold_phases(m.path))
+    for name, tree in libraries.items():
+        library(bench, server.endpoint, name + tag, tree)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(bench.work, ignore_errors=True)
     results = bench.results
     order = [t for t in ("local", "boto3", "ceiling") if t in results]
-    order += sorted(t for t in results if t.startswith("tiercache") and "@" not in t and not t.endswith("_stats"))
+    order += sorted(t for t in results if t.startswith(("tiercache", "library")) and "@" not in t
+                    and not t.endswith("_stats"))
     order += [t for t in ("s3fs", "rclone") if t in results]
     order += sorted(t for t in results if "@" in t and not t.endswith("_stats"))
     goals13 = fs_report.issue13_goals(results)

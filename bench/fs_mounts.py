@@ -109,6 +109,15 @@ class TiercacheMount:
             return None
         return found.pid if found is not None else None
 
+    def daemon_code(self) -> str | None:
+        """Where the daemon's tiercache package comes from (its PYTHONPATH's first entry)."""
+        try:
+            with open(f"/proc/{self.pid}/environ", "rb") as fh:
+                env = dict(item.split(b"=", 1) for item in fh.read().split(b"\0") if b"=" in item)
+        except (OSError, TypeError):
+            return None
+        return env.get(b"PYTHONPATH", b"").decode(errors="replace").split(os.pathsep)[0] or None
+
     def stats(self) -> dict:
         """``tiercache stats --json`` of the mount ({} if it fails)."""
         proc = subprocess.run([*self._cli(), "stats", self.path, "--json"], capture_output=True, text=True,
@@ -143,9 +152,24 @@ class S3fsMount:
             stdout=subprocess.DEVNULL, stderr=open_log(self, work))
         self.pid = self.proc.pid
         wait_mounted(self.path, self.proc, log=self.log)
+        tune_read_ahead(self.path)
 
     def close(self) -> None:
         unmount(self.path, self.proc)
+
+
+def tune_read_ahead(mountpoint: str) -> None:
+    """The kernel read-ahead a tiercache mount sets for itself (MountSpec.read_ahead_kb, 1 MiB: sequential FUSE
+    reads then come in 1 MiB requests instead of 128 KiB); root only, best effort."""
+    from tiercache.fuse.mount import MountSpec
+
+    kb = MountSpec(source="s3://x", mountpoint=mountpoint).read_ahead_kb
+    dev = os.stat(mountpoint).st_dev
+    try:
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as fh:
+            fh.write(str(kb))
+    except OSError:
+        pass
 
 
 class RcloneMount:

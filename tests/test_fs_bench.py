@@ -32,7 +32,7 @@ def mounted_under(prefix: str) -> list[str]:
 def test_dry_run_measures_every_target_and_leaves_no_mount(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "fs.py"), "dry", "--dry-run", "--out", str(tmp_path),
-         "--targets", "local,boto3,tiercache,tiercache-ssd,ceiling", "--before", "HEAD"],
+         "--targets", "local,boto3,tiercache,tiercache-ssd,library,ceiling", "--before", "HEAD"],
         cwd=REPO, capture_output=True, text=True, timeout=230)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -48,6 +48,11 @@ def test_dry_run_measures_every_target_and_leaves_no_mount(tmp_path):
         assert results[target]["random_64k_ssd"]["reads"] > 0
         assert results[target]["local_random_64k_ssd"]["reads"] > 0
     assert results["boto3"]["large_cold"]["bytes"] == 8 << 20
+    for target in ("library", "library-before"):
+        assert results[target]["large_cold"]["bytes"] == 8 << 20 and results[target]["random_64k_ssd"]["reads"] > 0
+    assert "tree-HEAD" in results["library-before"]["tiercache_module"]  # the --before tree's code ran
+    assert "tree-HEAD" in results["tiercache-before_stats"]["daemon_code"]
+    assert "tree-HEAD" not in results["tiercache_stats"]["daemon_code"]
     rows = {row["goal"]: row for row in report["issue13_goals"]}
     ssd = rows["64 KiB random reads served by the SSD tier (reads/s)"]
     assert ssd["before"] > 0 and ssd["after"] > 0 and ssd["references"][0]["ratio_after"] > 0

@@ -1,0 +1,98 @@
+"""Library mode for bench/fs.py: the same reads through ``TieredCache.read`` (no FUSE hop), in a process of
+its own so that ``PYTHONPATH`` can pick the tree (bench/fs.py runs it for this tree and for ``--before``).
+
+    python bench/fs_library.py ENDPOINT BUCKET LARGE_KEY RANDOM_KEY --ram 64M --threads 8 --seconds 4
+
+Prints one JSON object: large_cold (1 MiB reads start to end on a fresh cache), large_warm (the same again:
+RAM or SSD tier, as ``--ram`` allows), random_64k_ssd (THREADS threads of 64 KiB reads at random aligned
+offsets for SECONDS), random_64k_cold (64 KiB reads of RANDOM_KEY, never read before).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+KiB, MiB = 1 << 10, 1 << 20
+
+
+def sequential(cache, key: str, size: int) -> dict:
+    """``key`` read start to end in 1 MiB reads."""
+    start = time.perf_counter()
+    total = 0
+    for offset in range(0, size, MiB):
+        total += len(cache.read(key, offset, MiB))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "bytes": total, "mb_per_s": total / seconds / 1e6}
+
+
+def random_for(cache, key: str, size: int, threads: int, seconds: float) -> dict:
+    """``threads`` threads of 64 KiB reads at random 64 KiB-aligned offsets for ``seconds``."""
+    slots = max(1, size // (64 * KiB))
+    deadline = time.monotonic() + seconds
+
+    def worker(seed: int) -> int:
+        rng, done = random.Random(seed), 0
+        while time.monotonic() < deadline:
+            if len(cache.read(key, rng.randrange(slots) * 64 * KiB, 64 * KiB)) != 64 * KiB:
+                raise RuntimeError("short read")
+            done += 1
+        return done
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(worker, range(threads)))
+    took = time.monotonic() - start
+    return {"seconds": took, "reads": total, "ops_per_s": total / took, "mb_per_s": total * 64 * KiB / took / 1e6}
+
+
+def random_count(cache, key: str, size: int, threads: int, count: int) -> dict:
+    """``count`` 64 KiB reads at random 4 KiB-aligned offsets, ``threads`` at a time."""
+    rng = random.Random(5)
+    offsets = [rng.randrange(0, size - 64 * KiB) // 4096 * 4096 for _ in range(count)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(lambda o: len(cache.read(key, o, 64 * KiB)), offsets))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "bytes": total, "ops_per_s": count / seconds, "mb_per_s": total / seconds / 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("endpoint")
+    parser.add_argument("bucket")
+    parser.add_argument("large_key")
+    parser.add_argument("random_key")
+    parser.add_argument("--ram", default="64M")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--cold-random-reads", type=int, default=500)
+    args = parser.parse_args(argv)
+    import tiercache
+
+    ssd = tempfile.mkdtemp(prefix="tc-fsbench-lib-")
+    out: dict = {"tiercache_module": tiercache.__file__}
+    cache = tiercache.open(f"s3://{args.bucket}", ram=args.ram, ssd=ssd, ssd_size="2G",
+                           endpoint_url=args.endpoint, metadata_ttl="inf", threads=max(16, args.threads))
+    try:
+        size = cache.stat(args.large_key).size
+        rsize = cache.stat(args.random_key).size
+        out["random_64k_cold"] = random_count(cache, args.random_key, rsize, args.threads, args.cold_random_reads)
+        out["large_cold"] = sequential(cache, args.large_key, size)
+        time.sleep(2)  # the SSD write queue drains
+        out["large_warm"] = sequential(cache, args.large_key, size)
+        out["random_64k_ssd"] = random_for(cache, args.large_key, size, args.threads, args.seconds)
+    finally:
+        cache.close()
+        shutil.rmtree(ssd, ignore_errors=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
