@@ -1,6 +1,6 @@
 """The Python FUSE ceiling: an in-memory mfusepy filesystem that does nothing but answer.
 
-    python bench/fuse_ceiling.py MANIFEST.json MOUNTPOINT     # foreground; fusermount3 -u MOUNTPOINT ends it
+    python bench/fuse_ceiling.py [--gil-copy] MANIFEST.json MOUNTPOINT   # foreground; fusermount3 -u ends it
 
 MANIFEST is ``{"files": {"path/in/tree": size, ...}}``. Every file reads as the same repeating pattern, served
 straight out of one preallocated buffer (the only copy is mfusepy's memmove into libfuse's reply buffer), so a
@@ -98,6 +98,28 @@ class CeilingOps(fuse.Operations):
                 "f_files": len(self.files), "f_ffree": 0, "f_namemax": 255}
 
 
+# memmove called with the GIL held (a PYFUNCTYPE foreign function does not release it), where mfusepy's
+# ``ctypes.memmove`` releases and retakes it around every reply copy
+_memmove_holding_gil = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)(
+    ctypes.cast(ctypes.memmove, ctypes.c_void_p).value)
+
+
+class GilCopyFUSE(fuse.FUSE):
+    """mfusepy's FUSE with a read that copies the reply into libfuse's buffer without letting the GIL go
+    (``--gil-copy``: what one GIL handoff per read costs)."""
+
+    def read(self, path, buf, size, offset, fip):  # noqa: D102 - mfusepy's read, one call changed
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        ret = self.operations.read(None if path is None else path.decode(self.encoding, self.errors), size,
+                                   offset, fh)
+        if not ret:
+            return 0
+        n = len(ret)
+        source = ret if isinstance(ret, bytes) else ctypes.addressof(ret)
+        _memmove_holding_gil(buf, source, n)
+        return n
+
+
 def libfuse_options(mountpoint: str) -> dict:
     """tiercache's options for a read-only, immutable mount (plus the ceiling's own fsname)."""
     from tiercache.fuse.mount import MountSpec, fuse_options
@@ -111,12 +133,14 @@ def libfuse_options(mountpoint: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    gil_copy = "--gil-copy" in args
+    args = [a for a in args if a != "--gil-copy"]
     if len(args) != 2:
-        print("usage: fuse_ceiling.py MANIFEST.json MOUNTPOINT", file=sys.stderr)
+        print("usage: fuse_ceiling.py [--gil-copy] MANIFEST.json MOUNTPOINT", file=sys.stderr)
         return 2
     with open(args[0]) as fh:
         files = json.load(fh)["files"]
-    fuse.FUSE(CeilingOps(files), args[1], **libfuse_options(args[1]))
+    (GilCopyFUSE if gil_copy else fuse.FUSE)(CeilingOps(files), args[1], **libfuse_options(args[1]))
     return 0
 
 
