@@ -41,20 +41,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import fs_plan  # noqa: E402
 import fs_report  # noqa: E402
 from fs_data import check_server, host, load_average, make_data, upload  # noqa: E402
-from fs_fio import KiB, fio_installed, fio_phases, randread  # noqa: E402
+from fs_fio import fio_installed  # noqa: E402
 from fs_mounts import BUCKET, CREDS, ROOT, CeilingMount, RcloneMount, S3fsMount, TiercacheMount, code_tree  # noqa: E402
 from fs_phases import (  # noqa: E402
-    best_of,
     boto3_phases,
     drop_page_cache,
-    interleaved_best,
-    random_reads,
-    random_uncached,
-    read_files,
-    read_sequential,
-    walk,
 )
 
 from tiercache.config import parse_size  # noqa: E402
@@ -78,110 +72,31 @@ class Bench:
         return ([os.path.join(root, k) for k in self.keys], os.path.join(root, self.big),
                 os.path.join(root, self.rand))
 
-    def tree_phases(self, root: str, reference: str | None = None, cold_random: bool = True) -> dict:
-        """Every phase on a fresh mount (or the local tree); with ``reference`` the local directory's hot
-        reads are measured between this target's own rounds (``local_*_hot``)."""
-        args = self.args
-        small, large, rand = self.paths(root)
-        ref_small, ref_large, _ = self.paths(reference) if reference else ([], "", "")
-        rounds, budget = args.rounds, args.round_budget
-        refs: dict[str, list] = {"local_small_hot": [], "local_large_hot": []}
-        out: dict = {}
-        if cold_random:
-            out["random_64k_cold"] = random_reads(rand, args.cold_random_reads, args.threads)
-        out["walk_cold"] = walk(root)
-        out["walk_warm"] = best_of(lambda: walk(root), rounds, budget, "files_per_s")
-        out["small_cold"] = read_files(small, args.threads)
-
-        def small_warm() -> dict:
-            drop_page_cache(small)
-            return read_files(small, args.threads)
-
-        def small_hot() -> dict:
-            if reference:
-                refs["local_small_hot"].append(read_files(ref_small, args.threads))
-            return read_files(small, args.threads)
-
-        out["small_warm"] = best_of(small_warm, rounds, budget, "files_per_s")
-        read_files(small, args.threads)
-        if reference:
-            read_files(ref_small, args.threads)
-        out["small_hot"] = best_of(small_hot, rounds, budget, "files_per_s")
-        out["large_cold"] = read_sequential(large)
-
-        def large_warm() -> dict:
-            drop_page_cache([large])
-            return read_sequential(large)
-
-        def large_hot() -> dict:
-            if reference:
-                refs["local_large_hot"].append(read_sequential(ref_large))
-            return read_sequential(large)
-
-        out["large_warm"] = best_of(large_warm, rounds, budget, "mb_per_s")
-        read_sequential(large)
-        if reference:
-            read_sequential(ref_large)
-        out["large_hot"] = best_of(large_hot, rounds, budget, "mb_per_s")
-        drop_page_cache([large])
-        out["random_64k_warm"] = random_reads(large, args.random_reads, args.threads)
-        out["random_64k_ssd"] = random_uncached(large, args.ssd_seconds / 2, args.threads)
-        if not args.skip_fio:
-            out.update(fio_phases(large, args.fio_seconds, args.threads))
-        for name, metric in (("local_small_hot", "files_per_s"), ("local_large_hot", "mb_per_s")):
-            if refs[name]:
-                out[name] = interleaved_best(refs[name], metric)
-        return out
-
-    def ssd_phases(self, root: str) -> dict:
-        """The large file served by the SSD tier (RAM smaller than it): cold read, warm sequential, and 64 KiB
-        random reads with the page cache dropped before each, the local copy measured right after."""
-        args = self.args
-        _small, large, _rand = self.paths(root)
-        _s, ref_large, _r = self.paths(self.local)
-        out = {"large_cold": read_sequential(large)}
-        time.sleep(2)  # the SSD write queue drains
-
-        def large_warm() -> dict:
-            drop_page_cache([large])
-            return read_sequential(large)
-
-        out["large_warm"] = best_of(large_warm, args.rounds, args.round_budget, "mb_per_s")
-        runs, local_runs = [], []
-        for _ in range(2):
-            runs.append(random_uncached(large, args.ssd_seconds / 2, args.threads))
-            local_runs.append(random_uncached(ref_large, args.ssd_seconds / 2, args.threads))
-        out["random_64k_ssd"] = interleaved_best(runs, "ops_per_s")
-        out["local_random_64k_ssd"] = interleaved_best(local_runs, "ops_per_s")
-        if not args.skip_fio:  # the same with a C client (no client GIL): fio --direct=1, local copy after
-            out["fio_64k"] = randread(large, 64 * KiB, args.fio_seconds, args.threads)
-            out["local_fio_64k"] = randread(ref_large, 64 * KiB, args.fio_seconds, args.threads)
-        return out
-
-    def cold_phases(self, root: str) -> dict:
-        """Only the cold phases (the run with added latency)."""
-        small, large, rand = self.paths(root)
-        return {"random_64k_cold": random_reads(rand, self.args.cold_random_reads, self.args.threads),
-                "walk_cold": walk(root), "small_cold": read_files(small, self.args.threads),
-                "large_cold": read_sequential(large)}
-
-    def mount_and_measure(self, name: str, make, measure) -> None:
-        """Mount with ``make()``, store ``measure(mount)`` under ``name``, always unmount."""
-        print(f"{name} ...", flush=True)
+    def mount_and_measure(self, makes: dict[str, object], measure) -> None:
+        """Mount every ``makes`` (name -> make()) at once, store ``measure({name: mount path})`` per name,
+        always unmount all."""
+        print(" + ".join(makes) + " ...", flush=True)
+        mounts: dict[str, object] = {}
         try:
-            mount = make()
-        except Exception as exc:  # noqa: BLE001 - one target failing must not sink the others
-            self.notes.append(f"{name}: could not mount: {str(exc)[:300]}")
-            return
-        try:
-            self.results[name] = measure(mount)
-            if isinstance(mount, TiercacheMount):
-                self.results[name + "_stats"] = {**mount.stats(), "daemon_code": mount.daemon_code()}
-        except Exception as exc:  # noqa: BLE001 - e.g. a mount that fails mid-phase: note it, go on
-            self.notes.append(f"{name}: failed: {type(exc).__name__}: {str(exc)[:300]}")
+            for name, make in makes.items():
+                try:
+                    mounts[name] = make()
+                except Exception as exc:  # noqa: BLE001 - one target failing must not sink the others
+                    self.notes.append(f"{name}: could not mount: {str(exc)[:300]}")
+            if not mounts:
+                return
+            try:
+                self.results.update(measure({name: m.path for name, m in mounts.items()}))
+            except Exception as exc:  # noqa: BLE001 - e.g. a mount that fails mid-phase: note it, go on
+                self.notes.append(f"{'+'.join(mounts)}: failed: {type(exc).__name__}: {str(exc)[:300]}")
+            for name, mount in mounts.items():
+                if isinstance(mount, TiercacheMount):
+                    self.results[name + "_stats"] = {**mount.stats(), "daemon_code": mount.daemon_code()}
         finally:
-            mount.close()
-        self.load[name] = load_average()
+            for mount in mounts.values():
+                mount.close()
+        for name in makes:
+            self.load[name] = load_average()
 
 
 def library(bench: Bench, endpoint: str, name: str, tree: str | None) -> None:
@@ -204,27 +119,28 @@ def library(bench: Bench, endpoint: str, name: str, tree: str | None) -> None:
     bench.load[name] = load_average()
 
 
-def mount_factories(bench: Bench, endpoint: str, trees: dict[str, str | None]) -> list[tuple[str, object, str]]:
-    """(result name, make(), phase kind) for the mounted targets chosen, in the order they run."""
+def mount_groups(bench: Bench, endpoint: str, trees: dict[str, str | None]) -> list[tuple[dict, str]]:
+    """({result name: make()}, phase kind) for the mounted targets chosen, in the order they run; a tiercache
+    target and its ``-before`` twin are one group (mounted together, measured side by side)."""
     args, work = bench.args, bench.work
     out: list = []
-    for suffix, tree in trees.items():
-        if "tiercache" in args.targets:
-            out.append(("tiercache" + suffix,
-                        lambda t=tree, s=suffix: TiercacheMount(endpoint, work, args, tree=t, tag=s), "tree"))
-        if "tiercache-ssd" in args.targets:
-            out.append(("tiercache-ssd" + suffix,
-                        lambda t=tree, s=suffix: TiercacheMount(endpoint, work, args, ram=args.ssd_ram, tree=t,
-                                                                tag="-ssd" + s), "ssd"))
+    if "tiercache" in args.targets:
+        out.append(({"tiercache" + suffix: lambda t=tree, s=suffix: TiercacheMount(endpoint, work, args, tree=t,
+                                                                                    tag=s)
+                     for suffix, tree in trees.items()}, "tree"))
+    if "tiercache-ssd" in args.targets:
+        out.append(({"tiercache-ssd" + suffix: lambda t=tree, s=suffix: TiercacheMount(
+            endpoint, work, args, ram=args.ssd_ram, tree=t, tag="-ssd" + s) for suffix, tree in trees.items()},
+            "ssd"))
     for cls in (S3fsMount, RcloneMount):
         if cls.name not in args.targets:
             continue
         if shutil.which(cls.name) is None:
             bench.notes.append(f"{cls.name}: not installed (apt-get install -y {cls.name})")
             continue
-        out.append((cls.name, lambda c=cls: c(endpoint, work, args), "tree"))
+        out.append(({cls.name: lambda c=cls: c(endpoint, work, args)}, "tree"))
     if "ceiling" in args.targets:
-        out.append(("ceiling", lambda: CeilingMount(endpoint, work, args, local=bench.local), "ceiling"))
+        out.append(({"ceiling": lambda: CeilingMount(endpoint, work, args, local=bench.local)}, "ceiling"))
     return out
 
 
@@ -292,7 +208,7 @@ def run(bench: Bench, server) -> None:
     if "local" in args.targets:
         print("local directory ...", flush=True)
         drop_page_cache([*small, large, rand])
-        bench.results["local"] = bench.tree_phases(bench.local)
+        bench.results.update(fs_plan.tree_phases(bench, {"local": bench.local}))
         bench.load["local"] = load_average()
 
     def boto3(tag: str) -> None:
@@ -303,13 +219,13 @@ def run(bench: Bench, server) -> None:
 
     if "boto3" in args.targets:
         boto3("")
-    factories = mount_factories(bench, server.endpoint, trees)
-    for name, make, kind in factories:
+    groups = mount_groups(bench, server.endpoint, trees)
+    for makes, kind in groups:
         if kind == "ssd":
-            bench.mount_and_measure(name, make, lambda m: bench.ssd_phases(m.path))
+            bench.mount_and_measure(makes, lambda roots: fs_plan.ssd_phases(bench, roots))
         else:
-            bench.mount_and_measure(name, make, lambda m, k=kind: bench.tree_phases(
-                m.path, reference=bench.local, cold_random=k != "ceiling"))
+            bench.mount_and_measure(makes, lambda roots, k=kind: fs_plan.tree_phases(
+                bench, roots, reference=bench.local, cold_random=k != "ceiling"))
     libraries = {"library" + suffix: tree for suffix, tree in trees.items()} if "library" in args.targets else {}
     for name, tree in libraries.items():
         library(bench, server.endpoint, name, tree)
@@ -320,9 +236,10 @@ def run(bench: Bench, server) -> None:
     print(f"cold phases with {tag} to first byte ...", flush=True)
     if "boto3" in args.targets:
         boto3(tag)
-    for name, make, kind in factories:
+    for makes, kind in groups:
         if kind == "tree":
-            bench.mount_and_measure(name + tag, make, lambda m: bench.cold_phases(m.path))
+            bench.mount_and_measure({name + tag: make for name, make in makes.items()},
+                                    lambda roots: fs_plan.cold_phases(bench, roots))
     for name, tree in libraries.items():
         library(bench, server.endpoint, name + tag, tree)
 
