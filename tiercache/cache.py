@@ -67,7 +67,7 @@ class TieredCache:
         cache_dir = Path(config.cache_dir)
         self._dir_lock = CacheDirLock(cache_dir).acquire()
         self.meta: Meta | None = None
-        self.plans = PlanBook()
+        self.plans = PlanBook(idle_timeout=config.plan_idle_timeout)
         self.blocks = BlockMap(config.block_size)
         self.counters = Counters()
         self.store: ObjectStore | None = None

@@ -48,6 +48,9 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-target", metavar="SIZE",
                    help="the daemon's total memory: the RAM tier and its buffers are sized to it (default: fit "
                         "in half the cgroup memory limit, if any)")
+    p.add_argument("--plan-idle-timeout", metavar="SECONDS|inf",
+                   help="a plan not tied to a loader's session (tiercache plan) ends after its reader read "
+                        "nothing for this long (default 600)")
     p.add_argument("--listing", metavar="FILE",
                    help="start from this listing file (tiercache listing export) instead of LISTing the bucket")
 

@@ -51,6 +51,21 @@ def parse_ttl(value: str | float | None) -> float:
     return ttl
 
 
+def parse_idle_timeout(value: str | float | None) -> float:
+    """Parse the plan idle timeout: seconds (> 0), or "inf" (a plan ends only when its client says so)."""
+    if value is None:
+        return 600.0
+    if isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "never"):
+        return math.inf
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"plan idle timeout: {value!r} is not a number of seconds or inf") from None
+    if not seconds > 0:
+        raise ConfigError(f"plan idle timeout: {value!r} must be a positive number of seconds, or inf")
+    return seconds
+
+
 def default_cache_root() -> Path:
     """Where cache dirs go when the user names none: $TIERCACHE_HOME, else $XDG_CACHE_HOME/tiercache, else
     ~/.cache/tiercache."""
@@ -82,6 +97,7 @@ class CacheConfig:
     high_watermark: float = 0.95
     low_watermark: float = 0.85
     listing: Path | None = None  # a listing file (tiercache.listing): the start-up listing without a LIST
+    plan_idle_timeout: float = 600.0  # an unbound plan whose reader reads nothing for this long ends (s)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -101,6 +117,7 @@ class CacheConfig:
         mode: str = "writeback",
         policy: str = "default",
         listing: str | os.PathLike | None = None,
+        plan_idle_timeout: str | float | None = 600.0,
     ) -> CacheConfig:
         """Build a config from user-facing values (size strings, paths), validating each with a clear message."""
         from .store import parse_source
@@ -136,6 +153,7 @@ class CacheConfig:
             mode=mode,
             policy=policy,
             listing=_listing_file(listing, source),
+            plan_idle_timeout=parse_idle_timeout(plan_idle_timeout),
         )
 
 

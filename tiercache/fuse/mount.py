@@ -58,6 +58,7 @@ class MountSpec:
     metrics_port: str | None = None  # [ADDR:]PORT for Prometheus metrics (tiercache.metrics)
     listing: str | None = None  # a listing file (tiercache.listing): the start-up listing without a LIST
     memory_target: str | None = None  # the daemon's total (tiercache.memory sized ram to it)
+    plan_idle_timeout: str = "600"  # seconds (or inf) after which an idle plan not tied to a session ends
 
     def __post_init__(self) -> None:
         self.mountpoint = os.path.abspath(os.path.expanduser(self.mountpoint))
@@ -72,6 +73,7 @@ class MountSpec:
             self.source, ram=self.ram, ssd=self.ssd, ssd_size=self.ssd_size, block_size=self.block_size,
             endpoint_url=self.endpoint_url, threads=self.threads, metadata_ttl=self.metadata_ttl,
             write_dir=self.write_dir, write_limit=self.write_limit, mode=self.mode, listing=self.listing,
+            plan_idle_timeout=self.plan_idle_timeout,
         )
         if config.write_dir is None:
             config.write_dir = Path(config.cache_dir) / "write"

@@ -3,8 +3,9 @@
 The one place that knows how plans travel:
 
 * library mode: the dataset holds a ``TieredCache`` as ``dataset.cache`` and its paths are keys relative to
-  the cache's source; the plan goes to ``cache.set_plan(keys_in_order, client=name)`` and is ended with
-  ``cache.end_plan(name)`` when the sender closes (the loader went away).
+  the cache's source; the plan goes to ``cache.set_plan(keys_in_order, client=name, bound=token)``, the token
+  being this sender's own, and ``cache.end_bound(token)`` ends it when the sender closes (the loader was
+  closed or garbage-collected): a newer loader that took over the name keeps its plan.
 * mount mode: the dataset's paths lie under a tiercache FUSE mount; the plan goes over a control session
   that stays open (``Mount.session()``) as ``plan(paths=[mount-relative paths], client=name, bind=True)``:
   the daemon ends the plan when the session closes, i.e. when the loader (or its process) goes away.
@@ -18,6 +19,7 @@ DatasetFolder layout), looking through ``torch.utils.data.Subset``. Anything els
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -115,6 +117,10 @@ class PlanSender:
         return False
 
 
+class _Owner:
+    """The token a library loader's plans are bound to: they end with it, not with whoever has the name."""
+
+
 def _library_sink(base: Any, client: str) -> tuple[Callable[[list[str]], Any], Callable[[], Any] | None] | None:
     cache = getattr(base, "cache", None)
     if cache is None:
@@ -123,6 +129,14 @@ def _library_sink(base: Any, client: str) -> tuple[Callable[[list[str]], Any], C
     if not callable(set_plan):
         log.debug("no plan: %s has no set_plan", type(cache).__name__)
         return None
+    end_bound = getattr(cache, "end_bound", None)
+    try:
+        binds = callable(end_bound) and "bound" in inspect.signature(set_plan).parameters
+    except (TypeError, ValueError):
+        binds = False
+    if binds:  # the plan lives as long as this sender: a newer loader under the same name keeps its own
+        owner = _Owner()
+        return (lambda paths: set_plan(paths, client=client, bound=owner)), (lambda: end_bound(owner))
     end_plan = getattr(cache, "end_plan", None)
     return (lambda paths: set_plan(paths, client=client)), (
         (lambda: end_plan(client)) if callable(end_plan) else None)
