@@ -1,7 +1,8 @@
 """One rank of a two-process DistributedSampler run over a tiercache mount (run by test_loader_mount.py).
 
-Usage: rank_reader.py ROOT RANK WORLD EPOCHS BARRIER_DIR. The ranks meet at a barrier after each epoch (as
-DDP's collectives make them), so no rank's next epoch fills the page cache before the others are done.
+Usage: rank_reader.py ROOT RANK WORLD EPOCHS BARRIER_DIR [HOLD]. The ranks meet at a barrier after each epoch
+(as DDP's collectives make them), so no rank's next epoch fills the page cache before the others are done.
+With HOLD, the rank prints its line, then keeps its loader (and so its plan) alive until the file HOLD exists.
 Prints one JSON line: per epoch the plan the daemon holds for this rank's client right after the epoch
 starts, the order this rank read, and its plan position after the epoch's reads.
 """
@@ -55,6 +56,11 @@ def main() -> None:
             time.sleep(0.02)
     out["stats"] = loader.stats()[-1]["plan"]
     print(json.dumps(out), flush=True)
+    if len(sys.argv) > 6:
+        hold = Path(sys.argv[6])
+        deadline = time.monotonic() + 60
+        while not hold.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 if __name__ == "__main__":

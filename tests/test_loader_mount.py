@@ -109,3 +109,74 @@ def test_two_distributed_sampler_ranks_each_plan_their_own_shard(bucket, mounter
         # (the padded entry, which the other rank reads too, may come from the kernel's page cache)
         assert got["positions"][0] >= last_own + 1, "the daemon followed the rank through its shard"
         assert got["stats"]["epochs"] == 2
+
+
+def test_two_ranks_and_a_val_loader_each_show_their_plan_in_stats(bucket, mounter, tmp_path):
+    """A demanding user's view: two DistributedSampler ranks (processes) and a val loader on one mount; ``stats``
+    shows each plan (client, position, lead, hit rate since it started) in text, --json and Prometheus, and each
+    ends with its loader."""
+    import gc
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from .fusehelpers import run_cli
+
+    for rel, data in synthetic_jpegs(12, classes=2, size=(32, 32), seed=5):
+        bucket.put(f"train/{rel}", data)
+    for rel, data in synthetic_jpegs(5, classes=2, size=(32, 32), seed=6):
+        bucket.put(f"val/{rel}", data)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    m = mounter.mount(bucket.url, "--metrics-port", str(port), endpoint=bucket.server.endpoint)
+    hold = tmp_path / "hold"
+    script = str(Path(__file__).parent / "rank_reader.py")
+    procs = [subprocess.Popen([sys.executable, script, str(m.path / "train"), str(rank), "2", "1", str(tmp_path),
+                               str(hold)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    try:
+        for proc in procs:  # each rank has read its epoch and holds its loader
+            assert json.loads(proc.stdout.readline())["positions"][0] > 0
+        val = DataLoader(ImageFolder(str(m.path / "val"), augment=Augment(16)), batch_size=2, plan_client="val")
+        assert len(list(val)) == 3 and val._plan_target().wait(30)
+
+        def plans() -> dict:
+            reply = json.loads(run_cli("stats", str(m.path), "--json", check=True).stdout)
+            return {p["client"]: p for p in reply["cache"]["plans"]}
+
+        shown = plans()
+        assert set(shown) == {"rank0", "rank1", "val"}
+        assert shown["rank0"]["files"] == 12 and shown["rank1"]["files"] == 12, "6 of this epoch + 6 of the next"
+        assert shown["val"]["files"] == 10 and shown["val"]["position"] == 5, "val read its 5 files"
+        for plan in shown.values():
+            assert {"position", "lead_files", "lead_bytes", "hit_rate", "started"} <= set(plan)
+            assert plan["reads"] >= 1 and 0.0 <= plan["hit_rate"] <= 1.0
+        text = run_cli("stats", str(m.path), check=True).stdout
+        rows = [line.split() for line in text.splitlines() if line.strip().split()[:1] in (["rank0"], ["rank1"],
+                                                                                              ["val"])]
+        assert sorted(r[0] for r in rows) == ["rank0", "rank1", "val"], text
+        assert any(r[0] == "val" and r[1:4] == ["5", "of", "10"] for r in rows), text
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for client in ("rank0", "rank1", "val"):
+            for name in ("tiercache_plan_files", "tiercache_plan_position", "tiercache_plan_lead_files",
+                         "tiercache_plan_hit_ratio"):
+                assert f'{name}{{client="{client}",mountpoint="{m.path}"}}' in metrics, (name, client)
+    finally:
+        hold.touch()
+        for proc in procs:
+            proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while set(plans()) != {"val"} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert set(plans()) == {"val"}, "the ranks' plans ended with their processes"
+    del val
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while plans() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert plans() == {}, "the val loader's plan ended when it was collected"
