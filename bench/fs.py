@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<36} {ratio if ratio is not None else '-'}")
     for note in bench.notes:
         print("note:", note)
+    if not args.dry_run and fs_report.plot(goals13, path[:-len(".json")] + ".png"):
+        print(f"wrote {path[:-len('.json')]}.png")
     print(f"load average start {load_start}, end {report['host']['load_average_1_5_15_end']}")
     print(f"\nwrote {path}")
     return 0

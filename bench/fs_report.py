@@ -178,3 +178,44 @@ def issue13_markdown(rows: list[dict]) -> str:
                 f"{_ratio_text(ref['ratio_before'])} → {_ratio_text(ref['ratio_after'])} | {goal} | {met} | "
                 f"{_num(row['ceiling']) if first else ''} |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str) -> bool:
+    """issue 13's goals as bars: ratio to the reference before and after, the goal and the ceiling's ratio;
+    False if matplotlib is missing or no row has figures."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    shown = []
+    for row in rows:
+        ref = next((r for r in row["references"] if r["goal"] is not None), None)
+        if ref is None or ref["ratio_after"] is None:
+            continue
+        ceiling = row["ceiling"] / ref["value"] if row["ceiling"] and ref["value"] else None
+        shown.append((f"{row['goal']}\nvs {ref['reference']}", ref["ratio_before"], ref["ratio_after"], ref["goal"],
+                      ceiling))
+    if not shown:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 0.7 * len(shown) + 1.2))
+    ys = range(len(shown))
+    ax.barh([y + 0.2 for y in ys], [s[1] or 0 for s in shown], height=0.4, label="before", color="#bbbbbb")
+    ax.barh([y - 0.2 for y in ys], [s[2] for s in shown], height=0.4, label="after", color="#3b75af")
+    ax.scatter([s[3] for s in shown], list(ys), marker="|", s=400, color="red", label="goal", zorder=3)
+    ceil = [(s[4], y) for s, y in zip(shown, ys, strict=True) if s[4]]
+    if ceil:
+        ax.scatter([c[0] for c in ceil], [c[1] for c in ceil], marker="D", color="green", zorder=3,
+                   label="Python FUSE ceiling")
+    ax.set_yticks(list(ys), [s[0] for s in shown], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio to the reference (log)")
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
