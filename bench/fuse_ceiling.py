@@ -1,6 +1,6 @@
 """The Python FUSE ceiling: an in-memory mfusepy filesystem that does nothing but answer.
 
-    python bench/fuse_ceiling.py [--gil-copy] MANIFEST.json MOUNTPOINT   # foreground; fusermount3 -u ends it
+    python bench/fuse_ceiling.py [--gil-copy] [--releases N] MANIFEST.json MOUNTPOINT   # fusermount3 -u ends it
 
 MANIFEST is ``{"files": {"path/in/tree": size, ...}}``. Every file reads as the same repeating pattern, served
 straight out of one preallocated buffer (the only copy is mfusepy's memmove into libfuse's reply buffer), so a
@@ -36,7 +36,8 @@ class CeilingOps(fuse.Operations):
 
     use_ns = True  # times as integer nanoseconds (mfusepy warns on float seconds)
 
-    def __init__(self, files: dict[str, int]):
+    def __init__(self, files: dict[str, int], releases: int = 0):
+        self.releases = releases  # extra GIL releases per read (``--releases N``: what each one costs)
         self.files = {"/" + p.strip("/"): int(s) for p, s in files.items()}
         self.dirs: dict[str, set[str]] = {"/": set()}
         for path in self.files:
@@ -86,6 +87,8 @@ class CeilingOps(fuse.Operations):
 
     def read(self, path: str, size: int, offset: int, fh: int):
         """``size`` bytes of the pattern at ``offset``: a ctypes view of the buffer, no copy here."""
+        for _ in range(self.releases):
+            time.sleep(0)  # lets the GIL go and takes it back, as an LMDB get or a pread does
         length = max(0, min(size, self.files.get(path, 0) - offset))
         if length == 0:
             return b""
@@ -135,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     gil_copy = "--gil-copy" in args
     args = [a for a in args if a != "--gil-copy"]
+    releases = 0
+    if len(args) == 4 and args[0] == "--releases":
+        releases, args = int(args[1]), args[2:]
     if len(args) != 2:
-        print("usage: fuse_ceiling.py [--gil-copy] MANIFEST.json MOUNTPOINT", file=sys.stderr)
+        print("usage: fuse_ceiling.py [--gil-copy] [--releases N] MANIFEST.json MOUNTPOINT", file=sys.stderr)
         return 2
     with open(args[0]) as fh:
         files = json.load(fh)["files"]
-    (GilCopyFUSE if gil_copy else fuse.FUSE)(CeilingOps(files), args[1], **libfuse_options(args[1]))
+    (GilCopyFUSE if gil_copy else fuse.FUSE)(CeilingOps(files, releases), args[1], **libfuse_options(args[1]))
     return 0
 
 
