@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -29,19 +30,29 @@ SEED_WINDOW = 300.0  # seconds after start within which the first listing may co
 
 
 def export_listing(store: ObjectStore, source: str, path: str | Path) -> int:
-    """LIST ``store`` once and write the listing file; the number of objects."""
+    """LIST ``store`` once and write the listing file; the number of objects. The listing streams into a
+    body file (one gzip member) and the header, which needs the count, is a gzip member of its own put in
+    front of it: nothing of the listing is held in memory."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    body = path.with_name(path.name + ".body.tmp")
     count = 0
     started = time.time()
-    with gzip.open(tmp, "wt", encoding="utf-8") as out:
-        infos = list(store.list(""))
-        out.write(json.dumps({"format": FORMAT, "version": VERSION, "source": source, "listed": started,
-                              "objects": len(infos)}) + "\n")
-        for info in infos:
-            out.write(json.dumps([info.key, info.size, info.etag, info.mtime]) + "\n")
-            count += 1
-    tmp.replace(path)
+    try:
+        with gzip.open(body, "wt", encoding="utf-8") as out:
+            for info in store.list(""):
+                out.write(json.dumps([info.key, info.size, info.etag, info.mtime]) + "\n")
+                count += 1
+        with open(tmp, "wb") as raw:
+            with gzip.open(raw, "wt", encoding="utf-8") as head:
+                head.write(json.dumps({"format": FORMAT, "version": VERSION, "source": source, "listed": started,
+                                       "objects": count}) + "\n")
+            with open(body, "rb") as members:
+                shutil.copyfileobj(members, raw)
+        tmp.replace(path)
+    finally:
+        body.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return count
 
 
@@ -104,4 +115,6 @@ class SeededStore:
                 yield info
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("list_level", "list_after"):  # a parallel walk would go around the file
+            raise AttributeError(name)
         return getattr(self._store, name)

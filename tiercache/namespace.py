@@ -1,4 +1,4 @@
-"""Keys ↔ POSIX paths: the directory tree of a store, built from listings cached in LMDB with a TTL.
+"""Keys ↔ POSIX paths: the directory tree of a store, from listings kept in LMDB with a TTL.
 
 Paths are keys relative to the source prefix, "/"-separated, without a leading slash; "" is the root.
 Rules for keys that are not plain paths:
@@ -9,11 +9,16 @@ Rules for keys that are not plain paths:
 * a key that is both a file and a prefix of other keys ("a" and "a/b"): the directory wins and the
   file "a" is skipped with a warning.
 
+The index of record is LMDB (``namespace_index``): one record per file, nothing per object in memory, so a
+restart opens it and serves at once. The first listing streams in (``namespace_ingest``, walked in parallel
+by prefix where the store allows, ``store.walk``): a directory answers as soon as the walk has passed it,
+before the whole store is listed.
+
 Metadata is trusted for ``ttl`` seconds after it was fetched (by LIST or HEAD, or confirmed by a
 conditional GET — see :meth:`Namespace.confirm`). After that a directory is listed again on its next use
 (in the background, serving the old listing meanwhile, when it holds more than ``BACKGROUND_FILES`` files)
-and a file's info is revalidated with a HEAD. The full listing is loaded lazily on first use; a restart
-within the TTL reads it back from LMDB instead of listing again.
+and a file's info is revalidated with a HEAD. A restart within the TTL lists nothing; one after it serves
+the old listing of a big tree while it lists again in the background.
 """
 
 from __future__ import annotations
@@ -25,19 +30,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from .errors import IsADirectory, NotADirectory, NotFound
-from .namespace_records import (
-    FORMAT,
-    INFO,
-    TIME,
-    Entry,
-    ancestors,
-    decode,
-    encode,
-    keep_metadata,
-    key_problem,
-    normalize,
-    parent_of,
-)
+from .namespace_index import MARK, NamespaceIndex, below
+from .namespace_ingest import ListingJob, listed_counts, listed_time
+from .namespace_records import FORMAT, TIME, Entry, ancestors, decode, encode, key_problem, normalize, parent_of
 from .store.base import ObjectInfo, ObjectStore
 from .tiers.meta import Meta
 
@@ -46,28 +41,28 @@ __all__ = ["Entry", "Namespace", "key_problem", "normalize"]
 log = logging.getLogger(__name__)
 
 BACKGROUND_FILES = 10_000
+LIST_THREADS = 8
 
 
 class Namespace:
     """The directory tree of one store; thread-safe. See the module docstring for the rules."""
 
-    def __init__(
-        self, store: ObjectStore, meta: Meta, ttl: float = 60.0, clock: Callable[[], float] = time.time
-    ):
+    def __init__(self, store: ObjectStore, meta: Meta, ttl: float = 60.0, clock: Callable[[], float] = time.time,
+                 threads: int = LIST_THREADS):
         self.store = store
         self.meta = meta
         self.ttl = ttl
         self.clock = clock
+        self.threads = threads
         self.on_change: Callable[[str, ObjectInfo | None], None] | None = None  # (path, new info or None)
         self.hidden: Callable[[str], bool] | None = None  # keys left out of listings (deletes not yet done)
+        self.index = NamespaceIndex(meta)
         self._lock = threading.RLock()
-        self._load_lock = threading.Lock()
-        self._children: dict[str, dict[str, bool]] = {}  # dir -> {name: is_dir}
-        self._files_below: dict[str, int] = {}
-        self._listed: dict[str, float] = {}  # dir -> when it was last listed
+        self._cond = threading.Condition(self._lock)
+        self._listed: dict[str, float] = {}  # directory -> when it was last listed (one entry per listing)
         self._overlay: dict[str, ObjectInfo] = {}  # added by the write tier; wins until a listing agrees
         self._confirmed: dict[str, float] = {}  # path -> when a conditional GET last confirmed its etag
-        self._refreshing: dict[str, threading.Event] = {}
+        self._jobs: dict[str, ListingJob] = {}  # listings running, by directory
         self._loaded = False
         if self.meta.get("misc", b"objects_format") != FORMAT:
             with self.meta.write() as txn:
@@ -77,8 +72,9 @@ class Namespace:
         self.skipped = 0
         self.lists = 0
         self.heads = 0
+        self.list_requests = 0
 
-    # ------------------------------------------------------------------ loading and listing
+    # ------------------------------------------------------------------ listings
 
     def _expired(self, fetched: float) -> bool:
         if math.isinf(self.ttl):
@@ -86,175 +82,83 @@ class Namespace:
         return self.ttl == 0 or self.clock() - fetched > self.ttl
 
     def _ensure_loaded(self) -> None:
+        """Read the listings' times (one record per listed directory, not per object); start the first
+        listing of a store never listed, or relist a root past its TTL."""
         if self._loaded:
             return
-        with self._load_lock:  # one LIST at start, however many threads arrive at once
+        with self._lock:
             if self._loaded:
                 return
-            with self._lock:
-                self._listed = {k.decode()[1:]: TIME.unpack(v)[0] for k, v in self.meta.scan("listings")}
-                if "" in self._listed and not self._expired(self._listed[""]):
-                    self._build(((k.decode(), v) for k, v in self.meta.scan("objects")), "")
-                    self._loaded = True
-                    return
-            self._relist("")
+            self._listed = {k.decode()[1:]: listed_time(v) for k, v in self.meta.scan("listings", b"/")}
             self._loaded = True
+            if "" not in self._listed:
+                self._start("")
+                return
+        if self._expired(self._listed[""]):
+            self._refresh_dir("")
 
-    def _build(self, items: Iterator[tuple[str, bytes]], top: str) -> None:
-        """Insert (path, encoded info) pairs below ``top`` into the in-memory tree (caller holds the lock)."""
-        self._children.setdefault(top, {})
-        for path, raw in items:
-            size = INFO.unpack_from(raw)[0]
-            self._insert(path, size)
+    def _start(self, top: str) -> ListingJob:
+        """Start listing directory ``top`` in its own thread (caller holds the lock)."""
+        job = ListingJob(self.store, self.meta, self.index, top, self.clock(), self._cond, self._overlay,
+                         self.hidden, self.threads, on_end=self._ended)
+        self._jobs[top] = job
+        threading.Thread(target=job.run, name=f"tiercache-list:{top}", daemon=True).start()
+        return job
 
-    def _insert(self, path: str, size: int = 0, is_dir: bool = False) -> None:
-        parts = path.split("/")
-        cur = ""
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            children = self._children.setdefault(cur, {})
-            child = part if not cur else f"{cur}/{part}"
-            if last and not is_dir:
-                children[part] = False
-            else:
-                children[part] = True
-                self._children.setdefault(child, {})
-            cur = child
-        if not is_dir:
-            for anc in ancestors(path):
-                self._files_below[anc] = self._files_below.get(anc, 0) + 1
-
-    def _drop_subtree(self, top: str) -> None:
-        """Forget every entry below directory ``top`` (caller holds the lock)."""
-        stack = [top]
-        removed_files = 0
-        while stack:
-            d = stack.pop()
-            for name, is_dir in self._children.pop(d, {}).items():
-                child = name if not d else f"{d}/{name}"
-                if is_dir:
-                    stack.append(child)
-                else:
-                    removed_files += 1
-            self._files_below.pop(d, None)
-        for anc in ancestors(top) if top else ():
-            self._files_below[anc] = self._files_below.get(anc, 0) - removed_files
-        self._children[top] = {}
-
-    def _relist(self, top: str) -> None:
-        """LIST everything below directory ``top`` and replace that subtree (LMDB and memory)."""
-        prefix = f"{top}/" if top else ""
-        started = self.clock()
-        infos = list(self.store.list(prefix))
+    def _ended(self, job: ListingJob) -> None:
+        """A listing ended (called with the lock held, before its waiters wake)."""
+        prefix = below(job.top).decode()
+        self._jobs.pop(job.top, None)
         self.lists += 1
-        hidden = self.hidden
-        if hidden is not None:  # asked outside our lock: the predicate takes the write tier's
-            infos = [info for info in infos if not hidden(info.key)]
-        good: list[ObjectInfo] = []
-        dirs: set[str] = set()
-        bad: list[tuple[str, str]] = []
-        for info in infos:
-            key = info.key
-            if key.endswith("/") and key != "/":
-                key = key[:-1]
-                problem = key_problem(key) if key else None
-                if problem is None and key:
-                    dirs.add(key)
-                    dirs.update(a for a in ancestors(key) if a)
-                elif problem:
-                    bad.append((info.key, problem))
-                continue
-            problem = key_problem(key)
-            if problem:
-                bad.append((key, problem))
-                continue
-            good.append(info)
-            dirs.update(a for a in ancestors(key) if a)
-        files = []
-        for info in good:
-            if info.key in dirs:
-                bad.append((info.key, "is also a directory (the directory wins)"))
-            else:
-                files.append(info)
-        if bad:
-            self.skipped += len(bad)
-            examples = "; ".join(f"{k!r} {why}" for k, why in bad[:3])
-            log.warning(
-                "%s: skipped %d key(s) that cannot be paths, e.g. %s", self.store.url, len(bad), examples
-            )
-        with self._lock:
-            listed = {i.key: i.etag for i in files}
-            for path, info in list(self._overlay.items()):
-                if path.startswith(prefix) and listed.get(path) == info.etag:
-                    del self._overlay[path]
-            overlay = [i for p, i in self._overlay.items() if p.startswith(prefix) and p not in dirs]
-            stale = [k for k, _ in self.meta.scan("objects", prefix.encode())] if top else []
-            with self.meta.write() as txn:
-                objects = self.meta.db("objects")
-                files = [keep_metadata(txn.get(i.key.encode(), db=objects), i) for i in files]
-                if not top:
-                    txn.drop(objects, delete=False)
-                for key in stale:
-                    txn.delete(key, db=objects)
-                for info in files:
-                    txn.put(info.key.encode(), encode(info, started), db=objects)
-                for info in overlay:
-                    txn.put(info.key.encode(), encode(info, started), db=objects)
-                # LMDB keys cannot be empty: directories are stored as "/" + path
-                txn.put(f"/{top}".encode(), TIME.pack(started), db=self.meta.db("listings"))
-            self._drop_subtree(top)
-            for d in sorted(dirs):
-                if d.startswith(prefix) or not top:
-                    self._insert(d, is_dir=True)
-            for info in files:
-                self._insert(info.key, info.size)
-            for info in overlay:
-                if info.key not in listed:
-                    self._insert(info.key, info.size)
-            if top and not self._children.get(top):  # the directory is gone from the store
-                self._children.pop(top, None)
-                self._children.get(parent_of(top), {}).pop(top.rpartition("/")[2], None)
-            self._listed[top] = started
+        self.list_requests += job.walk.requests
+        self.skipped += job.skipped
+        if job.error is None:
+            self._listed[job.top] = job.started
             for path in [p for p in self._confirmed if p.startswith(prefix)]:
                 del self._confirmed[path]
+        if job.error is not None:
+            log.warning("%s: listing %r failed: %s", self.store.url, job.top, job.error)
+
+    def _wait(self, job: ListingJob, path: str | None) -> None:
+        """Until the names in directory ``path`` are in the index (None: until ``job`` ends); raises the
+        listing's error if it failed first."""
+        with self._cond:
+            while not job.finished.is_set() and (path is None or not job.names_known(path)):
+                self._cond.wait(0.5)
+        if job.error is not None and (path is None or not job.names_known(path)):
+            raise job.error
+
+    def _cold(self) -> ListingJob | None:
+        """The first listing of the store while it runs (nothing listed to serve meanwhile), else None."""
+        with self._lock:
+            if "" in self._listed:
+                return None
+            return self._jobs.get("") or self._start("")
 
     def _dir_fresh(self, path: str) -> bool:
         newest = max((self._listed.get(d, -math.inf) for d in (path, *ancestors(path))), default=-math.inf)
-        return not self._expired(newest)
+        return newest > -math.inf and not self._expired(newest)
+
+    def _settle(self, path: str) -> None:
+        """Make the names in directory ``path`` current: wait for the first listing to pass it, or list
+        its nearest existing directory again (see ``_refresh_dir``)."""
+        cold = self._cold()
+        if cold is not None:
+            self._wait(cold, path)
+        else:
+            self._refresh_dir(self._nearest_dir(path))
 
     def _refresh_dir(self, path: str) -> None:
         """List ``path`` again: in the foreground, or in the background for big subtrees (serving stale)."""
-        background = self._files_below.get(path, 0) > BACKGROUND_FILES
+        background = self.index.count_below(path, BACKGROUND_FILES + 1) > BACKGROUND_FILES
         with self._lock:
-            event = self._refreshing.get(path)
-            owner = event is None
-            if owner:
-                event = self._refreshing[path] = threading.Event()
-        if not owner:
-            if not background:
-                event.wait()
-            return
-
-        def run() -> None:
-            try:
-                self._relist(path)
-            except Exception as exc:  # noqa: BLE001 - a failed refresh keeps serving the old listing
-                log.warning("%s: listing %r failed: %s", self.store.url, path, exc)
-                if not background:
-                    raise
-            finally:
-                with self._lock:
-                    self._refreshing.pop(path, None)
-                event.set()
-
-        if background:
-            threading.Thread(target=run, name=f"tiercache-list:{path}", daemon=True).start()
-        else:
-            run()
+            job = self._jobs.get(path) or self._start(path)
+        if not background:
+            self._wait(job, None)
 
     def _nearest_dir(self, path: str) -> str:
         for d in (path, *ancestors(path)):
-            if d in self._children:
+            if self.index.is_dir(d):
                 return d
         return ""
 
@@ -262,39 +166,56 @@ class Namespace:
 
     def listdir(self, path: str = "") -> list[str]:
         """Names (directories and files) in directory ``path``, sorted."""
+        return sorted(entry.name for entry in self.entries(path))
+
+    def entries(self, path: str = "") -> Iterator[Entry]:
+        """The entries of directory ``path``, with the attributes the index holds (a file's size, mtime
+        and etag; for a directory size 0), in index order (a subdirectory sorts as its name + "/").
+        NotFound / NotADirectory as ``listdir``. One prefix scan of the index: cheap per entry."""
         path = normalize(path)
         self._ensure_loaded()
         if not self._dir_fresh(path):
-            self._refresh_dir(self._nearest_dir(path))
-        with self._lock:
-            children = self._children.get(path)
-            if children is None:
-                if self._is_file(path):
-                    raise NotADirectory(f"{path!r} is a file, not a directory")
-                raise NotFound(f"no such directory {path!r}")
-            return sorted(children)
+            self._settle(path)
+        return self._entries(path)
 
-    def _is_file(self, path: str) -> bool:
-        parent = self._children.get(parent_of(path))
-        name = path.rpartition("/")[2]
-        return parent is not None and parent.get(name) is False
+    def _entries(self, path: str) -> Iterator[Entry]:
+        found = False
+        dirs: set[str] = set()
+        for name, is_dir, raw in self.index.entries(path):
+            found = True
+            child = f"{path}/{name}" if path else name
+            if is_dir:
+                dirs.add(name)
+                yield Entry(child, name, True, 0, self._listed.get("", 0.0), None)
+            elif name not in dirs:
+                info = decode(child, raw)[0]
+                yield Entry(child, name, False, info.size, info.mtime, info.etag)
+        if not found and not self.index.is_dir(path):
+            if self.index.get(path) is not None:
+                raise NotADirectory(f"{path!r} is a file, not a directory")
+            raise NotFound(f"no such directory {path!r}")
 
-    def _lookup(self, path: str) -> str | None:
-        """"dir", "file" or None, refreshing a stale listing once."""
+    def _kind(self, path: str) -> tuple[str | None, bytes | None]:
+        """("file", its record), ("dir", None) or (None, None), as the index has it now."""
+        if not path:
+            return "dir", None
+        raw = self.index.get(path)
+        if raw is not None:
+            return "file", raw
+        return ("dir" if self.index.is_dir(path) else None), None
+
+    def _lookup(self, path: str) -> tuple[str | None, bytes | None]:
+        """As ``_kind``; for a path not found, after the first listing has passed its directory or its
+        stale listing was refreshed once."""
         self._ensure_loaded()
-        for attempt in (0, 1):
-            with self._lock:
-                if path in self._children:
-                    kind = "dir"
-                elif self._is_file(path):
-                    kind = "file"
-                else:
-                    kind = None
-                nearest = self._nearest_dir(parent_of(path)) if path else ""
-            if kind is not None or attempt or self._dir_fresh(nearest):
-                return kind
-            self._refresh_dir(nearest)
-        return None
+        kind = self._kind(path)
+        if kind[0] is not None:
+            return kind
+        parent = parent_of(path)
+        if self._dir_fresh(parent):
+            return kind
+        self._settle(parent)
+        return self._kind(path)
 
     def info(self, path: str, revalidate: bool = True) -> ObjectInfo:
         """ObjectInfo of the file at ``path`` (HEAD first if its metadata expired and ``revalidate``)."""
@@ -304,21 +225,18 @@ class Namespace:
     def lookup(self, path: str) -> tuple[ObjectInfo, bool]:
         """(info of the file at ``path``, whether that info is past its TTL), without revalidating."""
         path = normalize(path)
-        kind = self._lookup(path)
-        if kind == "dir" or not path:
+        kind, raw = self._lookup(path)
+        if kind == "dir":
             raise IsADirectory(f"{path!r} is a directory")
-        if kind is None:
+        if kind is None or raw is None:
             raise NotFound(f"no such file {path!r}")
-        raw = self.meta.get("objects", path.encode())
-        if raw is None:
-            return self.refresh(path), False
         info, fetched = decode(path, raw)
         return info, self._expired(max(fetched, self._confirmed.get(path, -math.inf)))
 
     def expired(self, path: str) -> bool:
         """Whether the cached info of ``path`` is past its TTL (unknown paths count as expired)."""
         path = normalize(path)
-        raw = self.meta.get("objects", path.encode())
+        raw = self.index.get(path)
         if raw is None:
             return True
         return self._expired(max(decode(path, raw)[1], self._confirmed.get(path, -math.inf)))
@@ -326,9 +244,9 @@ class Namespace:
     def stat(self, path: str) -> Entry:
         """Entry of a file or directory; NotFound if neither."""
         path = normalize(path)
-        kind = self._lookup(path)
+        kind, _raw = self._lookup(path)
         name = path.rpartition("/")[2]
-        if kind == "dir" or not path:
+        if kind == "dir":
             return Entry(path, name, True, 0, self._listed.get("", 0.0), None)
         if kind is None:
             raise NotFound(f"no such file or directory {path!r}")
@@ -344,16 +262,20 @@ class Namespace:
             return False
 
     def files(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Infos of every file at or below ``prefix`` (a file or a directory; "" is everything)."""
+        """Infos of every file at or below ``prefix`` (a file or a directory; "" is everything), streamed
+        from the index in key order (after the first listing, if it is still running)."""
         prefix = normalize(prefix)
         self._ensure_loaded()
+        cold = self._cold()
+        if cold is not None:
+            self._wait(cold, None)
         if prefix:
-            raw = self.meta.get("objects", prefix.encode())
+            raw = self.index.get(prefix)
             if raw is not None:
                 yield decode(prefix, raw)[0]
                 return
-        for key, raw in self.meta.scan("objects", f"{prefix}/".encode() if prefix else b""):
-            yield decode(key.decode(), raw)[0]
+        for path, raw in self.index.files(prefix):
+            yield decode(path, raw)[0]
 
     # ------------------------------------------------------------------ changes
 
@@ -366,14 +288,14 @@ class Namespace:
         except NotFound:
             self.remove(path)
             raise
-        old = self.meta.get("objects", path.encode())
+        old = self.index.get(path)
         self._record(info)
         if old is not None and decode(path, old)[0].etag != info.etag and self.on_change:
             self.on_change(path, info)
         return info
 
     def confirm(self, path: str) -> None:
-        """A conditional GET just proved the cached etag current: restart its TTL (in memory)."""
+        """A conditional GET just proved the cached etag current: restart its TTL (in memory, bounded)."""
         if not math.isinf(self.ttl) and self.ttl > 0:
             if len(self._confirmed) > 200_000:
                 self._confirmed.clear()
@@ -381,9 +303,6 @@ class Namespace:
 
     def _record(self, info: ObjectInfo) -> None:
         self.meta.put("objects", info.key.encode(), encode(info, self.clock()))
-        with self._lock:
-            if not self._is_file(info.key):
-                self._insert(info.key, info.size)
 
     def add(self, info: ObjectInfo) -> None:
         """Show a file (e.g. one being written or just uploaded); it survives relists until they list it."""
@@ -392,7 +311,7 @@ class Namespace:
             raise IsADirectory("the root is a directory")
         self._ensure_loaded()
         with self._lock:
-            if path in self._children:
+            if self.index.is_dir(path):
                 raise IsADirectory(f"{path!r} is a directory")
             self._overlay[path] = info
             self._record(info)
@@ -403,25 +322,27 @@ class Namespace:
         path = normalize(path)
         self._ensure_loaded()
         with self._lock:
-            if self._is_file(path):
+            if self.index.get(path) is not None:
                 raise NotADirectory(f"{path!r} is a file")
-            self._insert(path, is_dir=True)
+            if path:
+                self.meta.put("listings", MARK + path.encode(), TIME.pack(self.clock()))
 
     def remove(self, path: str) -> None:
         """Forget a file (deleted, or gone from the store)."""
         path = normalize(path)
-        self.meta.delete("objects", path.encode())
         with self._lock:
+            if self.meta.delete("objects", path.encode()):
+                self._keep_parent(path)
             self._overlay.pop(path, None)
             self._confirmed.pop(path, None)
-            parent = self._children.get(parent_of(path))
-            name = path.rpartition("/")[2]
-            if parent is not None and parent.get(name) is False:
-                del parent[name]
-                for anc in ancestors(path):
-                    self._files_below[anc] = self._files_below.get(anc, 1) - 1
         if self.on_change:
             self.on_change(path, None)
+
+    def _keep_parent(self, path: str) -> None:
+        """The directory of a path just removed stays, empty, until its next listing (caller holds the lock)."""
+        parent = parent_of(path)
+        if parent and not self.index.is_dir(parent):
+            self.meta.put("listings", MARK + parent.encode(), TIME.pack(self.clock()))
 
     def hide(self, predicate: Callable[[str], bool] | None) -> None:
         """Leave the keys ``predicate`` names out of every listing from now on (the write tier's deletes
@@ -434,23 +355,19 @@ class Namespace:
         if not path:
             return
         prefix = f"{path}/"
+        stale: list[bytes] = []
         with self._lock:
-            if path in self._children:
-                self._drop_subtree(path)
-                del self._children[path]
-                self._files_below.pop(path, None)
-            self._children.get(parent_of(path), {}).pop(path.rpartition("/")[2], None)
             for table in (self._listed, self._overlay, self._confirmed):
                 for key in [k for k in table if k == path or k.startswith(prefix)]:
                     del table[key]
-            stale = [k for k, _ in self.meta.scan("objects", prefix.encode())]
+            for key, _raw in self.index.walk(self.index.objects, prefix.encode()):
+                stale.append(key)
+            marks = list(self.index.markers(path))
             listings = [k for k, _ in self.meta.scan("listings", f"/{path}".encode())
                         if k == f"/{path}".encode() or k.startswith(f"/{prefix}".encode())]
-            with self.meta.write() as txn:
-                for key in stale:
-                    txn.delete(key, db=self.meta.db("objects"))
-                for key in listings:
-                    txn.delete(key, db=self.meta.db("listings"))
+            self.meta.delete_many("objects", stale)
+            self.meta.delete_many("listings", marks + listings)
+            self._keep_parent(path)
         if self.on_change:
             for key in stale:
                 self.on_change(key.decode(), None)
@@ -458,7 +375,7 @@ class Namespace:
     def forget(self, path: str) -> None:
         """Distrust the cached info of ``path``: its next use revalidates with a HEAD."""
         path = normalize(path)
-        raw = self.meta.get("objects", path.encode())
+        raw = self.index.get(path)
         with self._lock:
             self._confirmed.pop(path, None)
             self._overlay.pop(path, None)
@@ -466,10 +383,12 @@ class Namespace:
             self.meta.put("objects", path.encode(), encode(decode(path, raw)[0], -math.inf))
 
     def stats(self) -> dict:
-        """Counts, JSON-serializable."""
+        """Counts, JSON-serializable ("dirs": as the last listing of the root counted them)."""
         with self._lock:
             return {
-                "files": self._files_below.get("", 0), "dirs": max(0, len(self._children) - 1),
+                "files": self.meta.count("objects"),
+                "dirs": listed_counts(self.meta.get("listings", b"/"))[1],
                 "skipped_keys": self.skipped, "lists": self.lists, "heads": self.heads,
+                "list_requests": self.list_requests, "listing": sorted(self._jobs),
                 "loaded": self._loaded,
             }

@@ -12,7 +12,7 @@ from .store.base import ObjectInfo
 
 # size, mtime, fetched_at, mode, uid, gid, flags (bit 0: user metadata read); then the etag
 INFO = struct.Struct("<QddIiiB")
-FORMAT = b"2"  # of the "objects" records; others are dropped (relisted) at start
+FORMAT = b"3"  # of the "objects" and "listings" records; others are dropped (relisted) at start
 _META_READ = 1
 TIME = struct.Struct("<d")
 

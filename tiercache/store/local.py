@@ -38,22 +38,65 @@ class LocalStore:
         if not self.root.is_dir():
             raise BucketNotFound(f"{self.url}: no such directory")
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every regular file under root whose key starts with ``prefix``, in key order."""
-        found = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, self.root)
-            for name in filenames:
-                key = name if rel == "." else f"{rel}/{name}"
-                if not key.startswith(prefix):
-                    continue
+    def _tree(self, rel: str, after: str = "") -> Iterator[ObjectInfo]:
+        """Every regular file below directory ``rel`` ("" the root) whose key sorts after ``after``, in key
+        order, one directory read at a time (a subdirectory sorts as its name + "/")."""
+        for key, is_dir, path in self._level(rel):
+            if is_dir:
+                if key < after and not after.startswith(key):
+                    continue  # the whole subtree sorts before ``after``
+                yield from self._tree(key[:-1], after)
+            elif key > after:
                 try:
-                    st = os.stat(os.path.join(dirpath, name))
+                    yield self._info(key, os.stat(path))
                 except FileNotFoundError:
                     continue
-                found.append(self._info(key, st))
-        yield from sorted(found, key=lambda info: info.key)
+
+    def _level(self, rel: str) -> list[tuple[str, bool, str]]:
+        """(key, is_dir, path) of each entry of directory ``rel``, in key order; a directory's key ends in
+        "/". Symlinks to directories are left out, as os.walk leaves them."""
+        top = os.path.join(self.root, rel) if rel else str(self.root)
+        try:
+            with os.scandir(top) as it:
+                found = []
+                for entry in it:
+                    key = f"{rel}/{entry.name}" if rel else entry.name
+                    try:
+                        if entry.is_dir():
+                            if not entry.is_symlink():
+                                found.append((key + "/", True, entry.path))
+                            continue
+                    except OSError:
+                        continue
+                    found.append((key, False, entry.path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found.sort()
+        return found
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every regular file under root whose key starts with ``prefix``, in key order, streamed."""
+        for info in self._tree(prefix.rpartition("/")[0]):
+            if info.key.startswith(prefix):
+                yield info
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """As ``list``, from the first key after ``start_after`` (for parallel walks)."""
+        for info in self._tree(prefix.rpartition("/")[0], start_after):
+            if info.key.startswith(prefix):
+                yield info
+
+    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+        """The files directly in directory ``prefix`` ("" or ending in "/") and its subdirectories (as
+        prefixes ending in "/"), in key order."""
+        for key, is_dir, path in self._level(prefix.rstrip("/")):
+            if is_dir:
+                yield key
+                continue
+            try:
+                yield self._info(key, os.stat(path))
+            except FileNotFoundError:
+                continue
 
     def head(self, key: str) -> ObjectInfo:
         """Info of one file; NotFound if absent or a directory."""

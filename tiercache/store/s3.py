@@ -124,23 +124,39 @@ class S3Store:
         except Exception as exc:  # noqa: BLE001 - every failure becomes one clear line
             raise self._translate(exc, f"s3://{self.bucket}") from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Paginated listing of every object under the store prefix + ``prefix``."""
+    def _pages(self, prefix: str, **extra) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
-        skip = len(self.prefix)
         try:
-            for page in paginator.paginate(
-                Bucket=self.bucket, Prefix=self._full(prefix), PaginationConfig={"PageSize": self.page_size}
-            ):
-                for item in page.get("Contents", ()):
-                    yield ObjectInfo(
-                        key=item["Key"][skip:],
-                        size=int(item["Size"]),
-                        etag=item["ETag"].strip('"'),
-                        mtime=item["LastModified"].timestamp(),
-                    )
+            yield from paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix),
+                                          PaginationConfig={"PageSize": self.page_size}, **extra)
         except (bexc.ClientError, bexc.BotoCoreError) as exc:
             raise self._translate(exc, f"list {self.url}") from None
+
+    def _infos(self, page: dict) -> Iterator[ObjectInfo]:
+        skip = len(self.prefix)
+        for item in page.get("Contents", ()):
+            yield ObjectInfo(key=item["Key"][skip:], size=int(item["Size"]), etag=item["ETag"].strip('"'),
+                             mtime=item["LastModified"].timestamp())
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Paginated listing of every object under the store prefix + ``prefix``, streamed page by page."""
+        for page in self._pages(prefix):
+            yield from self._infos(page)
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """As ``list``, from the first key after ``start_after`` (S3's StartAfter), for parallel walks."""
+        extra = {"StartAfter": self._full(start_after)} if start_after else {}
+        for page in self._pages(prefix, **extra):
+            yield from self._infos(page)
+
+    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+        """One level by delimiter "/": the objects directly under ``prefix``, then its subprefixes (str,
+        relative, ending in "/"), page by page."""
+        skip = len(self.prefix)
+        for page in self._pages(prefix, Delimiter="/"):
+            yield from self._infos(page)
+            for common in page.get("CommonPrefixes", ()):
+                yield common["Prefix"][skip:]
 
     def head(self, key: str) -> ObjectInfo:
         """HEAD one object."""

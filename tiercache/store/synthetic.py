@@ -13,6 +13,7 @@ never matches). Only for benchmarks and tests: ``open_store`` accepts the scheme
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import re
@@ -106,6 +107,26 @@ class SyntheticStore:
             key = self.key(index)
             if key.startswith(prefix):
                 yield self.info(key)
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """As ``list``, from the first key after ``start_after`` (found by bisection: keys are in index order)."""
+        indexes = self._range(prefix)
+        first = bisect.bisect_right(indexes, start_after, key=self.key)
+        for index in indexes[first:]:
+            key = self.key(index)
+            if key.startswith(prefix):
+                yield self.info(key)
+
+    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+        """One level by delimiter "/": the root holds ``big/`` and ``train/``, ``train/`` the class
+        directories, and these and ``big/`` the objects."""
+        if prefix == "":
+            yield from [p for p, n in (("big/", self.big), ("train/", self.train)) if n]
+        elif prefix == "train/":
+            yield from sorted({self.key(i).rpartition("/")[0] + "/"
+                               for i in range(self.big, self.objects, self.per_class)})
+        elif prefix.count("/") == 1 and prefix.startswith("big/") or prefix.count("/") == 2:
+            yield from self.list(prefix)
 
     def _range(self, prefix: str) -> range:
         """Indexes that can match ``prefix`` (all of them unless it names one top directory)."""

@@ -1,0 +1,216 @@
+"""One listing of a directory's subtree, taken into the namespace index as it streams in.
+
+A ``ListingJob`` consumes a ``store.walk.Walk`` and writes what it lists into LMDB in batches of up to
+``BATCH`` records, each batch its own transaction (published as soon as it commits, and at the latest when
+the walk pauses for ``walk.IDLE``). Nothing per object stays in memory: the job keeps the set of
+directories it has seen (one string per directory) and the walk's units. Waiters ask ``names_known(path)``:
+whether the names directly in a directory are all in the index already, which they are as soon as the walk
+has passed that directory's key range, long before the whole listing ends.
+
+Rules applied as keys come in (the namespace's, see ``namespace``): hidden keys (pending deletes) are left
+out; unrepresentable keys and files that are also directories are skipped and counted; a folder marker
+makes a marked directory. The write tier's overlay wins over a listed entry until the listing shows its
+etag. A listing over a subtree that already had records completes each entry with the metadata read
+before for the same version, and when it ends, removes the records it did not list (fetched before it
+started: neither listed, nor added, nor confirmed by a HEAD meanwhile). A listing into an empty subtree
+reads nothing back.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from collections.abc import Callable
+
+from .namespace_index import MARK, NamespaceIndex, below
+from .namespace_records import INFO, TIME, encode, keep_metadata, key_problem, parent_of
+from .store.base import ObjectInfo, ObjectStore
+from .store.walk import Unit, Walk, complete
+from .tiers.meta import Meta
+
+log = logging.getLogger("tiercache.namespace")
+
+BATCH = 2000
+LISTED = struct.Struct("<dQQ")  # a listing's record: when it started, files and directories it found
+
+
+class ListingJob:
+    """The listing of everything below directory ``top`` (see the module docstring); ``run`` it once."""
+
+    def __init__(self, store: ObjectStore, meta: Meta, index: NamespaceIndex, top: str, started: float,
+                 cond: threading.Condition, overlay: dict[str, ObjectInfo],
+                 hidden: Callable[[str], bool] | None, threads: int,
+                 on_end: Callable[[ListingJob], None] | None = None):
+        self.store, self.meta, self.index, self.top, self.started = store, meta, index, top, started
+        self.cond = cond  # the namespace's lock: guards ``overlay``, ``units`` and the waiters
+        self.overlay = overlay
+        self.hidden = hidden
+        self.on_end = on_end  # called under ``cond`` when the job ends, before ``finished`` is set
+        self.walk = Walk(store, below(top).decode(), threads)
+        self.units: list[Unit] = []
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self.files = 0
+        self.dirs: set[str] = set()
+        self.bad: list[tuple[str, str]] = []
+        self.skipped = 0
+        self._fresh = False
+        self._batch: list[ObjectInfo] = []
+        self._markers: list[str] = []
+        self._new_dirs: list[str] = []
+        self._last: dict[int, tuple[Unit, str]] = {}
+        self._ended: list[Unit] = []
+
+    # ------------------------------------------------------------------ waiting
+
+    def names_known(self, path: str) -> bool:
+        """Whether every name directly in directory ``path`` is in the index (caller holds ``cond``)."""
+        if self.finished.is_set():
+            return self.error is None
+        return complete(self.units, below(path).decode())
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> None:
+        """List, take everything in, sweep what was not listed; sets ``finished`` (and ``error``)."""
+        try:
+            top = self.top
+            self._fresh = self.index.count_below(top, 1) == 0 and not any(self.index.markers(top))
+            for part in self.walk:
+                if part is None:
+                    self._commit()
+                    continue
+                if part.error is not None:
+                    raise part.error
+                if part.end:
+                    break
+                unit = part.unit
+                if part.started and unit is not None:
+                    with self.cond:
+                        self.units.append(unit)
+                for info in part.infos or ():
+                    self._take(info, unit)
+                if part.finished and unit is not None:
+                    self._ended.append(unit)
+                if len(self._batch) >= BATCH:
+                    self._commit()
+            self._commit(publish=False)  # the waiters wake when the job has ended, records swept
+            self._finish()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiters
+            self.error = exc
+            self.walk.close()
+        finally:
+            with self.cond:
+                if self.on_end is not None:
+                    self.on_end(self)
+                self.finished.set()
+                self.cond.notify_all()
+
+    def _dir(self, path: str) -> None:
+        floor = len(self.top)
+        while len(path) > floor and path not in self.dirs:
+            self.dirs.add(path)
+            self._new_dirs.append(path)
+            path = parent_of(path)
+
+    def _take(self, info: ObjectInfo, unit: Unit | None) -> None:
+        key = info.key
+        if self.hidden is not None and self.hidden(key):  # asked outside our lock: it takes the write tier's
+            return
+        if key.endswith("/") and key != "/":
+            path = key[:-1]
+            problem = key_problem(path)
+            if problem:
+                self.bad.append((key, problem))
+            else:
+                self._markers.append(path)
+                self._dir(path)
+            return
+        problem = key_problem(key)
+        if problem is None and key in self.dirs:
+            problem = "is also a directory (the directory wins)"
+        if problem:
+            self.bad.append((key, problem))
+            return
+        self._dir(parent_of(key))
+        self._batch.append(info)
+        if unit is not None:
+            self._last[id(unit)] = (unit, key)
+
+    def _commit(self, publish: bool = True) -> None:
+        """Write the batch in one transaction, then (``publish``) tell the waiters how far each unit has got."""
+        batch, markers, new_dirs = self._batch, self._markers, self._new_dirs
+        self._batch, self._markers, self._new_dirs = [], [], []
+        objects, listings = self.index.objects, self.index.listings
+        stamp = TIME.pack(self.started)
+        with self.cond:
+            if batch or markers or new_dirs:
+                with self.meta.write() as txn:
+                    for info in batch:
+                        pending = self.overlay.get(info.key) if self.overlay else None
+                        if pending is not None:
+                            if pending.etag == info.etag:
+                                del self.overlay[info.key]
+                            else:
+                                info = pending
+                        if not self._fresh:
+                            info = keep_metadata(txn.get(info.key.encode(), db=objects), info)
+                        txn.put(info.key.encode(), encode(info, self.started), db=objects)
+                    for path in markers:
+                        txn.put(MARK + path.encode(), stamp, db=listings)
+                    for path in new_dirs:  # a file where a directory now is: the directory wins
+                        raw = txn.get(path.encode(), db=objects)
+                        if raw is not None:
+                            txn.delete(path.encode(), db=objects)
+                            self.bad.append((path, "is also a directory (the directory wins)"))
+                self.files += len(batch)
+            if publish:
+                for unit, key in self._last.values():
+                    unit.last = key
+                self._last.clear()
+                for unit in self._ended:
+                    unit.done = True
+                self._ended.clear()
+                self.cond.notify_all()
+
+    def _finish(self) -> None:
+        """Sweep what this listing did not list, keep the overlay, record the listing, warn of skipped keys."""
+        top, started = self.top, self.started
+        prefix = below(top).decode()
+        objects, listings = self.index.objects, self.index.listings
+        if not self._fresh:
+            stale: list[bytes] = []
+            for path, raw in self.index.files(top):
+                if INFO.unpack_from(raw)[2] < started and path not in self.overlay:
+                    stale.append(path.encode())
+                if len(stale) >= BATCH:
+                    self.meta.delete_many("objects", stale)
+                    stale = []
+            self.meta.delete_many("objects", stale)
+            old_marks = [k for k in self.index.markers(top)
+                         if TIME.unpack(self.meta.get("listings", k) or TIME.pack(0.0))[0] < started]
+            self.meta.delete_many("listings", old_marks)
+        with self.cond, self.meta.write() as txn:
+            for path, info in self.overlay.items():
+                if path.startswith(prefix) and path not in self.dirs:
+                    txn.put(path.encode(), encode(info, started), db=objects)
+            # LMDB keys cannot be empty: a listing is stored under "/" + its directory
+            txn.put(f"/{top}".encode(), LISTED.pack(started, self.files, len(self.dirs)), db=listings)
+        if self.bad:
+            self.skipped = len(self.bad)
+            examples = "; ".join(f"{k!r} {why}" for k, why in self.bad[:3])
+            log.warning("%s: skipped %d key(s) that cannot be paths, e.g. %s", self.store.url, len(self.bad),
+                        examples)
+
+
+def listed_time(raw: bytes) -> float:
+    """When a listing record's listing started."""
+    return (LISTED if len(raw) == LISTED.size else TIME).unpack_from(raw)[0]
+
+
+def listed_counts(raw: bytes | None) -> tuple[int, int]:
+    """(files, directories) a listing record counted; (0, 0) if unknown."""
+    if raw is None or len(raw) != LISTED.size:
+        return 0, 0
+    return LISTED.unpack(raw)[1:]

@@ -1,0 +1,254 @@
+"""A listing of everything below a prefix, paginated in parallel where the layout allows, streamed as it comes.
+
+A store that can list one level (``list_level``: the objects directly in a prefix and its subprefixes, by
+delimiter) and resume a listing after a key (``list_after``) is walked in parallel: the top prefix is listed
+by level; while a level has fewer subprefixes than ``threads`` (and the walk is shallower than
+``MAX_LEVELS``) each subprefix is listed by level in turn, in parallel; a level with more is cut into up to
+``2 * threads`` contiguous key ranges of its subprefixes, each listed whole (one paginated listing resumed
+at the range's first key). Any other store is one sequential ``list(prefix)``.
+
+The walk runs in its own threads and hands out ``Part`` events (None after IDLE seconds without one)
+through a bounded queue, so a consumer holds at most ``QUEUE`` chunks of ``CHUNK`` infos at a time,
+however many objects there are. Each unit of work covers a known key range; the consumer records where
+each unit has got to and when it is done, so it can tell which directories are complete meanwhile.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from .base import ObjectInfo, ObjectStore
+
+CHUNK = 500
+QUEUE = 64
+MAX_LEVELS = 3
+IDLE = 0.05  # seconds without a part after which the walk yields None
+
+
+@runtime_checkable
+class LevelLister(Protocol):
+    """The optional listing calls that let a walk go in parallel (S3 by delimiter, a local directory)."""
+
+    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+        """The objects directly under ``prefix`` and its subprefixes (str, ending in "/"), in key order."""
+        ...
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` whose key sorts after ``start_after``, in key order."""
+        ...
+
+
+@dataclass
+class Unit:
+    """One piece of a walk: the objects directly in ``prefix`` (``level``), or every object below it with a
+    key in [lo, hi) (hi None: to the end of the prefix). The consumer sets ``last`` (the last key of this
+    unit it has taken in) and ``done`` (all of them taken in), after its ``finished`` part."""
+
+    prefix: str
+    level: bool
+    lo: str = ""
+    hi: str | None = None
+    last: str | None = None
+    done: bool = False
+    children: list[str] = field(default_factory=list)  # a level's subprefixes
+    parent: Unit | None = None  # the level unit that started this one
+    needed: str = ""  # the last subprefix this unit lists (see ``named``)
+
+    def covers(self, key_prefix: str) -> bool:
+        """Whether a whole (not level) unit lists the keys starting with ``key_prefix``."""
+        return (not self.level and key_prefix.startswith(self.prefix) and key_prefix >= self.lo
+                and (self.hi is None or key_prefix < self.hi))
+
+    def passed(self, key_prefix: str) -> bool:
+        """Whether this unit has handed out every key it has that starts with ``key_prefix``."""
+        if self.done:
+            return True
+        return self.last is not None and self.last > key_prefix and not self.last.startswith(key_prefix)
+
+    def named(self, units: list[Unit]) -> bool:
+        """Whether the consumer holds a key below each subprefix this unit lists (so their names are known)."""
+        if self.last is not None and self.last >= self.needed:
+            return True
+        if not self.done:
+            return False
+        return not self.level or all(u.named(units) for u in units if u.parent is self)
+
+
+def complete(units: list[Unit], key_prefix: str) -> bool:
+    """Whether the names directly under ``key_prefix`` (a directory's prefix) are all known from ``units``,
+    the units a walk has started, each with what it has handed out so far."""
+    if not units:
+        return False  # the walk has not started
+    for unit in units:
+        if unit.level and unit.prefix == key_prefix:
+            return unit.done and all(u.named(units) for u in units if u.parent is unit)
+    for unit in units:
+        if unit.covers(key_prefix):
+            return unit.passed(key_prefix)
+    above = [u for u in units if u.level and key_prefix.startswith(u.prefix)]
+    if not above:
+        return True  # not below this walk
+    return max(above, key=lambda u: len(u.prefix)).done  # done: a level lists its subprefixes; this is none
+
+
+@dataclass
+class Part:
+    """One event of a walk: infos of one unit (``infos``), a new unit (``started``), a finished one
+    (``finished``), the end of the walk (``end``) or its failure (``error``)."""
+
+    unit: Unit | None = None
+    infos: list[ObjectInfo] | None = None
+    started: bool = False
+    finished: bool = False
+    end: bool = False
+    error: BaseException | None = None
+
+
+class Walk:
+    """The parallel listing of one prefix (see the module docstring); iterate to get its ``Part``s."""
+
+    def __init__(self, store: ObjectStore, prefix: str = "", threads: int = 8):
+        self.store = store
+        self.prefix = prefix
+        self.threads = max(1, threads)
+        self.parallel = self.threads > 1 and isinstance(store, LevelLister)
+        self.requests = 0  # listing calls started (units)
+        self._queue: queue.Queue[Part] = queue.Queue(QUEUE)
+        self._stop = threading.Event()
+        self._outstanding = 0
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __iter__(self) -> Iterator[Part | None]:
+        if not self.parallel:
+            unit = Unit(self.prefix, level=False, lo=self.prefix)
+            threading.Thread(target=self._sequential, args=(unit,), name="tiercache-list", daemon=True).start()
+        else:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tiercache-list")
+            self._submit(Unit(self.prefix, level=True, lo=self.prefix), depth=0)
+        try:
+            while True:
+                try:
+                    part = self._queue.get(timeout=IDLE)
+                except queue.Empty:
+                    yield None  # nothing for a while: the consumer may publish what it holds
+                    continue
+                yield part
+                if part.end or part.error is not None:
+                    return
+        finally:
+            self._stop.set()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the walk's threads early (what they list from now on is dropped)."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ producers
+
+    def _put(self, part: Part) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(part, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _stream(self, unit: Unit, infos: Iterator[ObjectInfo], keep: Callable[[ObjectInfo], bool] | None
+                ) -> None:
+        chunk: list[ObjectInfo] = []
+        for info in infos:
+            if self._stop.is_set():
+                return
+            if keep is not None and not keep(info):
+                if unit.hi is not None and info.key >= unit.hi:
+                    break
+                continue
+            chunk.append(info)
+            if len(chunk) >= CHUNK:
+                self._put(Part(unit, chunk))
+                chunk = []
+        if chunk:
+            self._put(Part(unit, chunk))
+
+    def _sequential(self, unit: Unit) -> None:
+        try:
+            self.requests += 1
+            self._put(Part(unit, started=True))
+            self._stream(unit, iter(self.store.list(self.prefix)), None)
+            self._put(Part(unit, finished=True))
+            self._put(Part(end=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(Part(error=exc))
+
+    def _submit(self, unit: Unit, depth: int) -> None:
+        with self._lock:
+            self._outstanding += 1
+        self._put(Part(unit, started=True))
+        assert self._pool is not None
+        try:
+            self._pool.submit(self._run, unit, depth)
+        except RuntimeError:  # the pool is shut down: the walk was stopped
+            pass
+
+    def _run(self, unit: Unit, depth: int) -> None:
+        try:
+            self.requests += 1
+            if unit.level:
+                self._run_level(unit, depth)
+            else:
+                self._run_range(unit)
+            self._put(Part(unit, finished=True))
+            with self._lock:
+                self._outstanding -= 1
+                last = self._outstanding == 0
+            if last:
+                self._put(Part(end=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._stop.set()
+            self._queue.put(Part(error=exc))
+
+    def _run_level(self, unit: Unit, depth: int) -> None:
+        store = self.store
+        assert isinstance(store, LevelLister)
+
+        def files() -> Iterator[ObjectInfo]:
+            for item in store.list_level(unit.prefix):
+                if isinstance(item, str):
+                    unit.children.append(item)
+                else:
+                    yield item
+
+        self._stream(unit, files(), None)
+        subs = unit.children
+        if not subs:
+            return
+        if len(subs) < self.threads and depth + 1 < MAX_LEVELS:
+            for sub in subs:
+                self._submit(Unit(sub, level=True, lo=sub, parent=unit, needed=sub), depth + 1)
+            return
+        groups = min(len(subs), 2 * self.threads)
+        firsts = [i * len(subs) // groups for i in range(groups)] + [len(subs)]
+        for i in range(groups):
+            lo, hi = subs[firsts[i]], (subs[firsts[i + 1]] if i + 1 < groups else None)
+            self._submit(Unit(unit.prefix, level=False, lo=lo, hi=hi, parent=unit, needed=subs[firsts[i + 1] - 1]),
+                         depth + 1)
+
+    def _run_range(self, unit: Unit) -> None:
+        store = self.store
+        assert isinstance(store, LevelLister)
+        base = len(unit.prefix)
+        # start just before lo: lo ends in "/", and "." sorts right before it
+        start_after = unit.lo[:-1] + "."
+
+        def keep(info: ObjectInfo) -> bool:
+            key = info.key
+            return key >= unit.lo and (unit.hi is None or key < unit.hi) and key.find("/", base) >= 0
+
+        self._stream(unit, iter(store.list_after(unit.prefix, start_after)), keep)
