@@ -415,6 +415,7 @@ class TieredCache:
         if self._closed:
             return
         self._closed = True
+        self.namespace.close()  # listings still running stop before the LMDB env closes
         self.readahead.close()
         self.prefetcher.close()
         self.hinted.close()

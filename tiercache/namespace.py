@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 
 from .errors import IsADirectory, NotADirectory, NotFound
 from .namespace_index import MARK, NamespaceIndex, below
-from .namespace_ingest import ListingJob, listed_counts, listed_time
+from .namespace_ingest import ListingJob, ListingStopped, listed_counts, listed_time
 from .namespace_records import FORMAT, TIME, Entry, ancestors, decode, encode, key_problem, normalize, parent_of
 from .store.base import ObjectInfo, ObjectStore
 from .tiers.meta import Meta
@@ -100,10 +100,21 @@ class Namespace:
     def _start(self, top: str) -> ListingJob:
         """Start listing directory ``top`` in its own thread (caller holds the lock)."""
         job = ListingJob(self.store, self.meta, self.index, top, self.clock(), self._cond, self._overlay,
-                         self.hidden, self.threads, on_end=self._ended)
+                         lambda: self.hidden, self.threads, on_end=self._ended)
         self._jobs[top] = job
-        threading.Thread(target=job.run, name=f"tiercache-list:{top}", daemon=True).start()
+        job.thread = threading.Thread(target=job.run, name=f"tiercache-list:{top}", daemon=True)
+        job.thread.start()
         return job
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the listings still running and wait for their threads (before the LMDB env closes)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job.walk.close()
+        for job in jobs:
+            if job.thread is not None:
+                job.thread.join(timeout)
 
     def _ended(self, job: ListingJob) -> None:
         """A listing ended (called with the lock held, before its waiters wake)."""
@@ -116,7 +127,7 @@ class Namespace:
             self._listed[job.top] = job.started
             for path in [p for p in self._confirmed if p.startswith(prefix)]:
                 del self._confirmed[path]
-        if job.error is not None:
+        if job.error is not None and not isinstance(job.error, ListingStopped):
             log.warning("%s: listing %r failed: %s", self.store.url, job.top, job.error)
 
     def _wait(self, job: ListingJob, path: str | None) -> None:

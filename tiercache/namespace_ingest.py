@@ -35,21 +35,27 @@ BATCH = 2000
 LISTED = struct.Struct("<dQQ")  # a listing's record: when it started, files and directories it found
 
 
+class ListingStopped(Exception):
+    """The listing was stopped (the namespace closed) before it ended; nothing of it is recorded as listed."""
+
+
 class ListingJob:
     """The listing of everything below directory ``top`` (see the module docstring); ``run`` it once."""
 
     def __init__(self, store: ObjectStore, meta: Meta, index: NamespaceIndex, top: str, started: float,
                  cond: threading.Condition, overlay: dict[str, ObjectInfo],
-                 hidden: Callable[[str], bool] | None, threads: int,
+                 hidden: Callable[[], Callable[[str], bool] | None], threads: int,
                  on_end: Callable[[ListingJob], None] | None = None):
         self.store, self.meta, self.index, self.top, self.started = store, meta, index, top, started
         self.cond = cond  # the namespace's lock: guards ``overlay``, ``units`` and the waiters
         self.overlay = overlay
-        self.hidden = hidden
+        self.hidden = hidden  # the predicate of keys to leave out, asked for when the listing starts
+        self._hidden: Callable[[str], bool] | None = None
         self.on_end = on_end  # called under ``cond`` when the job ends, before ``finished`` is set
         self.walk = Walk(store, below(top).decode(), threads)
         self.units: list[Unit] = []
         self.finished = threading.Event()
+        self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.files = 0
         self.dirs: set[str] = set()
@@ -76,6 +82,7 @@ class ListingJob:
         """List, take everything in, sweep what was not listed; sets ``finished`` (and ``error``)."""
         try:
             top = self.top
+            self._hidden = self.hidden()
             self._fresh = self.index.count_below(top, 1) == 0 and not any(self.index.markers(top))
             for part in self.walk:
                 if part is None:
@@ -95,6 +102,8 @@ class ListingJob:
                     self._ended.append(unit)
                 if len(self._batch) >= BATCH:
                     self._commit()
+            else:
+                raise ListingStopped(f"listing {top!r} stopped")
             self._commit(publish=False)  # the waiters wake when the job has ended, records swept
             self._finish()
         except BaseException as exc:  # noqa: BLE001 - handed to the waiters
@@ -116,7 +125,7 @@ class ListingJob:
 
     def _take(self, info: ObjectInfo, unit: Unit | None) -> None:
         key = info.key
-        if self.hidden is not None and self.hidden(key):  # asked outside our lock: it takes the write tier's
+        if self._hidden is not None and self._hidden(key):  # asked outside our lock: it takes the write tier's
             return
         if key.endswith("/") and key != "/":
             path = key[:-1]

@@ -27,6 +27,7 @@ from .base import ObjectInfo, ObjectStore
 CHUNK = 500
 QUEUE = 64
 MAX_LEVELS = 3
+PAGE = 1000  # keys in one LIST page (S3's most)
 IDLE = 0.05  # seconds without a part after which the walk yields None
 
 
@@ -58,11 +59,15 @@ class Unit:
     children: list[str] = field(default_factory=list)  # a level's subprefixes
     parent: Unit | None = None  # the level unit that started this one
     needed: str = ""  # the last subprefix this unit lists (see ``named``)
+    after: str | None = None  # a range resumed after this key (then keys > after, not >= lo)
+    limit: int = 0  # a range that stops after this many keys (0: none)
 
     def covers(self, key_prefix: str) -> bool:
-        """Whether a whole (not level) unit lists the keys starting with ``key_prefix``."""
-        return (not self.level and key_prefix.startswith(self.prefix) and key_prefix >= self.lo
-                and (self.hi is None or key_prefix < self.hi))
+        """Whether a whole (not level) unit lists some of the keys starting with ``key_prefix``."""
+        if self.level or not (key_prefix.startswith(self.prefix) or self.prefix.startswith(key_prefix)):
+            return False
+        end = key_prefix[:-1] + "0" if key_prefix else None  # "0" sorts right after "/"
+        return (end is None or self.lo < end) and (self.hi is None or key_prefix < self.hi)
 
     def passed(self, key_prefix: str) -> bool:
         """Whether this unit has handed out every key it has that starts with ``key_prefix``."""
@@ -87,9 +92,9 @@ def complete(units: list[Unit], key_prefix: str) -> bool:
     for unit in units:
         if unit.level and unit.prefix == key_prefix:
             return unit.done and all(u.named(units) for u in units if u.parent is unit)
-    for unit in units:
-        if unit.covers(key_prefix):
-            return unit.passed(key_prefix)
+    covering = [unit for unit in units if unit.covers(key_prefix)]
+    if covering:
+        return all(unit.passed(key_prefix) for unit in covering)
     above = [u for u in units if u.level and key_prefix.startswith(u.prefix)]
     if not above:
         return True  # not below this walk
@@ -132,7 +137,7 @@ class Walk:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tiercache-list")
             self._submit(Unit(self.prefix, level=True, lo=self.prefix), depth=0)
         try:
-            while True:
+            while not self._stop.is_set():
                 try:
                     part = self._queue.get(timeout=IDLE)
                 except queue.Empty:
@@ -147,7 +152,8 @@ class Walk:
                 self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        """Stop the walk's threads early (what they list from now on is dropped)."""
+        """Stop the walk early: its threads drop what they list from now on, and iteration ends (with no
+        ``end`` part)."""
         self._stop.set()
 
     # ------------------------------------------------------------------ producers
@@ -161,21 +167,27 @@ class Walk:
                 continue
 
     def _stream(self, unit: Unit, infos: Iterator[ObjectInfo], keep: Callable[[ObjectInfo], bool] | None
-                ) -> None:
+                ) -> tuple[int, str | None]:
+        """Hand out ``infos`` (those ``keep`` keeps, up to ``unit.limit``); (how many, the last key)."""
         chunk: list[ObjectInfo] = []
+        count, last = 0, None
         for info in infos:
             if self._stop.is_set():
-                return
+                break
             if keep is not None and not keep(info):
                 if unit.hi is not None and info.key >= unit.hi:
                     break
                 continue
             chunk.append(info)
+            count, last = count + 1, info.key
             if len(chunk) >= CHUNK:
                 self._put(Part(unit, chunk))
                 chunk = []
+            if unit.limit and count >= unit.limit:
+                break
         if chunk:
             self._put(Part(unit, chunk))
+        return count, last
 
     def _sequential(self, unit: Unit) -> None:
         try:
@@ -233,22 +245,45 @@ class Walk:
             for sub in subs:
                 self._submit(Unit(sub, level=True, lo=sub, parent=unit, needed=sub), depth + 1)
             return
-        groups = min(len(subs), 2 * self.threads)
-        firsts = [i * len(subs) // groups for i in range(groups)] + [len(subs)]
+        # one page first, in this thread: a small subtree ends there; a big one tells how many keys a
+        # subprefix holds, so the rest is cut into ranges of about a page or more each (no empty requests)
+        head = Unit(unit.prefix, level=False, lo=subs[0], parent=unit, limit=PAGE)
+        self._put(Part(head, started=True))
+        count, last = self._run_range(head)
+        if last is None or count < PAGE:
+            head.needed = subs[-1]
+            self._put(Part(head, finished=True))
+            return
+        head.hi = last + "\0"  # what it listed: up to and including ``last``
+        rest = [sub for sub in subs if sub > last]
+        current = [sub for sub in subs if last.startswith(sub)]
+        head.needed = current[0] if current else max([sub for sub in subs if sub <= last], default="")
+        self._put(Part(head, finished=True))
+        seen = max(1, sum(1 for sub in subs if sub <= last))
+        pages = max(1, round(len(subs) / seen) - 1)
+        groups = max(1, min(len(rest) + 1, 2 * self.threads, pages))
+        starts = [None] + rest  # None: resume after ``last`` within its subprefix
+        firsts = [i * len(starts) // groups for i in range(groups)] + [len(starts)]
         for i in range(groups):
-            lo, hi = subs[firsts[i]], (subs[firsts[i + 1]] if i + 1 < groups else None)
-            self._submit(Unit(unit.prefix, level=False, lo=lo, hi=hi, parent=unit, needed=subs[firsts[i + 1] - 1]),
-                         depth + 1)
+            first = starts[firsts[i]]
+            hi = starts[firsts[i + 1]] if i + 1 < groups else None
+            needed = starts[firsts[i + 1] - 1] or (current[0] if current else last)
+            if first is None:
+                part = Unit(unit.prefix, level=False, lo=last + "\0", hi=hi, parent=unit, needed=needed,
+                            after=last)
+            else:
+                part = Unit(unit.prefix, level=False, lo=first, hi=hi, parent=unit, needed=needed)
+            self._submit(part, depth + 1)
 
-    def _run_range(self, unit: Unit) -> None:
+    def _run_range(self, unit: Unit) -> tuple[int, str | None]:
         store = self.store
         assert isinstance(store, LevelLister)
         base = len(unit.prefix)
-        # start just before lo: lo ends in "/", and "." sorts right before it
-        start_after = unit.lo[:-1] + "."
+        # resume after ``after``, or start just before lo: lo ends in "/", and "." sorts right before it
+        start_after = unit.after if unit.after is not None else unit.lo[:-1] + "."
 
         def keep(info: ObjectInfo) -> bool:
             key = info.key
             return key >= unit.lo and (unit.hi is None or key < unit.hi) and key.find("/", base) >= 0
 
-        self._stream(unit, iter(store.list_after(unit.prefix, start_after)), keep)
+        return self._stream(unit, iter(store.list_after(unit.prefix, start_after)), keep)
