@@ -127,7 +127,7 @@ class Namespace:
             self._listed[job.top] = job.started
             for path in [p for p in self._confirmed if p.startswith(prefix)]:
                 del self._confirmed[path]
-        if job.error is not None and not isinstance(job.error, ListingStopped):
+        elif not isinstance(job.error, ListingStopped):
             log.warning("%s: listing %r failed: %s", self.store.url, job.top, job.error)
 
     def _wait(self, job: ListingJob, path: str | None) -> None:
@@ -177,34 +177,32 @@ class Namespace:
 
     def listdir(self, path: str = "") -> list[str]:
         """Names (directories and files) in directory ``path``, sorted."""
-        return sorted(entry.name for entry in self.entries(path))
+        return sorted({name for name, _info in self.children(path)})
 
     def entries(self, path: str = "") -> Iterator[Entry]:
         """The entries of directory ``path``, with the attributes the index holds (a file's size, mtime
         and etag; for a directory size 0), in index order (a subdirectory sorts as its name + "/").
         NotFound / NotADirectory as ``listdir``. One prefix scan of the index: cheap per entry."""
+        for name, info in self.children(path):
+            child = f"{path.strip('/')}/{name}" if path.strip("/") else name
+            if info is None:
+                yield Entry(child, name, True, 0, self._listed.get("", 0.0), None)
+            else:
+                yield Entry(child, name, False, info.size, info.mtime, info.etag)
+
+    def children(self, path: str = "") -> Iterator[tuple[str, ObjectInfo | None]]:
+        """(name, info) of each entry of directory ``path``, info None for a subdirectory: the whole
+        record of each file (size, mtime, etag, mode, uid, gid), for readdirplus-style callers; as
+        ``entries`` otherwise (freshness checked first, NotFound / NotADirectory when iterated)."""
         path = normalize(path)
         self._ensure_loaded()
         if not self._dir_fresh(path):
             self._settle(path)
-        return self._entries(path)
+        return self._children(path)
 
-    def _entries(self, path: str) -> Iterator[Entry]:
-        found = False
-        dirs: set[str] = set()
-        for name, is_dir, raw in self.index.entries(path):
-            found = True
-            child = f"{path}/{name}" if path else name
-            if is_dir:
-                dirs.add(name)
-                yield Entry(child, name, True, 0, self._listed.get("", 0.0), None)
-            elif name not in dirs:
-                info = decode(child, raw)[0]
-                yield Entry(child, name, False, info.size, info.mtime, info.etag)
-        if not found and not self.index.is_dir(path):
-            if self.index.get(path) is not None:
-                raise NotADirectory(f"{path!r} is a file, not a directory")
-            raise NotFound(f"no such directory {path!r}")
+    def _children(self, path: str) -> Iterator[tuple[str, ObjectInfo | None]]:
+        for name, raw in self.index.directory(path):
+            yield name, (decode(f"{path}/{name}" if path else name, raw)[0] if raw else None)
 
     def _kind(self, path: str) -> tuple[str | None, bytes | None]:
         """("file", its record), ("dir", None) or (None, None), as the index has it now."""
@@ -267,8 +265,7 @@ class Namespace:
     def exists(self, path: str) -> bool:
         """Whether a file or directory is at ``path``."""
         try:
-            self.stat(path)
-            return True
+            return self.stat(path) is not None
         except NotFound:
             return False
 

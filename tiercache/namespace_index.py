@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from .errors import NotADirectory, NotFound
 from .tiers.meta import LONG_KEY_LEN, RAW_KEY_MAX, Meta, loaded_item, stored_key
 
 CHUNK = 4096
@@ -122,6 +123,23 @@ class NamespaceIndex:
             if name and name not in dirs:
                 dirs.add(name)
                 yield name, True, b""
+
+    def directory(self, path: str) -> Iterator[tuple[str, bytes]]:
+        """(name, record) of each entry of directory ``path``, record b"" for a subdirectory; a name that is
+        both comes once, as a directory. NotADirectory / NotFound (when iterated) if ``path`` is none."""
+        found = False
+        dirs: set[str] = set()
+        for name, is_dir, raw in self.entries(path):
+            found = True
+            if is_dir:
+                dirs.add(name)
+                yield name, b""
+            elif name not in dirs:
+                yield name, raw
+        if not found and not self.is_dir(path):
+            if self.get(path) is not None:
+                raise NotADirectory(f"{path!r} is a file, not a directory")
+            raise NotFound(f"no such directory {path!r}")
 
     def files(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         """(path, record) of every file below directory ``prefix``, in key order."""
