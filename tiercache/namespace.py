@@ -130,13 +130,13 @@ class Namespace:
         elif not isinstance(job.error, ListingStopped):
             log.warning("%s: listing %r failed: %s", self.store.url, job.top, job.error)
 
-    def _wait(self, job: ListingJob, path: str | None) -> None:
-        """Until the names in directory ``path`` are in the index (None: until ``job`` ends); raises the
-        listing's error if it failed first."""
+    def _wait(self, job: ListingJob, path: str | None, subtree: bool = False) -> None:
+        """Until the names in directory ``path`` (``subtree``: all below it) are in the index (None: until
+        ``job`` ends); raises the listing's error if it failed first."""
         with self._cond:
-            while not job.finished.is_set() and (path is None or not job.names_known(path)):
+            while not job.finished.is_set() and (path is None or not job.names_known(path, subtree)):
                 self._cond.wait(0.5)
-        if job.error is not None and (path is None or not job.names_known(path)):
+        if job.error is not None and (path is None or not job.names_known(path, subtree)):
             raise job.error
 
     def _cold(self) -> ListingJob | None:
@@ -271,17 +271,16 @@ class Namespace:
 
     def files(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Infos of every file at or below ``prefix`` (a file or a directory; "" is everything), streamed
-        from the index in key order (after the first listing, if it is still running)."""
+        from the index in key order (once the first listing, if it is still running, has passed it)."""
         prefix = normalize(prefix)
         self._ensure_loaded()
+        raw = self.index.get(prefix) if prefix else None
+        if raw is not None:
+            yield decode(prefix, raw)[0]
+            return
         cold = self._cold()
-        if cold is not None:
-            self._wait(cold, None)
-        if prefix:
-            raw = self.index.get(prefix)
-            if raw is not None:
-                yield decode(prefix, raw)[0]
-                return
+        if cold is not None:  # the first listing: until it has passed this subtree
+            self._wait(cold, prefix, subtree=True)
         for path, raw in self.index.files(prefix):
             yield decode(path, raw)[0]
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from .namespace_index import MARK, NamespaceIndex, below
 from .namespace_records import INFO, TIME, encode, keep_metadata, key_problem, parent_of
 from .store.base import ObjectInfo, ObjectStore
-from .store.walk import Unit, Walk, complete
+from .store.walk import Unit, Walk, complete, complete_below
 from .tiers.meta import Meta
 
 log = logging.getLogger("tiercache.namespace")
@@ -70,11 +70,12 @@ class ListingJob:
 
     # ------------------------------------------------------------------ waiting
 
-    def names_known(self, path: str) -> bool:
-        """Whether every name directly in directory ``path`` is in the index (caller holds ``cond``)."""
+    def names_known(self, path: str, subtree: bool = False) -> bool:
+        """Whether every name directly in directory ``path`` (``subtree``: every path below it) is in the
+        index (caller holds ``cond``)."""
         if self.finished.is_set():
             return self.error is None
-        return complete(self.units, below(path).decode())
+        return (complete_below if subtree else complete)(self.units, below(path).decode())
 
     # ------------------------------------------------------------------ running
 

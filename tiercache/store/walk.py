@@ -101,6 +101,21 @@ def complete(units: list[Unit], key_prefix: str) -> bool:
     return max(above, key=lambda u: len(u.prefix)).done  # done: a level lists its subprefixes; this is none
 
 
+def complete_below(units: list[Unit], key_prefix: str) -> bool:
+    """Whether every key starting with ``key_prefix`` is known from ``units`` (the whole subtree, not only
+    the names directly in it as ``complete``)."""
+    if not units:
+        return False
+    for unit in units:
+        if unit.level and unit.prefix.startswith(key_prefix) and not unit.done:
+            return False
+        if unit.covers(key_prefix) and not unit.passed(key_prefix):
+            return False
+    above = [u for u in units if u.level and key_prefix.startswith(u.prefix)]
+    # done: each unit below it has started (and was checked above)
+    return not above or max(above, key=lambda u: len(u.prefix)).done
+
+
 @dataclass
 class Part:
     """One event of a walk: infos of one unit (``infos``), a new unit (``started``), a finished one
