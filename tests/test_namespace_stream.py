@@ -102,6 +102,7 @@ def test_a_directory_answers_before_the_whole_listing_ends(meta, store_class):
     ns = Namespace(store, meta, ttl=60, threads=2)
     assert ns.listdir("d001") == [f"f{f:04d}" for f in range(700)]
     assert len(list(ns.files("d003"))) == 700  # a whole subtree, as soon as the walk has passed it
+    assert [info.key for info in ns.files("d002/f0001")] == ["d002/f0001"]
     assert ns.stat("d000/f0003").size == len("d000/f0003")
     assert not ns.exists("d002/nope")
     assert store.reached.is_set() and not store.gate.is_set()

@@ -130,13 +130,13 @@ class Namespace:
         elif not isinstance(job.error, ListingStopped):
             log.warning("%s: listing %r failed: %s", self.store.url, job.top, job.error)
 
-    def _wait(self, job: ListingJob, path: str | None, subtree: bool = False) -> None:
-        """Until the names in directory ``path`` (``subtree``: all below it) are in the index (None: until
-        ``job`` ends); raises the listing's error if it failed first."""
+    def _wait(self, job: ListingJob, path: str | None, subtree: bool = False, exact: bool = False) -> None:
+        """Until what ``job.names_known(path, subtree, exact)`` names is in the index (None: until ``job``
+        ends); raises the listing's error if it failed first."""
         with self._cond:
-            while not job.finished.is_set() and (path is None or not job.names_known(path, subtree)):
+            while not job.finished.is_set() and (path is None or not job.names_known(path, subtree, exact)):
                 self._cond.wait(0.5)
-        if job.error is not None and (path is None or not job.names_known(path, subtree)):
+        if job.error is not None and (path is None or not job.names_known(path, subtree, exact)):
             raise job.error
 
     def _cold(self) -> ListingJob | None:
@@ -274,13 +274,13 @@ class Namespace:
         from the index in key order (once the first listing, if it is still running, has passed it)."""
         prefix = normalize(prefix)
         self._ensure_loaded()
+        cold = self._cold()
+        if cold is not None:  # the first listing: until it has passed the file or the subtree
+            self._wait(cold, prefix, exact=True)
         raw = self.index.get(prefix) if prefix else None
         if raw is not None:
             yield decode(prefix, raw)[0]
             return
-        cold = self._cold()
-        if cold is not None:  # the first listing: until it has passed this subtree
-            self._wait(cold, prefix, subtree=True)
         for path, raw in self.index.files(prefix):
             yield decode(path, raw)[0]
 

@@ -70,11 +70,13 @@ class ListingJob:
 
     # ------------------------------------------------------------------ waiting
 
-    def names_known(self, path: str, subtree: bool = False) -> bool:
-        """Whether every name directly in directory ``path`` (``subtree``: every path below it) is in the
-        index (caller holds ``cond``)."""
+    def names_known(self, path: str, subtree: bool = False, exact: bool = False) -> bool:
+        """Whether every name directly in directory ``path`` (``subtree``: every path below it; ``exact``:
+        every key that starts with ``path`` itself) is in the index (caller holds ``cond``)."""
         if self.finished.is_set():
             return self.error is None
+        if exact:
+            return complete_below(self.units, path)
         return (complete_below if subtree else complete)(self.units, below(path).decode())
 
     # ------------------------------------------------------------------ running

@@ -66,7 +66,8 @@ class Unit:
         """Whether a whole (not level) unit lists some of the keys starting with ``key_prefix``."""
         if self.level or not (key_prefix.startswith(self.prefix) or self.prefix.startswith(key_prefix)):
             return False
-        end = key_prefix[:-1] + "0" if key_prefix else None  # "0" sorts right after "/"
+        # the first key past every key with the prefix ("0" sorts right after "/")
+        end = (key_prefix[:-1] + "0" if key_prefix.endswith("/") else key_prefix + "\U0010ffff") if key_prefix else None
         return (end is None or self.lo < end) and (self.hi is None or key_prefix < self.hi)
 
     def passed(self, key_prefix: str) -> bool:
