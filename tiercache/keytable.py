@@ -39,6 +39,9 @@ class _Snapshot:
 _EMPTY = _Snapshot(np.empty(0, np.int64), np.empty(0, np.int32), np.zeros(1, np.int64), np.zeros(0, np.uint8))
 
 
+_RECENT = 4096  # lookups remembered per snapshot
+
+
 def as_batch(keys: Sequence[str] | KeyBatch) -> KeyBatch:
     """``keys`` as a KeyBatch (a batch is used as it is)."""
     return keys if isinstance(keys, KeyBatch) else KeyBatch.from_strings(keys)
@@ -50,6 +53,7 @@ class KeyTable:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snap = _EMPTY
+        self._recent: tuple[_Snapshot, dict[str, int]] = (_EMPTY, {})  # lookups of one snapshot
 
     def __len__(self) -> int:
         return len(self._snap.offsets) - 1
@@ -108,15 +112,25 @@ class KeyTable:
             return ids
 
     def lookup(self, key: str) -> int:
-        """The id of ``key``, or -1 when no plan named it."""
+        """The id of ``key``, or -1 when no plan named it (the last few thousand answers are remembered: a
+        read asks for its key several times)."""
         snap = self._snap
         if not len(snap.hashes):
             return -1
+        recent = self._recent
+        if recent[0] is snap:
+            found = recent[1].get(key)
+            if found is not None:
+                return found
+        else:
+            recent = self._recent = (snap, {})
         h = key_hash(key)
         i = int(snap.hashes.searchsorted(h))
-        if i < len(snap.hashes) and snap.hashes[i] == h:
-            return int(snap.ids[i])
-        return -1
+        found = int(snap.ids[i]) if i < len(snap.hashes) and snap.hashes[i] == h else -1
+        if len(recent[1]) >= _RECENT:
+            recent[1].clear()
+        recent[1][key] = found
+        return found
 
     def lookup_many(self, keys: Sequence[str] | KeyBatch) -> np.ndarray:
         """The ids of ``keys`` (int32; -1 for unknown ones)."""

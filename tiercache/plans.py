@@ -274,11 +274,14 @@ class PlanBook:
 
     def next_use(self, key: str) -> float:
         """The predicted clock tick of the next read of ``key`` over all plans (inf if none)."""
-        plans = self._plans
-        if not plans:
+        if not self._plans:
             return math.inf
-        key_id = self.table.lookup(key)
-        if key_id < 0:
+        return self.next_use_id(self.table.lookup(key))
+
+    def next_use_id(self, key_id: int) -> float:
+        """``next_use`` of the key with KeyTable id ``key_id`` (-1: no plan names it)."""
+        plans = self._plans
+        if key_id < 0 or not plans:
             return math.inf
         best, clock = math.inf, self.clock
         for plan in plans.values():
@@ -289,11 +292,17 @@ class PlanBook:
 
     def next_use_many(self, keys: Sequence[str]) -> list[float]:
         """``next_use`` of each of ``keys`` (vectorized over the plans' arrays)."""
+        if not self._plans or not len(keys):
+            return [math.inf] * len(keys)
+        return self.next_use_ids(self.table.lookup_many(keys)).tolist()
+
+    def next_use_ids(self, key_ids: np.ndarray) -> np.ndarray:
+        """``next_use`` of each KeyTable id in ``key_ids`` (float64; inf for -1), vectorized."""
         plans = list(self._plans.values())
-        best = np.full(len(keys), np.inf)
-        if not plans or not keys:
-            return best.tolist()
-        ids = self.table.lookup_many(keys).astype(np.int64)
+        best = np.full(len(key_ids), np.inf)
+        if not plans or not len(key_ids):
+            return best
+        ids = np.asarray(key_ids).astype(np.int64)
         known = ids >= 0
         clock = self.clock
         for plan in plans:
@@ -310,7 +319,7 @@ class PlanBook:
                 later = plan.next_index(int(ids[i]))
                 if later >= 0:
                     best[i] = min(best[i], plan.predicted(later, clock))
-        return best.tolist()
+        return best
 
     @property
     def seq(self) -> int:
