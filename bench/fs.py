@@ -15,6 +15,7 @@ every response (the cold phases are repeated under it). Targets:
   tiercache-ssd   the same with ``--ram 64M``: the large file is served by the SSD tier
   s3fs, rclone    s3fs ``use_cache``, rclone ``--vfs-cache-mode full`` (when installed)
   ceiling         bench/fuse_ceiling.py: same names and sizes, bytes from memory, tiercache's libfuse options
+  ceiling-s3      bench/fuse_stream_ceiling.py: the same fed by boto3's 8 MiB ranged GETs, cold large read only
   library         library mode (``TieredCache.read``, no FUSE hop), ``--ssd-ram``: bench/fs_library.py
 
 Phases (bench/fs_phases.py, bench/fs_fio.py): metadata walk; small files with N threads; large sequential
@@ -45,7 +46,17 @@ import fs_plan  # noqa: E402
 import fs_report  # noqa: E402
 from fs_data import check_server, host, load_average, make_data, upload  # noqa: E402
 from fs_fio import fio_installed  # noqa: E402
-from fs_mounts import BUCKET, CREDS, ROOT, CeilingMount, RcloneMount, S3fsMount, TiercacheMount, code_tree  # noqa: E402
+from fs_mounts import (  # noqa: E402
+    BUCKET,
+    CREDS,
+    ROOT,
+    CeilingMount,
+    RcloneMount,
+    S3fsMount,
+    StreamCeilingMount,
+    TiercacheMount,
+    code_tree,
+)
 from fs_phases import (  # noqa: E402
     boto3_phases,
     drop_page_cache,
@@ -54,7 +65,7 @@ from fs_phases import (  # noqa: E402
 from tiercache.config import parse_size  # noqa: E402
 from tiercache.devserver import LocalS3Process  # noqa: E402
 
-ALL_TARGETS = ("local", "boto3", "tiercache", "tiercache-ssd", "library", "s3fs", "rclone", "ceiling")
+ALL_TARGETS = ("local", "boto3", "tiercache", "tiercache-ssd", "library", "s3fs", "rclone", "ceiling", "ceiling-s3")
 
 
 class Bench:
@@ -141,6 +152,8 @@ def mount_groups(bench: Bench, endpoint: str, trees: dict[str, str | None]) -> l
         out.append(({cls.name: lambda c=cls: c(endpoint, work, args)}, "tree"))
     if "ceiling" in args.targets:
         out.append(({"ceiling": lambda: CeilingMount(endpoint, work, args, local=bench.local)}, "ceiling"))
+    if "ceiling-s3" in args.targets:
+        out.append(({"ceiling-s3": lambda: StreamCeilingMount(endpoint, work, args, local=bench.local)}, "stream"))
     return out
 
 
@@ -223,6 +236,8 @@ def run(bench: Bench, server) -> None:
     for makes, kind in groups:
         if kind == "ssd":
             bench.mount_and_measure(makes, lambda roots: fs_plan.ssd_phases(bench, roots))
+        elif kind == "stream":
+            bench.mount_and_measure(makes, lambda roots: fs_plan.stream_phases(bench, roots))
         else:
             bench.mount_and_measure(makes, lambda roots, k=kind: fs_plan.tree_phases(
                 bench, roots, reference=bench.local, cold_random=k != "ceiling"))
@@ -237,9 +252,10 @@ def run(bench: Bench, server) -> None:
     if "boto3" in args.targets:
         boto3(tag)
     for makes, kind in groups:
-        if kind == "tree":
+        if kind in ("tree", "stream"):
             bench.mount_and_measure({name + tag: make for name, make in makes.items()},
-                                    lambda roots: fs_plan.cold_phases(bench, roots))
+                                    lambda roots, k=kind: fs_plan.cold_phases(bench, roots) if k == "tree"
+                                    else fs_plan.stream_phases(bench, roots))
     for name, tree in libraries.items():
         library(bench, server.endpoint, name + tag, tree)
 

@@ -152,24 +152,9 @@ class S3fsMount:
             stdout=subprocess.DEVNULL, stderr=open_log(self, work))
         self.pid = self.proc.pid
         wait_mounted(self.path, self.proc, log=self.log)
-        tune_read_ahead(self.path)
 
     def close(self) -> None:
         unmount(self.path, self.proc)
-
-
-def tune_read_ahead(mountpoint: str) -> None:
-    """The kernel read-ahead a tiercache mount sets for itself (MountSpec.read_ahead_kb, 1 MiB: sequential FUSE
-    reads then come in 1 MiB requests instead of 128 KiB); root only, best effort."""
-    from tiercache.fuse.mount import MountSpec
-
-    kb = MountSpec(source="s3://x", mountpoint=mountpoint).read_ahead_kb
-    dev = os.stat(mountpoint).st_dev
-    try:
-        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as fh:
-            fh.write(str(kb))
-    except OSError:
-        pass
 
 
 class RcloneMount:
@@ -202,21 +187,59 @@ class CeilingMount:
 
     name = "ceiling"
 
-    def __init__(self, endpoint: str, work: str, args, local: str | None = None):
-        self.path = os.path.join(work, "mnt-ceiling")
+    def __init__(self, endpoint: str, work: str, args, local: str):
+        self.path = os.path.join(work, "mnt-" + self.name)
         os.makedirs(self.path, exist_ok=True)
-        files = {}
-        for dirpath, _dirs, names in os.walk(local or args.local):
-            for name in names:
-                full = os.path.join(dirpath, name)
-                files[os.path.relpath(full, local or args.local)] = os.path.getsize(full)
         manifest = os.path.join(work, "ceiling.json")
-        with open(manifest, "w") as fh:
-            json.dump({"files": files}, fh)
-        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fuse_ceiling.py"), manifest, self.path],
+        write_manifest(local, manifest)
+        self.proc = subprocess.Popen([sys.executable, *self.command(manifest, endpoint)],
                                      stdout=subprocess.DEVNULL, stderr=open_log(self, work), cwd=ROOT)
         self.pid = self.proc.pid
         wait_mounted(self.path, self.proc, log=self.log)
+        tune_read_ahead(self.path)
+
+    def command(self, manifest: str, endpoint: str) -> list[str]:
+        return [os.path.join(HERE, "fuse_ceiling.py"), manifest, self.path]
 
     def close(self) -> None:
         unmount(self.path, self.proc)
+
+
+class StreamCeilingMount(CeilingMount):
+    """bench/fuse_stream_ceiling.py: the do-nothing filesystem fed by ranged GETs as raw boto3 makes them (8 MiB,
+    8 in flight ahead of the reader): the cold-streaming ceiling of a Python FUSE daemon."""
+
+    name = "ceiling-s3"
+
+    def command(self, manifest: str, endpoint: str) -> list[str]:
+        return [os.path.join(HERE, "fuse_stream_ceiling.py"), manifest, self.path, endpoint, BUCKET,
+                "--ahead", str(self.threads)]
+
+    def __init__(self, endpoint: str, work: str, args, local: str):
+        self.threads = args.threads
+        super().__init__(endpoint, work, args, local)
+
+
+def write_manifest(local: str, path: str) -> None:
+    """The names and sizes of every file under ``local``, as bench/fuse_ceiling.py reads them."""
+    files = {}
+    for dirpath, _dirs, names in os.walk(local):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            files[os.path.relpath(full, local)] = os.path.getsize(full)
+    with open(path, "w") as fh:
+        json.dump({"files": files}, fh)
+
+
+def tune_read_ahead(mountpoint: str) -> None:
+    """The kernel read-ahead a tiercache mount sets for itself (MountSpec.read_ahead_kb, 1 MiB: sequential FUSE
+    reads then come in 1 MiB requests instead of 128 KiB); root only, best effort."""
+    from tiercache.fuse.mount import MountSpec
+
+    kb = MountSpec(source="s3://x", mountpoint=mountpoint).read_ahead_kb
+    dev = os.stat(mountpoint).st_dev
+    try:
+        with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb", "w") as fh:
+            fh.write(str(kb))
+    except OSError:
+        pass

@@ -154,3 +154,8 @@ def cold_phases(bench, roots: dict[str, str]) -> dict[str, dict]:
     _merge(out, "small_cold", {n: read_files(f[0], args.threads) for n, f in files.items()})
     _merge(out, "large_cold", {n: read_sequential(f[1]) for n, f in files.items()})
     return out
+
+
+def stream_phases(bench, roots: dict[str, str]) -> dict[str, dict]:
+    """The cold large sequential read only (the streaming ceiling has no cache: every read is cold)."""
+    return {name: {"large_cold": read_sequential(bench.paths(root)[1])} for name, root in roots.items()}

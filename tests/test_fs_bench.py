@@ -32,7 +32,7 @@ def mounted_under(prefix: str) -> list[str]:
 def test_dry_run_measures_every_target_and_leaves_no_mount(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "fs.py"), "dry", "--dry-run", "--out", str(tmp_path),
-         "--targets", "local,boto3,tiercache,tiercache-ssd,library,ceiling", "--before", "HEAD"],
+         "--targets", "local,boto3,tiercache,tiercache-ssd,library,ceiling,ceiling-s3", "--before", "HEAD"],
         cwd=REPO, capture_output=True, text=True, timeout=230)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -48,6 +48,7 @@ def test_dry_run_measures_every_target_and_leaves_no_mount(tmp_path):
         assert results[target]["random_64k_ssd"]["reads"] > 0
         assert results[target]["local_random_64k_ssd"]["reads"] > 0
     assert results["boto3"]["large_cold"]["bytes"] == 8 << 20
+    assert results["ceiling-s3"]["large_cold"]["bytes"] == 8 << 20  # the streaming ceiling read it from S3
     for target in ("library", "library-before"):
         assert results[target]["large_cold"]["bytes"] == 8 << 20 and results[target]["random_64k_ssd"]["reads"] > 0
     assert "tree-HEAD" in results["library-before"]["tiercache_module"]  # the --before tree's code ran
