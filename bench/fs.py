@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         shutil.rmtree(bench.work, ignore_errors=True)
     results = bench.results
-    order = [t for t in ("local", "boto3", "ceiling") if t in results]
+    order = [t for t in ("local", "boto3", "ceiling", "ceiling-s3") if t in results]
     order += sorted(t for t in results if t.startswith(("tiercache", "library")) and "@" not in t
                     and not t.endswith("_stats"))
     order += [t for t in ("s3fs", "rclone") if t in results]
