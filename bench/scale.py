@@ -34,7 +34,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
 os.environ["TIERCACHE_SYNTHETIC_STORE"] = "1"
+
+from scale_report import table  # noqa: E402
+from scale_warm import boto_phase, raw_store_rate, seed_ssd  # noqa: E402
 
 from tiercache.config import parse_size  # noqa: E402
 
@@ -138,15 +142,27 @@ def phase_warm(args: argparse.Namespace, probe: Probe) -> dict:
     cache.listdir("")
     reloaded = time.perf_counter()
     probe.mark("listed")
-    report = cache.warm("", tier="ssd")
+    from tiercache.store.synthetic import synthetic_store_from_url
+
+    store = synthetic_store_from_url(source_url(args.objects, args.size))
+    if args.seed:  # the SSD tier filled directly: what a warm leaves, for N too large to warm here
+        report = seed_ssd(cache, store)
+        report["files"] = report["seeded"]
+    else:
+        report = cache.warm("", tier="ssd")
     warmed = time.perf_counter()
     probe.mark("warmed")
     stats = cache.stats()
+    sample = [store.key(i) for i in range(0, args.objects, max(1, args.objects // 100_000))]
+    raw_rate = raw_store_rate(store, sample, cache.config.threads)
     cache.close()
     blocks = stats["ssd"].get("blocks") or args.objects
     files = sum(len(f) for _, _, f in os.walk(args.cache))
-    return {"reload_listing_s": reloaded - t0, "warm_s": warmed - reloaded,
-            "files_per_s": report["files"] / max(1e-9, warmed - reloaded), "warm": report,
+    rate = report["files"] / max(1e-9, warmed - reloaded)
+    return {"reload_listing_s": reloaded - t0, "warm_s": warmed - reloaded, "seeded": bool(args.seed),
+            "files_per_s": rate, "warm": report, "store_get_files_per_s": raw_rate,
+            "warm_over_store_get": rate / raw_rate, "threads": cache.config.threads,
+            "ssd_state_bytes_per_block": stats["ssd"].get("state_bytes", 0) / max(1, blocks),
             "ssd": stats["ssd"], "cache_dir_files": files, "blocks": blocks,
             "cache_dir_bytes": sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.cache) for f in fs),
             "bytes_per_cached_block": (probe.points["warmed"]["rss"] - probe.points["listed"]["rss"]) / blocks,
@@ -188,12 +204,19 @@ def phase_restart(args: argparse.Namespace, probe: Probe) -> dict:
     data = cache.read(key)
     read = time.perf_counter()
     probe.mark("read")
+    index_reads = {db: cache.meta.reads[db] for db in ("ssd_index", "ssd_slots", "regions")}
     names = cache.listdir("big")
     listed = time.perf_counter()
     backend_gets = cache.stats()["backend"]["gets"]
+    validated = cache.ssd.validated(args.phase_timeout)
+    validated_s = time.perf_counter() - t0
+    probe.mark("validated")
+    blocks = cache.stats()["ssd"]["blocks"]
     cache.close()
     p = probe.points
     return {"open_s": opened - t0, "first_read_s": read - opened, "first_listdir_big_s": listed - read,
+            "index_reads_to_first_read": index_reads, "background_validation_s": validated_s,
+            "validated": validated, "blocks_after_validation": blocks,
             "open_plus_first_read_s": read - t0, "first_read_ok": bytes(data) == store.content(key),
             "first_read_from_store": backend_gets, "big_dir_entries": len(names),
             "allocated_blocks_at_open": p["opened"]["allocated_blocks"] - p["start"]["allocated_blocks"],
@@ -282,6 +305,7 @@ def run_all(args: argparse.Namespace) -> dict:
                    str(args.size), "--cache", cache, "--ssd-size", ssd_size, "--ram", args.ram, "--block-size",
                    args.block_size, "--phase-timeout", str(args.phase_timeout)]
             cmd += ["--profile"] if args.profile else []
+            cmd += ["--seed", "1"] if args.seed and n >= args.seed else []
             print(f"[scale] N={n:,} {phase} ...", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             try:
@@ -297,60 +321,14 @@ def run_all(args: argparse.Namespace) -> dict:
                 break
         runs.append(run)
         shutil.rmtree(work, ignore_errors=True)
-    return {"label": args.label, "size": args.size, "block_size": args.block_size, "ram": args.ram,
+    boto = None
+    if args.boto_objects:
+        print(f"[scale] warm vs raw boto3, {args.boto_objects:,} objects ...", file=sys.stderr, flush=True)
+        boto = boto_phase(args.boto_objects, args.size, args.threads)
+    return {"label": args.label, "boto": boto, "size": args.size, "block_size": args.block_size, "ram": args.ram,
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=ROOT).stdout.strip(),
             "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "targets": TARGETS, "runs": runs}
-
-
-ROWS = [  # (label, phase, field, scale, target key)
-    ("listing (s)", "list", "list_s", 1, None),
-    ("store's own LIST (s)", "list", "store_list_s", 1, None),
-    ("RSS after listing (MB)", "list", ("rss", "listed"), 1e-6, None),
-    ("bytes / listed object", "list", "bytes_per_listed_object", 1, "bytes_per_listed_object"),
-    ("anon bytes / listed object", "list", "anon_bytes_per_listed_object", 1, None),
-    ("RSS after warm (MB)", "warm", ("rss", "warmed"), 1e-6, None),
-    ("bytes / cached block", "warm", "bytes_per_cached_block", 1, "bytes_per_cached_block"),
-    ("anon bytes / cached block", "warm", "anon_bytes_per_cached_block", 1, None),
-    ("warm (files/s)", "warm", "files_per_s", 1, None),
-    ("cache-dir files", "warm", "cache_dir_files", 1, None),
-    ("RSS after plan of N (MB)", "plan", ("rss", "planned"), 1e-6, None),
-    ("bytes / plan entry", "plan", "bytes_per_plan_entry", 1, None),
-    ("restart: open (s)", "restart", "open_s", 1, None),
-    ("restart: open + 1st read (s)", "restart", "open_plus_first_read_s", 1, "restart_open_plus_first_read_s"),
-    ("restart: allocations at open", "restart", "allocated_blocks_at_open", 1, None),
-    ("restart: RSS growth (MB)", "restart", "rss_growth_open_plus_read", 1e-6, None),
-    ("restart: 1st listdir big (s)", "restart", "first_listdir_big_s", 1, None),
-    ("mount: ready (s)", "mount", "ready_s", 1, None),
-    ("mount: ready + 1st read (s)", "mount", "ready_plus_first_read_s", 1, "mount_ready_plus_first_read_s"),
-    ("mount: ls big dir (s)", "mount", "ls_big_s", 1, None),
-    ("mount: ls -l big dir (s)", "mount", "ls_l_big_s", 1, "ls_l_big_dir_s"),
-    ("mount: daemon RSS ready (MB)", "mount", "rss_ready", 1e-6, None),
-    ("mount: daemon RSS after ls (MB)", "mount", "rss_after_ls", 1e-6, None),
-]
-
-
-def _value(run: dict, phase: str, field) -> float | None:
-    data = run.get(phase) or {}
-    value = data.get(field[0], {}).get(field[1]) if isinstance(field, tuple) else data.get(field)
-    return value if isinstance(value, (int, float)) else None
-
-
-def table(result: dict) -> str:
-    """The printed table: one column per N, then the target and the ratio at the largest N measured."""
-    runs = result["runs"]
-    head = f"{'':34}" + "".join(f"{'N=' + format(r['objects'], ','):>14}" for r in runs) + f"{'target':>10}{'ratio':>8}"
-    lines = [head]
-    for label, phase, field, scale, target_key in ROWS:
-        cells, last = "", None
-        for run in runs:
-            v = _value(run, phase, field)
-            last = v if v is not None else last
-            cells += f"{'-' if v is None else format(v * scale, ',.2f' if v * scale < 100 else ',.0f'):>14}"
-        target = TARGETS.get(target_key) if target_key else None
-        ratio = f"{last / target:8.1f}" if target and last is not None else f"{'':8}"
-        lines.append(f"{label:34}{cells}{'' if target is None else format(target, 'g'):>10}{ratio}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mount", action="store_true")
     parser.add_argument("--profile", action="store_true", help="tracemalloc top allocation sites (slower)")
     parser.add_argument("--label", default="")
+    parser.add_argument("--seed", type=count, default=0,
+                        help="from this N on, fill the SSD tier directly instead of warming (e.g. 10M)")
+    parser.add_argument("--boto-objects", type=count, default=0,
+                        help="also warm this many objects from a local S3 server against raw boto3 (e.g. 20K)")
+    parser.add_argument("--threads", type=int, default=16, help="threads of the boto3 comparison (both sides)")
     parser.add_argument("--work", default=None, help="where the cache dirs go (default: the temp dir)")
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)

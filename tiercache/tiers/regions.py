@@ -50,6 +50,7 @@ class RegionFiles:
         self.physical = 0
         self._next_id = 1
         self._disk_size: int | None = None
+        self._free_sample: tuple[float, int, int] | None = None  # (when, free bytes, physical then)
 
     def listed(self) -> set[int]:
         """Region ids the LMDB list knows."""
@@ -135,10 +136,17 @@ class RegionFiles:
         self.regions.clear()
         self.active.clear()
 
+    FREE_RECHECK_S = 0.25  # how long a statvfs sample of the free space is reused
+
     def disk_free(self) -> int:
-        """Bytes the filesystem holding the regions can still give this user."""
-        st = os.statvfs(self.dir)
-        return st.f_bavail * st.f_frsize
+        """Bytes the filesystem holding the regions can still give this user: a statvfs sample at most
+        ``FREE_RECHECK_S`` old, less what the region files grew by since (a put does not pay a syscall)."""
+        now = time.monotonic()
+        if self._free_sample is None or now - self._free_sample[0] > self.FREE_RECHECK_S:
+            st = os.statvfs(self.dir)
+            self._free_sample = (now, st.f_bavail * st.f_frsize, self.physical)
+        _at, free, physical = self._free_sample
+        return max(0, free - max(0, self.physical - physical))
 
     def disk_size(self) -> int:
         """Size of the filesystem holding the regions (looked up once)."""
