@@ -50,6 +50,7 @@ class Warmer:
         NotFound for a missing path; ConfigError for a directory without ``recursive``; errors name a path
         as ``display(path)``.
         """
+        paths = list(paths)
         infos: dict[str, ObjectInfo] = {}
         for path in paths:
             try:
@@ -62,6 +63,8 @@ class Warmer:
                 found = self.namespace.files(entry.path)
             else:
                 found = [self.namespace.info(entry.path, revalidate=False)]
+            if len(paths) == 1:
+                return list(found)  # nothing to deduplicate (no dict of a million names)
             for info in found:
                 infos.setdefault(info.key, info)
         return list(infos.values())

@@ -98,6 +98,10 @@ class SlotPlanPolicy(Policy):
             finally:
                 planned.fallback = self.fallback
 
+    def reserve(self, slots: int) -> None:
+        """Room for slots below ``slots`` (see SlotPolicy.reserve)."""
+        self.fallback.reserve(slots)
+
     def on_access(self, block: int) -> None:
         """A hit (only the fallback keeps recency)."""
         self.fallback.on_access(block)

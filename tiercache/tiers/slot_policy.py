@@ -45,6 +45,10 @@ class SlotPolicy(Policy):
         """The resident slots (int64), in no particular order."""
         raise NotImplementedError
 
+    def reserve(self, slots: int) -> None:
+        """Room for slots below ``slots`` at once (no growth headroom when the count is known)."""
+        self._reserve(slots)
+
     def size_of(self, slot: int) -> int:
         """The size a resident slot was inserted with."""
         return int(self._size[slot])

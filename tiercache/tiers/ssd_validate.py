@@ -88,6 +88,10 @@ class Validator:
 
     def _to_policy(self, idents: np.ndarray) -> None:
         found = np.flatnonzero(idents)
+        reserve = getattr(self.blocks.policy, "reserve", None)
+        if reserve is not None:
+            with self.lock:
+                reserve(max(self.blocks.slots.next_slot, self.mark))
         for start in range(0, len(found), self.batch):
             if self._stop:
                 return
