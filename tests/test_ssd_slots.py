@@ -170,12 +170,20 @@ def test_validation_rebuilds_the_policy_and_never_resurrects_a_dropped_block(tmp
     again.close()
 
 
-def test_after_restart_eviction_works_from_the_rebuilt_policy(tmp_path, meta):
+def test_after_restart_eviction_works_from_the_rebuilt_policy(tmp_path, meta, monkeypatch):
     ssd = SsdTier(tmp_path / "regions", 4 << 20, meta)
     for i in range(800):
         ssd.put(BlockId(f"a{i}", "e", 0), b"a" * 4096)
     ssd.close()
+    held = []
+    monkeypatch.setattr(Validator, "start", lambda self: held.append(self))
     again = SsdTier(tmp_path / "regions", 4 << 20, meta)
+    # before validation: cached blocks are served; a block that needs room is refused at once (never waits)
+    assert again.get(BlockId("a5", "e", 0)) == b"a" * 4096
+    assert not again.put(BlockId("early", "e", 0), b"x" * (1 << 20)) and again.stats()["rejected"] == 1
+    monkeypatch.undo()
+    held[0].start()
+    assert again.validated(30)
     for i in range(800):
         assert again.put(BlockId(f"b{i}", "e", 0), b"b" * 4096)
         assert again.used() <= again.capacity()

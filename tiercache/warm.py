@@ -86,6 +86,8 @@ class Warmer:
         """
         if tier not in TIERS:
             raise ConfigError(f"tier {tier!r} is not one of ram, ssd")
+        if self.tiers.ssd is not None:
+            self.tiers.ssd.validated()  # a warm may need eviction, which waits for the SSD index's validation
         before = self.counters.get("backend_bytes")
         state = {"files": len(infos), "bytes": sum(i.size for i in infos), "done_files": 0, "done_bytes": 0,
                  "skipped_files": 0, "skipped_bytes": 0, "fetched_bytes": 0}

@@ -266,15 +266,14 @@ class SsdTier:
         if length > self._quota:
             return False
         key = block.encode()
-        if not self.validator.done.is_set() and not self._fits_unevicted(length):
-            self.validator.done.wait()  # eviction needs the whole index walked
         crcs = checksums(block, data)
         with self._lock:
             if block in self._writing or (block in self.queue and not queued) or self.index.get(key) is not None:
                 return True
             if queued and block not in self.queue:
                 return False  # discarded while queued
-            validated = self.validator.done.is_set()
+            validated = self.validator.done.is_set()  # eviction needs the whole index walked: until then,
+            # a block that needs room is not admitted (readers never wait; a warm waits for ``validated``)
             if not (self._fits_unevicted(length) if not validated else self._make_room(length)):
                 self.rejected += 1
                 return False
