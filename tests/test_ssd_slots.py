@@ -191,3 +191,24 @@ def test_after_restart_eviction_works_from_the_rebuilt_policy(tmp_path, meta, mo
     assert again.get(BlockId("b799", "e", 0)) == b"b" * 4096
     assert again.stats()["blocks"] == len(again.policy)
     again.close()
+
+
+@pytest.mark.parametrize("policy_cls", [SlotS3FIFO, SlotLRU])
+def test_bulk_insert_at_restart_equals_inserting_one_by_one(policy_cls):
+    import numpy as np
+
+    rng = random.Random(5)
+    slots = np.array(rng.sample(range(5000), 3000), np.int64)
+    sizes = np.array([rng.randrange(1, 90) for _ in slots], np.int64)
+    idents = np.array([rng.randrange(1, 1 << 40) for _ in slots], np.int64)
+    one, bulk = policy_cls(), policy_cls()
+    for policy in (one, bulk):  # a few already there (written since open), one evicted into the ghost
+        for slot in (7001, 7002, 7003):
+            policy.on_insert(slot, 5, ident=int(idents[0]) if slot == 7001 else slot)
+        policy.victims(5)
+    for slot, size, ident in zip(slots.tolist(), sizes.tolist(), idents.tolist(), strict=True):
+        one.on_insert(slot, size, ident)
+    bulk.insert_many(slots, sizes, idents)
+    assert len(one) == len(bulk) and one.tracked_bytes == bulk.tracked_bytes
+    for need in (500, 3000, 20000):
+        assert bulk.victims(need) == one.victims(need)

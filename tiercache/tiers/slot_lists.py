@@ -52,6 +52,23 @@ class Lists:
         self.tail[k] = item
         self.size[k] += 1
 
+    def extend(self, k: int, items: np.ndarray) -> None:
+        """Append ``items`` (distinct, none in any list) at the tail of list ``k``, in order."""
+        if not len(items):
+            return
+        self.reserve(int(items.max()) + 1)
+        tail = self.tail[k]
+        self.prev[items[1:]] = items[:-1]
+        self.next[items[:-1]] = items[1:]
+        self.prev[items[0]] = tail
+        self.next[items[-1]] = NIL
+        if tail == NIL:
+            self.head[k] = int(items[0])
+        else:
+            self.next[tail] = items[0]
+        self.tail[k] = int(items[-1])
+        self.size[k] += len(items)
+
     def remove(self, k: int, item: int) -> None:
         """Unlink ``item`` from list ``k`` (it must be in it)."""
         before, after = int(self.prev[item]), int(self.next[item])
@@ -99,6 +116,11 @@ class Ghost:
 
     def __contains__(self, ident: int) -> bool:
         return int(self.table[self._at(ident)]) == ident
+
+    def contains_many(self, idents: np.ndarray) -> np.ndarray:
+        """``ident in self`` for each of ``idents`` (int64), as a bool array."""
+        idents = idents.astype(np.int64)
+        return self.table[idents & (len(self.table) - 1)] == idents
 
     def discard(self, ident: int) -> None:
         """Forget ``ident`` (its ring entry stays and expires harmlessly)."""

@@ -98,6 +98,14 @@ class SlotPlanPolicy(Policy):
             finally:
                 planned.fallback = self.fallback
 
+    def insert_many(self, slots, sizes, idents) -> None:
+        """``on_insert`` of many slots (vectorized in the fallback while no plan is live)."""
+        if self._active() is None:
+            self.fallback.insert_many(slots, sizes, idents)
+        else:
+            for slot, size, ident in zip(slots.tolist(), sizes.tolist(), idents.tolist(), strict=True):
+                self.on_insert(slot, size, ident)
+
     def reserve(self, slots: int) -> None:
         """Room for slots below ``slots`` (see SlotPolicy.reserve)."""
         self.fallback.reserve(slots)

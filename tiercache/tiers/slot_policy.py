@@ -45,6 +45,11 @@ class SlotPolicy(Policy):
         """The resident slots (int64), in no particular order."""
         raise NotImplementedError
 
+    def insert_many(self, slots: np.ndarray, sizes: np.ndarray, idents: np.ndarray) -> None:
+        """``on_insert`` of each slot in order (vectorized where it can be: a restart hands over millions)."""
+        for slot, size, ident in zip(slots.tolist(), sizes.tolist(), idents.tolist(), strict=True):
+            self.on_insert(slot, size, ident)
+
     def reserve(self, slots: int) -> None:
         """Room for slots below ``slots`` at once (no growth headroom when the count is known)."""
         self._reserve(slots)
@@ -85,6 +90,20 @@ class SlotLRU(SlotPolicy):
         self._lists.append(0, slot)
         self._count += 1
         self._bytes += size
+
+    def insert_many(self, slots: np.ndarray, sizes: np.ndarray, idents: np.ndarray) -> None:
+        """Insert slots not yet resident at the most-recent end, in order (vectorized)."""
+        slots = np.asarray(slots, np.int64)
+        if not len(slots):
+            return
+        self._reserve(int(slots.max()) + 1)
+        new = ~self._in[slots]
+        slots, sizes = slots[new], np.asarray(sizes)[new]
+        self._in[slots] = True
+        self._size[slots] = sizes
+        self._lists.extend(0, slots)
+        self._count += len(slots)
+        self._bytes += int(sizes.sum())
 
     def on_access(self, block: int) -> None:
         """Move to the most-recent end."""
@@ -178,6 +197,36 @@ class SlotS3FIFO(SlotPolicy):
             self._where[slot] = _IN_SMALL
             self._queues.append(SMALL, slot)
             self._small_bytes += size
+
+    def insert_many(self, slots: np.ndarray, sizes: np.ndarray, idents: np.ndarray) -> None:
+        """``on_insert`` of each slot not yet resident, in order: those the ghost remembers one by one, the
+        rest into the small queue at once (vectorized)."""
+        slots = np.asarray(slots, np.int64)
+        if not len(slots):
+            return
+        self._reserve(int(slots.max()) + 1)
+        keep = self._where[slots] == _OUT
+        slots, sizes = slots[keep], np.asarray(sizes, np.int64)[keep]
+        idents = (np.asarray(idents, np.int64)[keep] & 0xFFFFFFFF)
+        idents[idents == 0] = 1
+        ghosts = self._ghost.contains_many(idents)
+        for slot, size, ident in zip(slots[ghosts].tolist(), sizes[ghosts].tolist(), idents[ghosts].tolist(),
+                                     strict=True):
+            self.on_insert(slot, size, ident)
+        slots, sizes, idents = slots[~ghosts], sizes[~ghosts], idents[~ghosts]
+        if not len(slots):
+            return
+        total = int(sizes.sum())
+        self._last[slots] = self._tick + np.arange(1, len(slots) + 1)
+        self._tick += len(slots)
+        self._freq[slots] = 0
+        self._ident[slots] = idents
+        self._size[slots] = sizes
+        self._where[slots] = _IN_SMALL
+        self._queues.extend(SMALL, slots)
+        self._count += len(slots)
+        self._bytes += total
+        self._small_bytes += total
 
     def on_access(self, block: int) -> None:
         """Bump the slot's counter; main hits also feed the reuse-interval estimate."""

@@ -13,6 +13,8 @@ import logging
 import os
 from collections.abc import Callable
 
+import numpy as np
+
 from .base import BlockId
 from .policy import Policy, Protected
 from .regions import Region, RegionFiles
@@ -66,6 +68,17 @@ class SsdBlocks:
             self.policy.on_insert(slot, length, identity)
         else:
             self.policy.on_insert(slot, length)
+
+    def track_many(self, slots: np.ndarray, idents: np.ndarray) -> None:
+        """``track`` the slots (validation found them) still held, with their ``idents[slot]``."""
+        slots = slots[self.slots.region[slots] >= 0]
+        sizes = self.slots.length[slots]
+        if self._ident_aware:
+            self.policy.insert_many(slots, sizes, idents[slots])
+            return
+        for slot, size in zip(slots.tolist(), sizes.tolist(), strict=True):
+            if slot not in self.policy:
+                self.policy.on_insert(slot, size)
 
     def link(self, block: BlockId, region: Region, loc: Location) -> None:
         """Make a block written at ``loc`` (its slot allocated) resident."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import AbstractContextManager
 
 import numpy as np
@@ -65,6 +66,7 @@ class Validator:
                     for (key, raw), loc, owner in zip(batch, locs, owners, strict=True):
                         self._one(key, raw, loc, owner, idents)
                 self.seen += len(batch)
+                time.sleep(0)  # let a waiting reader have the GIL between batches
             self._to_policy(idents)
         except Exception:  # noqa: BLE001 - the tier keeps serving; eviction stays off
             log.exception("ssd tier: background validation failed")
@@ -88,17 +90,16 @@ class Validator:
 
     def _to_policy(self, idents: np.ndarray) -> None:
         found = np.flatnonzero(idents)
+        batch = self.batch * 16  # vectorized: a bigger batch holds the lock about as long
         reserve = getattr(self.blocks.policy, "reserve", None)
         if reserve is not None:
             with self.lock:
                 reserve(max(self.blocks.slots.next_slot, self.mark))
-        for start in range(0, len(found), self.batch):
+        for start in range(0, len(found), batch):
             if self._stop:
                 return
             with self.lock:
-                for slot in found[start:start + self.batch].tolist():
-                    if self.blocks.slots.state(slot) >= 0 and slot not in self.blocks.policy:
-                        self.blocks.track(slot, int(self.blocks.slots.length[slot]), int(idents[slot]))
+                self.blocks.track_many(found[start:start + batch], idents)
         with self.lock:
             self._finish(found)
 
