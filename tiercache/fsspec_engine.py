@@ -14,31 +14,21 @@ import atexit
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import CacheConfig
-from .errors import ConfigError, IsADirectory, NotADirectory, NotFound, ReadOnly
+from .errors import ConfigError, ReadOnly
+from .merged_view import MergedView
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 60.0
 
 
-@dataclass
-class Node:
-    """A file or directory as the view sees it (pending writes merged over the cache's metadata)."""
-
-    key: str
-    is_dir: bool
-    size: int
-    mtime: float
-    etag: str | None = None
-
-
 class Engine:
-    """A TieredCache and (unless read-only) a WriteTier over its store, with a merged read view."""
+    """A TieredCache and (unless read-only) a WriteTier over its store, and their merged view (``view``:
+    merged_view.MergedView, what the filesystem reads)."""
 
     def __init__(self, config: CacheConfig):
         from .cache import TieredCache
@@ -57,124 +47,7 @@ class Engine:
             except BaseException:
                 self.cache.close()
                 raise
-
-    # ---------------------------------------------------------------- reads
-
-    def node(self, key: str) -> Node:
-        """The file or directory at ``key`` ("" is the root); NotFound if neither."""
-        if not key:
-            return Node("", True, 0, self.started)
-        if self.writes is not None:
-            pending = self.writes.pending_entry(key)
-            if pending is not None:
-                return Node(key, bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"]))
-            if self.writes.is_deleted(key):
-                raise NotFound(f"{key}: no such file or directory")
-        entry = self.cache.stat(key)
-        if entry.is_dir and not self._holds_a_file(key):
-            raise NotFound(f"{key}: no such file or directory")
-        return Node(key, bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started), entry.etag)
-
-    def _holds_a_file(self, key: str) -> bool:
-        """Whether a directory of the cached listing still has a file below it: the listing keeps the
-        directories of files deleted since it was made (the store has no directories of its own)."""
-        namespace = self.cache.namespace
-        for info in namespace.files(key):
-            if self.writes is not None and self.writes.is_deleted(info.key):
-                continue
-            if not namespace.expired(info.key):
-                return True
-            try:
-                namespace.info(info.key)  # just deleted here, or past the TTL: a HEAD says
-                return True
-            except NotFound:
-                continue
-        return False
-
-    def _pending_names(self, prefix: str) -> list[str]:
-        """Paths below ``prefix`` pending in the write tier. Taken before the cache's listing is read: a file
-        whose upload ends in between is then in the listing (it is admitted before it stops being pending)."""
-        return self.writes.pending_paths(prefix) if self.writes is not None else []
-
-    def children(self, key: str) -> list[Node]:
-        """What is in directory ``key``: the store's listing merged with pending writes, minus pending deletes."""
-        if not self.node(key).is_dir:
-            raise NotADirectory(f"{key}: not a directory")
-        prefix = key + "/" if key else ""
-        pending = self._pending_names(prefix)
-        try:
-            names = [prefix + name.rstrip("/") for name in self.cache.listdir(key)]
-        except NotFound:
-            names = []
-        found: dict[str, Node] = {}
-        for path in pending:
-            name, sep, _ = path[len(prefix):].partition("/")
-            if name and sep:
-                found[prefix + name] = Node(prefix + name, True, 0, self.started)
-        for child in [*names, *(p for p in pending if "/" not in p[len(prefix):])]:
-            if child in found or child == key:
-                continue
-            try:
-                found[child] = self.node(child)
-            except NotFound:
-                continue
-        return [found[k] for k in sorted(found)]
-
-    def files(self, key: str) -> list[Node]:
-        """Every file at or below ``key`` (one pass over the cached listing, plus pending writes)."""
-        prefix = key + "/" if key else ""
-        found: dict[str, Node] = {}
-        for path in self._pending_names(key):
-            if path == key or path.startswith(prefix):
-                entry = self.writes.pending_entry(path)
-                if entry is not None and not entry["is_dir"]:
-                    found[path] = Node(path, False, int(entry["size"]), float(entry["mtime"]))
-        namespace = self.cache.namespace
-        try:
-            self.cache.listdir(key)  # relists the subtree if its listing is past the TTL
-        except (NotFound, NotADirectory):
-            pass
-        try:
-            for info in namespace.files(key):
-                if info.key in found or (self.writes is not None and self.writes.is_deleted(info.key)):
-                    continue
-                if namespace.expired(info.key):  # e.g. just deleted here: a HEAD says whether it is still there
-                    try:
-                        found[info.key] = self.node(info.key)
-                    except NotFound:
-                        pass
-                    continue
-                found[info.key] = Node(info.key, False, info.size, info.mtime or self.started, info.etag)
-        except (NotFound, IsADirectory, NotADirectory):
-            pass
-        return [found[k] for k in sorted(found)]
-
-    def empty_dirs(self, key: str) -> list[str]:
-        """Directories made here (mkdir) at or below ``key``: they hold no file, so ``files`` misses them."""
-        if self.writes is None:
-            return []
-        prefix = key + "/" if key else ""
-        return [p for p in self.writes.pending_paths(prefix)
-                if (self.writes.pending_entry(p) or {}).get("is_dir")]
-
-    def read(self, key: str, offset: int, size: int | None) -> bytes:
-        """Bytes [offset, offset+size) of a file (to its end when size is None): written-but-not-uploaded
-        bytes first, then the cache."""
-        if self.writes is not None:
-            if size is None:
-                entry = self.writes.pending_entry(key)
-                if entry is not None:
-                    if entry["is_dir"]:
-                        raise IsADirectory(f"{key}: is a directory")
-                    size = max(0, int(entry["size"]) - offset)
-            if size is not None:
-                data = self.writes.read_pending(key, offset, size)
-                if data is not None:
-                    return bytes(data)
-            if self.writes.is_deleted(key):
-                raise NotFound(f"{key}: no such file or directory")
-        data = self.cache.read(key, offset, size)
-        return data if isinstance(data, bytes) else bytes(data)
+        self.view = MergedView(self.cache, self.writes, self.started)
 
     # ---------------------------------------------------------------- writes
 

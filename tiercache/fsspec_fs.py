@@ -30,7 +30,8 @@ from fsspec.utils import stringify_path
 from .config import CacheConfig
 from .errors import DirectoryNotEmpty, TiercacheError
 from .fsspec_compat import os_error, register_s3_parser
-from .fsspec_engine import DRAIN_TIMEOUT, Engine, Node, engine_for
+from .fsspec_engine import DRAIN_TIMEOUT, Engine, engine_for
+from .merged_view import Node
 
 PROTOCOL = "tiercache"
 _OPTIONS = ("ram", "ssd", "ssd_size", "block_size", "endpoint_url", "metadata_ttl", "write_dir", "write_limit",
@@ -131,7 +132,7 @@ class TiercacheFileSystem(_Base):
 
     def _node(self, path: Any) -> Node:
         try:
-            return self.engine.node(self._key(path))
+            return self.engine.view.node(self._key(path))
         except TiercacheError as exc:
             raise os_error(exc) from None
 
@@ -145,7 +146,7 @@ class TiercacheFileSystem(_Base):
         if not node.is_dir:
             return [self._entry(node)] if detail else [self._name(node.key)]
         try:
-            children = self.engine.children(node.key)
+            children = self.engine.view.children(node.key)
         except TiercacheError as exc:
             raise os_error(exc) from None
         return [self._entry(c) for c in children] if detail else [self._name(c.key) for c in children]
@@ -157,10 +158,10 @@ class TiercacheFileSystem(_Base):
             return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
         key = self._key(path)
         try:
-            nodes = {n.key: n for n in self.engine.files(key)}
+            nodes = {n.key: n for n in self.engine.view.files(key)}
             if withdirs:
-                dirs = {d for k in nodes for d in _parents(k, key)} | set(self.engine.empty_dirs(key))
-                root = self.engine.node(key) if key else None
+                dirs = {d for k in nodes for d in _parents(k, key)} | set(self.engine.view.empty_dirs(key))
+                root = self.engine.view.node(key) if key else None
                 if root is not None and root.is_dir:
                     dirs.add(key)
                 for d in dirs - set(nodes):
@@ -201,7 +202,7 @@ class TiercacheFileSystem(_Base):
 
     def _read(self, key: str, offset: int, size: int | None) -> bytes:
         try:
-            return self.engine.read(key, offset, size)
+            return self.engine.view.read(key, offset, size)
         except TiercacheError as exc:
             raise os_error(exc) from None
 
@@ -258,7 +259,7 @@ class TiercacheFileSystem(_Base):
         try:
             writes.rmdir(key)
         except DirectoryNotEmpty as exc:
-            if self._call(self.engine.children, key):
+            if self._call(self.engine.view.children, key):
                 raise os_error(exc) from None
             writes.flush_all(timeout=DRAIN_TIMEOUT)  # the write tier holds it until those deletes are done
             self._call(writes.rmdir, key)

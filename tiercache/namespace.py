@@ -33,6 +33,7 @@ from .errors import IsADirectory, NotADirectory, NotFound
 from .namespace_index import MARK, NamespaceIndex, below
 from .namespace_ingest import ListingJob, ListingStopped, listed_counts, listed_time
 from .namespace_records import FORMAT, TIME, Entry, ancestors, decode, encode, key_problem, normalize, parent_of
+from .removals import Removals
 from .store.base import ObjectInfo, ObjectStore
 from .tiers.meta import Meta
 
@@ -63,6 +64,7 @@ class Namespace:
         self._overlay: dict[str, ObjectInfo] = {}  # added by the write tier; wins until a listing agrees
         self._confirmed: dict[str, float] = {}  # path -> when a conditional GET last confirmed its etag
         self._jobs: dict[str, ListingJob] = {}  # listings running, by directory
+        self.removals = Removals()  # a LIST or HEAD answered before a removal does not undo it
         self._loaded = False
         if self.meta.get("misc", b"objects_format") != FORMAT:
             with self.meta.write() as txn:
@@ -99,8 +101,11 @@ class Namespace:
 
     def _start(self, top: str) -> ListingJob:
         """Start listing directory ``top`` in its own thread (caller holds the lock)."""
+        token = self.removals.start()
         job = ListingJob(self.store, self.meta, self.index, top, self.clock(), self._cond, self._overlay,
-                         lambda: self.hidden, self.threads, on_end=self._ended)
+                         lambda: self.hidden, self.threads, on_end=self._ended,
+                         removed=lambda key: self.removals.removed_since(key, token))
+        job.token = token
         self._jobs[top] = job
         job.thread = threading.Thread(target=job.run, name=f"tiercache-list:{top}", daemon=True)
         job.thread.start()
@@ -120,6 +125,7 @@ class Namespace:
         """A listing ended (called with the lock held, before its waiters wake)."""
         prefix = below(job.top).decode()
         self._jobs.pop(job.top, None)
+        self.removals.end(job.token)
         self.lists += 1
         self.list_requests += job.walk.requests
         self.skipped += job.skipped
@@ -290,13 +296,17 @@ class Namespace:
         """HEAD ``path`` and record the answer; NotFound (and the path forgotten) if it is gone."""
         path = normalize(path)
         self.heads += 1
-        try:
-            info = self.store.head(path)
-        except NotFound:
-            self.remove(path)
-            raise
-        old = self.index.get(path)
-        self._record(info)
+        with self.removals.lookup() as removed_since:
+            try:
+                info = self.store.head(path)
+            except NotFound:
+                self.remove(path)
+                raise
+            old = self.index.get(path)
+            self._record(info)
+            if removed_since(path):  # removed while the HEAD was out: its answer predates that
+                self.remove(path)
+                raise NotFound(f"no such file {path!r}")
         if old is not None and decode(path, old)[0].etag != info.etag and self.on_change:
             self.on_change(path, info)
         return info
@@ -337,6 +347,7 @@ class Namespace:
     def remove(self, path: str) -> None:
         """Forget a file (deleted, or gone from the store)."""
         path = normalize(path)
+        self.removals.removed(path)
         with self._lock:
             if self.meta.delete("objects", path.encode()):
                 self._keep_parent(path)
@@ -363,6 +374,7 @@ class Namespace:
             return
         prefix = f"{path}/"
         stale: list[bytes] = []
+        self.removals.removed(path, tree=True)
         with self._lock:
             for table in (self._listed, self._overlay, self._confirmed):
                 for key in [k for k in table if k == path or k.startswith(prefix)]:

@@ -45,13 +45,16 @@ class ListingJob:
     def __init__(self, store: ObjectStore, meta: Meta, index: NamespaceIndex, top: str, started: float,
                  cond: threading.Condition, overlay: dict[str, ObjectInfo],
                  hidden: Callable[[], Callable[[str], bool] | None], threads: int,
-                 on_end: Callable[[ListingJob], None] | None = None):
+                 on_end: Callable[[ListingJob], None] | None = None,
+                 removed: Callable[[str], bool] | None = None):
         self.store, self.meta, self.index, self.top, self.started = store, meta, index, top, started
         self.cond = cond  # the namespace's lock: guards ``overlay``, ``units`` and the waiters
         self.overlay = overlay
         self.hidden = hidden  # the predicate of keys to leave out, asked for when the listing starts
         self._hidden: Callable[[str], bool] | None = None
         self.on_end = on_end  # called under ``cond`` when the job ends, before ``finished`` is set
+        self.removed = removed  # keys removed since the listing started (removals.py): never taken in
+        self.token = 0  # the namespace's removals token of this listing
         self.walk = Walk(store, below(top).decode(), threads)
         self.units: list[Unit] = []
         self.finished = threading.Event()
@@ -160,6 +163,8 @@ class ListingJob:
             if batch or markers or new_dirs:
                 with self.meta.write() as txn:
                     for info in batch:
+                        if self.removed is not None and self.removed(info.key):
+                            continue  # deleted while the listing was out: the listing predates it
                         pending = self.overlay.get(info.key) if self.overlay else None
                         if pending is not None:
                             if pending.etag == info.etag:

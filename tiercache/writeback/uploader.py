@@ -178,16 +178,16 @@ class Uploader:
         landed = self._follow(rec, rec.claimed[1], info)
         if landed is None:
             return
-        self._done(rec)
-        self.feed.changed(landed[0])
+        self.feed.changed(landed[0])  # the cache knows the new name before it stops being pending: no gap
         self.feed.added(landed[1])
+        self._done(rec)
 
     def _delete(self, rec: Record) -> None:
         self.retrying(self.store.delete, rec.key)
         rec.landed = True
-        self.feed.removed(rec.key)  # before _done: the name never shows again
-        self._done(rec)
+        self.feed.removed(rec.key)  # before _done: hidden as pending until the cache has forgotten it
         self.feed.changed(rec.key)
+        self._done(rec)
 
     def _follow(self, rec: Record, key: str, info: ObjectInfo) -> tuple[str, ObjectInfo] | None:
         """After ``rec`` wrote ``key``: follow renames made meanwhile by server-side copies. Returns where it

@@ -1,0 +1,273 @@
+"""The merged view: what a reader sees of the store through the cache and the write-back front together.
+
+    listing of a directory = the namespace's listing (the store's, cached)
+                             ∪ pending writes and directories made here (the write tier's)
+                             − deletes acknowledged but not yet done at the store
+
+FUSE (``fuse/ops.py`` readdir, getattr) and library mode (``fsspec_engine``/``fsspec_fs``: ls, info, find)
+read the same view, so both show the same names, and unit tests reach it without a mount.
+
+Two ways to read it:
+
+* ``listing(key)``: names and kinds (directory, file, symlink) from cached metadata only, no request to the
+  store per entry (a directory listing of 100 K names costs one scan of the namespace's records);
+* ``node``/``children``/``files``: sizes and times, revalidated as the cache does (a record past its TTL is
+  HEADed; a directory left only by files deleted here is gone), for library mode.
+
+Pending writes win over the cache: a pending path lists with the write tier's size and kind, and a directory
+any pending path lies below exists.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import IsADirectory, NotADirectory, NotFound
+from .store.base import ObjectInfo
+
+SCAN_SLACK = 4  # the record scan of a directory stops after SCAN_SLACK x its entries (+ SCAN_BASE) records:
+SCAN_BASE = 1024  # a directory over a big subtree (the root of a bucket) then looks its files up one by one
+
+
+@dataclass(slots=True)
+class Child:
+    """One name of a merged listing: its type, and where its attributes come from."""
+
+    is_dir: bool
+    is_link: bool = False
+    info: ObjectInfo | None = None  # the namespace's info of a listed file (from the record scan), if found
+    pending: bool = False  # the write tier has it (a pending file or a made directory): attributes from there
+
+    @property
+    def mode(self) -> int:
+        """d_type as st_mode bits."""
+        return stat.S_IFDIR if self.is_dir else stat.S_IFLNK if self.is_link else stat.S_IFREG
+
+
+@dataclass
+class Node:
+    """A file or directory with its size and times, as library mode sees it."""
+
+    key: str
+    is_dir: bool
+    size: int
+    mtime: float
+    etag: str | None = None
+
+
+class MergedView:
+    """The store as the cache (``cache``: a TieredCache) and the write tier (``writes``: a WriteTier, or
+    None when read-only) show it together. Keys are store keys ("" is the root)."""
+
+    def __init__(self, cache: Any, writes: Any | None, started: float | None = None):
+        self.cache, self.writes = cache, writes
+        self.started = time.time() if started is None else started  # the times of directories
+
+    # ---------------------------------------------------------------- names and kinds (no store requests)
+
+    def listing(self, key: str, with_infos: bool = False) -> dict[str, Child]:
+        """The merged listing of directory ``key``, sorted by name (``with_infos``: each listed file's
+        ObjectInfo where the record scan found it); NotADirectory if it is a file, NotFound if neither."""
+        if not self.is_dir(key):
+            raise NotADirectory(f"{key}: not a directory")
+        prefix = key + "/" if key else ""
+        pending = self.writes.pending_paths(prefix) if self.writes is not None else []
+        try:
+            names = self.cache.listdir(key)
+        except NotFound:
+            names = []
+        infos = self._listed_infos(key, len(names))
+        children: dict[str, Child] = {}
+        for name in names:
+            name = name.rstrip("/")
+            child_key = prefix + name
+            if self._deleted(child_key):
+                continue
+            info = infos.get(name)
+            child = Child(False, stat.S_ISLNK(info.mode), info if with_infos else None) if info is not None \
+                else self._kind(child_key)
+            if child is not None:
+                children[name] = child
+        for path in pending:
+            name, sep, _ = path[len(prefix):].partition("/")
+            if not name:
+                continue
+            known = children.get(name)
+            if sep:
+                children[name] = Child(True, pending=True)
+            elif known is None or not known.is_dir:
+                entry = self.writes.pending_entry(path)
+                if entry is not None:
+                    children[name] = Child(bool(entry["is_dir"]), stat.S_ISLNK(int(entry.get("mode", 0))),
+                                           pending=True)
+        return {name: children[name] for name in sorted(children)}
+
+    def is_dir(self, key: str) -> bool:
+        """Whether ``key`` is a directory (False: a file); NotFound if neither. Pending writes first."""
+        if not key:
+            return True
+        if self.writes is not None:
+            pending = self.writes.pending_entry(key)
+            if pending is not None:
+                return bool(pending["is_dir"])
+            if self.writes.is_deleted(key):
+                raise NotFound(f"{key}: deleted")
+        return bool(self.cache.stat(key).is_dir)
+
+    def _deleted(self, key: str) -> bool:
+        return self.writes is not None and self.writes.is_deleted(key)
+
+    def _listed_infos(self, key: str, count: int) -> dict[str, ObjectInfo]:
+        """name -> ObjectInfo of the files directly in ``key``, from one scan of the records below it (cut
+        short past SCAN_SLACK x ``count`` records: the rest are looked up by name)."""
+        namespace = getattr(self.cache, "namespace", None)
+        if namespace is None or not count:
+            return {}
+        prefix = key + "/" if key else ""
+        budget = SCAN_SLACK * count + SCAN_BASE
+        out: dict[str, ObjectInfo] = {}
+        for info in namespace.files(key):
+            rest = info.key[len(prefix):]
+            if "/" not in rest:
+                out[rest] = info
+            budget -= 1
+            if budget <= 0:
+                break
+        return out
+
+    def _kind(self, key: str) -> Child | None:
+        """A directory, a file (a symlink by its stored mode) or gone (None), from cached metadata: no HEAD
+        per entry when a listing is older than the TTL."""
+        namespace = getattr(self.cache, "namespace", None)
+        try:
+            if namespace is None:
+                return Child(bool(self.cache.stat(key).is_dir))
+            info = namespace.info(key, revalidate=False)
+            return Child(False, stat.S_ISLNK(info.mode))
+        except IsADirectory:
+            return Child(True)
+        except NotFound:
+            return None
+
+    # ---------------------------------------------------------------- nodes (sizes and times, revalidated)
+
+    def node(self, key: str) -> Node:
+        """The file or directory at ``key`` ("" is the root); NotFound if neither."""
+        if not key:
+            return Node("", True, 0, self.started)
+        if self.writes is not None:
+            pending = self.writes.pending_entry(key)
+            if pending is not None:
+                return Node(key, bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"]))
+            if self.writes.is_deleted(key):
+                raise NotFound(f"{key}: no such file or directory")
+        entry = self.cache.stat(key)
+        if entry.is_dir and not self._holds_a_file(key):
+            raise NotFound(f"{key}: no such file or directory")
+        return Node(key, bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started), entry.etag)
+
+    def _holds_a_file(self, key: str) -> bool:
+        """Whether a directory of the cached listing still has a file below it: the listing keeps the
+        directories of files deleted since it was made (the store has no directories of its own)."""
+        namespace = self.cache.namespace
+        for info in namespace.files(key):
+            if self._deleted(info.key):
+                continue
+            if not namespace.expired(info.key):
+                return True
+            try:
+                namespace.info(info.key)  # just deleted here, or past the TTL: a HEAD says
+                return True
+            except NotFound:
+                continue
+        return False
+
+    def _pending_names(self, prefix: str) -> list[str]:
+        """Paths below ``prefix`` pending in the write tier. Taken before the cache's listing is read: a file
+        whose upload ends in between is then in the listing (it is admitted before it stops being pending)."""
+        return self.writes.pending_paths(prefix) if self.writes is not None else []
+
+    def children(self, key: str) -> list[Node]:
+        """What is in directory ``key``: the store's listing merged with pending writes, minus pending deletes."""
+        if not self.node(key).is_dir:
+            raise NotADirectory(f"{key}: not a directory")
+        prefix = key + "/" if key else ""
+        pending = self._pending_names(prefix)
+        try:
+            names = [prefix + name.rstrip("/") for name in self.cache.listdir(key)]
+        except NotFound:
+            names = []
+        found: dict[str, Node] = {}
+        for path in pending:
+            name, sep, _ = path[len(prefix):].partition("/")
+            if name and sep:
+                found[prefix + name] = Node(prefix + name, True, 0, self.started)
+        for child in [*names, *(p for p in pending if "/" not in p[len(prefix):])]:
+            if child in found or child == key:
+                continue
+            try:
+                found[child] = self.node(child)
+            except NotFound:
+                continue
+        return [found[k] for k in sorted(found)]
+
+    def files(self, key: str) -> list[Node]:
+        """Every file at or below ``key`` (one pass over the cached listing, plus pending writes)."""
+        prefix = key + "/" if key else ""
+        found: dict[str, Node] = {}
+        for path in self._pending_names(key):
+            if path == key or path.startswith(prefix):
+                entry = self.writes.pending_entry(path)
+                if entry is not None and not entry["is_dir"]:
+                    found[path] = Node(path, False, int(entry["size"]), float(entry["mtime"]))
+        namespace = self.cache.namespace
+        try:
+            self.cache.listdir(key)  # relists the subtree if its listing is past the TTL
+        except (NotFound, NotADirectory):
+            pass
+        try:
+            for info in namespace.files(key):
+                if info.key in found or self._deleted(info.key):
+                    continue
+                if namespace.expired(info.key):  # e.g. just deleted here: a HEAD says whether it is still there
+                    try:
+                        found[info.key] = self.node(info.key)
+                    except NotFound:
+                        pass
+                    continue
+                found[info.key] = Node(info.key, False, info.size, info.mtime or self.started, info.etag)
+        except (NotFound, IsADirectory, NotADirectory):
+            pass
+        return [found[k] for k in sorted(found)]
+
+    def empty_dirs(self, key: str) -> list[str]:
+        """Directories made here (mkdir) at or below ``key``: they hold no file, so ``files`` misses them."""
+        if self.writes is None:
+            return []
+        prefix = key + "/" if key else ""
+        return [p for p in self.writes.pending_paths(prefix)
+                if (self.writes.pending_entry(p) or {}).get("is_dir")]
+
+    # ---------------------------------------------------------------- bytes
+
+    def read(self, key: str, offset: int, size: int | None) -> bytes:
+        """Bytes [offset, offset+size) of a file (to its end when size is None): written-but-not-uploaded
+        bytes first, then the cache."""
+        if self.writes is not None:
+            if size is None:
+                entry = self.writes.pending_entry(key)
+                if entry is not None:
+                    if entry["is_dir"]:
+                        raise IsADirectory(f"{key}: is a directory")
+                    size = max(0, int(entry["size"]) - offset)
+            if size is not None:
+                data = self.writes.read_pending(key, offset, size)
+                if data is not None:
+                    return bytes(data)
+            if self.writes.is_deleted(key):
+                raise NotFound(f"{key}: no such file or directory")
+        data = self.cache.read(key, offset, size)
+        return data if isinstance(data, bytes) else bytes(data)
