@@ -1,8 +1,9 @@
 """Directory listings of the mount: ``readdir`` (names and types) and ``readdir_plus`` (names with their
 attributes, for READDIRPLUS: dirplus.py).
 
-A listing is the store's (the namespace's) merged with the write tier's pending changes: pending writes and
-made directories added, acknowledged deletes left out. The attributes of the listed files come from one
+A listing is the engine's merged view (merged_view.MergedView.listing: the namespace's listing merged with
+the write tier's pending changes: pending writes and made directories added, acknowledged deletes left out),
+the same one library mode reads. The attributes of the listed files come from one
 ordered scan of the namespace's records below the directory (``Namespace.files``), not a lookup per name;
 an entry gets complete attributes only when they equal what ``getattr`` would answer without asking the
 store: a file whose record is past its TTL, or whose user metadata (mode, uid, gid) was never read on a
@@ -15,33 +16,14 @@ it or reads its metadata, as before).
 
 from __future__ import annotations
 
-import errno
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import IsADirectory, NotFound
-from .calls import errno_op, fuse, store_key
+from ..errors import NotFound
+from ..merged_view import Child, MergedView
+from .calls import errno_op, store_key
 from .dirhandles import DirHandles
-
-SCAN_SLACK = 4  # the record scan of a directory stops after SCAN_SLACK x its entries (+ SCAN_BASE) records:
-SCAN_BASE = 1024  # a directory over a big subtree (the root of a bucket) then looks its files up one by one
-
-
-@dataclass(slots=True)
-class Child:
-    """One name of a merged listing: its type, and where its attributes come from."""
-
-    is_dir: bool
-    is_link: bool = False
-    info: Any = None  # the namespace's ObjectInfo of a listed file (from the record scan), if found
-    pending: bool = False  # the write tier has it (a pending file or a made directory): attributes from there
-
-    @property
-    def mode(self) -> int:
-        """d_type as st_mode bits."""
-        return stat.S_IFDIR if self.is_dir else stat.S_IFLNK if self.is_link else stat.S_IFREG
 
 
 class DirectoryOps:
@@ -52,6 +34,7 @@ class DirectoryOps:
     readonly: bool
     inodes: Any
     dir_handles: DirHandles
+    view: MergedView
     _lookup: Any
     _attrs: Any
     _posix_attrs: Any
@@ -62,7 +45,7 @@ class DirectoryOps:
         key = store_key(path)
         prefix = key + "/" if key else ""
         entries: list = [".", ".."]
-        for name, child in self._merged(key).items():
+        for name, child in self.view.listing(key).items():
             entries.append((name, {"st_mode": child.mode, "st_ino": self.inodes.ino(prefix + name)}, 0))
         return entries
 
@@ -90,7 +73,7 @@ class DirectoryOps:
         return self._plus_entries(key, listing, offset)
 
     def _listing(self, key: str) -> list[tuple[str, Child | None]]:
-        return [(".", None), ("..", None), *self._merged(key, with_infos=True).items()]
+        return [(".", None), ("..", None), *self.view.listing(key, with_infos=True).items()]
 
     def _plus_entries(self, key: str, listing: list, offset: int) -> Iterator[tuple[str, dict, int]]:
         prefix = key + "/" if key else ""
@@ -116,77 +99,6 @@ class DirectoryOps:
         else:
             return {"st_mode": child.mode, "st_ino": self.inodes.ino(key)}
         return self._posix_attrs(key, attrs)
-
-    def _merged(self, key: str, with_infos: bool = False) -> dict[str, Child]:
-        """The merged listing of directory ``key``, sorted by name; ENOTDIR if it is a file."""
-        if not self._lookup(key)[0]:
-            raise fuse.FuseOSError(errno.ENOTDIR)
-        prefix = key + "/" if key else ""
-        try:
-            names = self.cache.listdir(key)
-        except NotFound:
-            names = []
-        infos = self._listed_infos(key, len(names))
-        pending = set(self.writes.pending_paths(prefix)) if self.writes is not None else set()
-        children: dict[str, Child] = {}
-        for name in names:
-            name = name.rstrip("/")
-            child_key = prefix + name
-            if self.writes is not None and self.writes.is_deleted(child_key):
-                continue
-            info = infos.get(name)
-            if info is not None:
-                child = Child(False, stat.S_ISLNK(info.mode), info if with_infos else None)
-            else:
-                child = self._kind(child_key)
-            if child is not None:
-                children[name] = child
-        for path in pending:
-            rest = path[len(prefix):]
-            if not rest:
-                continue
-            name, sep, _ = rest.partition("/")
-            known = children.get(name)
-            if sep:
-                children[name] = Child(True, pending=True)
-            elif known is None or not known.is_dir:
-                entry = self.writes.pending_entry(path)
-                if entry is not None:
-                    children[name] = Child(bool(entry["is_dir"]), stat.S_ISLNK(int(entry.get("mode", 0))),
-                                           pending=True)
-        return {name: children[name] for name in sorted(children)}
-
-    def _listed_infos(self, key: str, count: int) -> dict[str, Any]:
-        """name -> ObjectInfo of the files directly in ``key``, from one scan of the records below it (cut
-        short past SCAN_SLACK x ``count`` records: the rest are looked up by name)."""
-        namespace = getattr(self.cache, "namespace", None)
-        if namespace is None or not count:
-            return {}
-        prefix = key + "/" if key else ""
-        budget = SCAN_SLACK * count + SCAN_BASE
-        out: dict[str, Any] = {}
-        for info in namespace.files(key):
-            rest = info.key[len(prefix):]
-            if "/" not in rest:
-                out[rest] = info
-            budget -= 1
-            if budget <= 0:
-                break
-        return out
-
-    def _kind(self, key: str) -> Child | None:
-        """A directory, a file (a symlink by its stored mode) or gone (None), from cached metadata: no HEAD
-        per entry when a listing is older than the TTL."""
-        namespace = getattr(self.cache, "namespace", None)
-        try:
-            if namespace is None:
-                return Child(bool(self.cache.stat(key).is_dir))
-            info = namespace.info(key, revalidate=False)
-            return Child(False, stat.S_ISLNK(info.mode))
-        except IsADirectory:
-            return Child(True)
-        except NotFound:
-            return None
 
 
 def _untimed(namespace: Any) -> bool:

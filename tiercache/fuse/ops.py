@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import IsADirectory, ReadOnly
+from ..merged_view import MergedView
 from . import binding
 from .attr_ops import AttributeOps
 from .callers import caller, caller_killed
@@ -69,6 +70,7 @@ class TiercacheOps(PosixOps, AttributeOps, DirectoryOps, fuse.Operations):
         self.file_mode = 0o444 if self.readonly else 0o644
         self.dir_mode = 0o555 if self.readonly else 0o755
         self.opened = OpenFiles()
+        self.view = MergedView(cache, writes, self.started)  # listings: the engine's merged view
         self.dir_handles = DirHandles()
         self.op_counts = op_counts()  # calls per operation (``tiercache stats``: mount.fuse_ops)
         self._posix_init(writes)
