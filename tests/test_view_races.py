@@ -37,6 +37,12 @@ class HeldStore:
     def list(self, prefix=""):
         return iter(self._held("list", list(self.inner.list(prefix))))
 
+    def list_level(self, prefix):  # the namespace's walk lists by level where the store can
+        return iter(self._held("list", list(self.inner.list_level(prefix))))
+
+    def list_after(self, prefix, start_after):
+        return iter(self._held("list", list(self.inner.list_after(prefix, start_after))))
+
     def head(self, key):
         return self._held("head", self.inner.head(key))
 

@@ -10,7 +10,7 @@ read the same view, so both show the same names, and unit tests reach it without
 Two ways to read it:
 
 * ``listing(key)``: names and kinds (directory, file, symlink) from cached metadata only, no request to the
-  store per entry (a directory listing of 100 K names costs one scan of the namespace's records);
+  store per entry (one scan of the namespace's records: ``Namespace.children``);
 * ``node``/``children``/``files``: sizes and times, revalidated as the cache does (a record past its TTL is
   HEADed; a directory left only by files deleted here is gone), for library mode.
 
@@ -27,9 +27,6 @@ from typing import Any
 
 from .errors import IsADirectory, NotADirectory, NotFound
 from .store.base import ObjectInfo
-
-SCAN_SLACK = 4  # the record scan of a directory stops after SCAN_SLACK x its entries (+ SCAN_BASE) records:
-SCAN_BASE = 1024  # a directory over a big subtree (the root of a bucket) then looks its files up one by one
 
 
 @dataclass(slots=True)
@@ -75,22 +72,14 @@ class MergedView:
             raise NotADirectory(f"{key}: not a directory")
         prefix = key + "/" if key else ""
         pending = self.writes.pending_paths(prefix) if self.writes is not None else []
-        try:
-            names = self.cache.listdir(key)
-        except NotFound:
-            names = []
-        infos = self._listed_infos(key, len(names))
         children: dict[str, Child] = {}
-        for name in names:
-            name = name.rstrip("/")
-            child_key = prefix + name
-            if self._deleted(child_key):
+        for name, info in self._stored(key):
+            if self._deleted(prefix + name):
                 continue
-            info = infos.get(name)
-            child = Child(False, stat.S_ISLNK(info.mode), info if with_infos else None) if info is not None \
-                else self._kind(child_key)
-            if child is not None:
-                children[name] = child
+            if info is None:
+                children[name] = Child(True)
+            else:
+                children[name] = Child(False, stat.S_ISLNK(info.mode), info if with_infos else None)
         for path in pending:
             name, sep, _ = path[len(prefix):].partition("/")
             if not name:
@@ -120,37 +109,13 @@ class MergedView:
     def _deleted(self, key: str) -> bool:
         return self.writes is not None and self.writes.is_deleted(key)
 
-    def _listed_infos(self, key: str, count: int) -> dict[str, ObjectInfo]:
-        """name -> ObjectInfo of the files directly in ``key``, from one scan of the records below it (cut
-        short past SCAN_SLACK x ``count`` records: the rest are looked up by name)."""
-        namespace = getattr(self.cache, "namespace", None)
-        if namespace is None or not count:
-            return {}
-        prefix = key + "/" if key else ""
-        budget = SCAN_SLACK * count + SCAN_BASE
-        out: dict[str, ObjectInfo] = {}
-        for info in namespace.files(key):
-            rest = info.key[len(prefix):]
-            if "/" not in rest:
-                out[rest] = info
-            budget -= 1
-            if budget <= 0:
-                break
-        return out
-
-    def _kind(self, key: str) -> Child | None:
-        """A directory, a file (a symlink by its stored mode) or gone (None), from cached metadata: no HEAD
-        per entry when a listing is older than the TTL."""
-        namespace = getattr(self.cache, "namespace", None)
+    def _stored(self, key: str) -> list[tuple[str, ObjectInfo | None]]:
+        """(name, info; None for a directory) of what the cache lists in directory ``key``: one scan of the
+        namespace's records, no request per entry."""
         try:
-            if namespace is None:
-                return Child(bool(self.cache.stat(key).is_dir))
-            info = namespace.info(key, revalidate=False)
-            return Child(False, stat.S_ISLNK(info.mode))
-        except IsADirectory:
-            return Child(True)
-        except NotFound:
-            return None
+            return list(self.cache.namespace.children(key))
+        except (NotFound, NotADirectory):
+            return []
 
     # ---------------------------------------------------------------- nodes (sizes and times, revalidated)
 
