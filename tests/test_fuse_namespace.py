@@ -112,3 +112,28 @@ def test_rmtree_then_recreate_same_names(bucket, mounter):
     flush(m)
     assert bucket.keys() == ["run/step0/w"]
     assert os.listdir(m.path / "run") == ["step0"]
+
+
+@pytest.mark.parametrize("how", ["rm", "mv"])
+def test_directory_emptied_by_its_last_file_stays_until_rmdir(bucket, mounter, how):
+    """A listed directory whose last file is removed (or moved out) stays, empty, at once, after the change
+    reached the bucket and after a relist, until rmdir; then it is gone."""
+    bucket.put("d/only", b"x")
+    bucket.put("keep", b"k")
+    m = mounter.mount(bucket.url, "--metadata-ttl", "0", endpoint=bucket.server.endpoint)
+    assert sorted(os.listdir(m.path)) == ["d", "keep"]
+    if how == "rm":
+        os.unlink(m.path / "d" / "only")
+    else:
+        os.rename(m.path / "d" / "only", m.path / "moved")
+    for when in ("acknowledged", "uploaded"):
+        assert "d" in os.listdir(m.path), when  # metadata-ttl 0: every listing relists
+        assert os.listdir(m.path / "d") == [], when
+        assert (m.path / "d").is_dir(), when
+        if when == "acknowledged":
+            flush(m)
+    assert "d/only" not in bucket.keys()
+    os.rmdir(m.path / "d")
+    assert "d" not in os.listdir(m.path)
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "d")

@@ -3,8 +3,8 @@ attributes, for READDIRPLUS: dirplus.py).
 
 A listing is the engine's merged view (merged_view.MergedView.listing: the namespace's listing merged with
 the write tier's pending changes: pending writes and made directories added, acknowledged deletes left out),
-the same one library mode reads. The attributes of the listed files come from one
-ordered scan of the namespace's records below the directory (``Namespace.files``), not a lookup per name;
+the same one library mode reads. The attributes of the listed files come from the same scan of the
+namespace's index (``Namespace.children``: each file's whole record), not a lookup per name;
 an entry gets complete attributes only when they equal what ``getattr`` would answer without asking the
 store: a file whose record is past its TTL, or whose user metadata (mode, uid, gid) was never read on a
 writable mount, goes out with its type only, and the kernel looks it up itself (getattr then revalidates

@@ -78,6 +78,7 @@ class PosixOps:
         if plan is RenamePlan.REPLACE_EMPTY_DIR:
             writes.rmdir(new)
         writes.rename(old, new)
+        self._keep_parent(old, new)
         self.inodes.renamed(old, new)
         for table in (self.xattrs, self.overlay):
             if table is not None:
@@ -96,12 +97,22 @@ class PosixOps:
         return len(self.readdir("/" + key, 0)) > 2
 
     def _forget(self, key: str) -> None:
-        """After unlink/rmdir: the tables forget ``key``; its directory's mtime and ctime move."""
+        """After unlink/rmdir: the tables forget ``key``; its directory stays (even if now empty) and its
+        mtime and ctime move."""
+        self._keep_parent(key)
         self.inodes.removed(key)
         for table in (self.xattrs, self.overlay):
             if table is not None:
                 table.removed(key)
         self._touch_parents(key)
+
+    def _keep_parent(self, key: str, new: str | None = None) -> None:
+        """``key`` left its directory (unlink, rmdir, or a rename to ``new`` elsewhere): the directory stays
+        until rmdir even if that was its last entry (a store has no directories of its own: the write tier
+        keeps it as a made directory, which costs one journal record per directory, once)."""
+        parent = key.rpartition("/")[0]
+        if parent and (new is None or new.rpartition("/")[0] != parent):
+            self._writes().mkdir(parent)
 
     def _made_dir(self, key: str, mode: int) -> None:
         """After mkdir: the new directory's mode, owner and group (the caller's; the group and the setgid
