@@ -1,11 +1,14 @@
-"""Inode numbers of a mount: stable for as long as the mount knows a file, kept across rename, unique.
+"""Inode numbers of a mount: stable for as long as the mount knows a file, kept across rename, unique, and
+no Python object per file.
 
-A path's number is a 64-bit digest of the path (the same at every stat, with no table entry per file). A
-rename keeps the number the moved file had: the new path maps to its origin (the path whose digest it
-keeps) in a small table of renamed paths, one entry per rename, not per file; children of a renamed
-directory resolve through their parent's entry. A new file made where a renamed one used to be (its origin,
-or below it) would share that digest, so it gets an origin of its own (a synthetic one, never a real path).
-Two digests collide with probability ~n²/2⁶⁵ for n files.
+A path's natural number is a 64-bit digest of its parent's number and its name (the root is 1), so every
+path has one without a table entry, and a directory's children follow its number. A rename keeps the moved
+file's number: the new path's natural number maps to the number it carries, one entry in a compact map
+(u64map.py, 16 bytes per entry in numpy arrays) per rename, not per file; a renamed directory's children
+keep theirs through it (their natural numbers derive from the number it carries). A new file made at the
+name a renamed one left (whose natural number the moved file still carries) gets a fresh number of its
+own, one entry too; so do the children of a new directory made there (through their parent). Two numbers
+collide with probability ~n²/2⁶⁵ for n files.
 """
 
 from __future__ import annotations
@@ -13,19 +16,19 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
-from collections import Counter
+
+from .u64map import U64Map
 
 ROOT_INO = 1
+DIR_CACHE = 4096  # directory numbers remembered (a path's digest chain is walked once); cleared when full
 
 
-def _digest(path: str) -> int:
-    raw = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+def _child(parent: int, name: str) -> int:
+    """The natural number of ``name`` in the directory numbered ``parent``."""
+    raw = hashlib.blake2b(parent.to_bytes(8, "little") + name.encode("utf-8", "surrogateescape"),
+                          digest_size=8).digest()
     value = int.from_bytes(raw, "little")
     return value if value > ROOT_INO else value + 2
-
-
-def _below(path: str, top: str) -> bool:
-    return path == top or path.startswith(top + "/")
 
 
 class InodeTable:
@@ -33,75 +36,84 @@ class InodeTable:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._origin: dict[str, str] = {}  # a renamed (or re-made) path -> the path whose digest it keeps
-        self._taken: Counter[str] = Counter()  # origins in use by some entry of _origin
+        self._carried = U64Map()  # natural number of a path -> the number it carries (renamed, or fresh)
+        self._held = U64Map()  # numbers carried by an entry of _carried -> 1
         self._fresh = itertools.count(1)
+        self._dirs: dict[str, int] = {}  # a cache of directory numbers, cleared at every change
 
     def ino(self, path: str) -> int:
         """The inode number of ``path``."""
         if not path:
             return ROOT_INO
         with self._lock:
-            if not self._origin:
-                return _digest(path)
-            origin = self._resolve(path)
-            if origin is None:
-                origin = path
-                if self._shadowed(path):
-                    origin = f"\0{next(self._fresh)}"
-                    self._set(path, origin)
-            return _digest(origin)
+            return self._ino(path)
 
     def renamed(self, old: str, new: str) -> None:
         """``old`` (a file, or a directory with everything below it) is now ``new``: keep their numbers."""
         if not old or not new or old == new:
             return
         with self._lock:
-            origin = self._resolve(old) or old
-            for path in [p for p in self._origin if _below(p, new)]:  # what was at new is replaced
-                self._unset(path)
-            for path in [p for p in self._origin if p.startswith(old + "/")]:
-                self._set(new + path[len(old):], self._unset(path))
-            if old in self._origin:
-                self._unset(old)
-            if origin != new or self._shadowed(new):
-                self._set(new, origin)
+            self._forget_dirs(old, new)
+            carried = self._ino(old)
+            self._drop(self._natural(old))
+            target = self._natural(new)
+            self._drop(target)  # what was at new is replaced
+            if carried != target:
+                self._carried.set(target, carried)
+                self._held.set(carried, 1)
 
     def removed(self, path: str) -> None:
         """``path`` is gone (unlink, rmdir): forget what the table held for it."""
+        if not path:
+            return
         with self._lock:
-            for key in [p for p in self._origin if _below(p, path)]:
-                self._unset(key)
+            self._forget_dirs(path)
+            self._drop(self._natural(path))
 
-    def _set(self, path: str, origin: str) -> None:
-        self._origin[path] = origin
-        self._taken[origin] += 1
+    def entries(self) -> int:
+        """Entries held (renamed or re-made paths): the table's only state that grows."""
+        return len(self._carried)
 
-    def _unset(self, path: str) -> str:
-        origin = self._origin.pop(path)
-        self._taken[origin] -= 1
-        if self._taken[origin] <= 0:
-            del self._taken[origin]
-        return origin
+    def nbytes(self) -> int:
+        """Bytes of the table's arrays (beyond a bounded base)."""
+        return self._carried.nbytes() + self._held.nbytes()
 
-    def _resolve(self, path: str) -> str | None:
-        """Where ``path`` (or the nearest directory above it with an entry) came from, or None."""
-        probe = path
-        while True:
-            origin = self._origin.get(probe)
-            if origin is not None:
-                return origin + path[len(probe):]
-            probe, sep, _ = probe.rpartition("/")
-            if not sep:
-                return None
+    def _forget_dirs(self, *paths: str) -> None:
+        """Drop the cached numbers that a change at ``paths`` may alter: the cache holds a directory only with
+        all its ancestors, so nothing below a path that is not cached itself is cached."""
+        if any(path in self._dirs for path in paths):
+            self._dirs.clear()
 
-    def _shadowed(self, path: str) -> bool:
-        """Is ``path``'s own digest in use by a renamed entry (``path`` or a directory above it is an
-        origin)?"""
-        probe = path
-        while True:
-            if probe in self._taken:
-                return True
-            probe, sep, _ = probe.rpartition("/")
-            if not sep:
-                return False
+    def _natural(self, path: str) -> int:
+        parent, _, name = path.rpartition("/")
+        return _child(self._dir(parent), name)
+
+    def _dir(self, path: str) -> int:
+        if not path:
+            return ROOT_INO
+        ino = self._dirs.get(path)
+        if ino is None:
+            ino = self._ino(path)
+            if len(self._dirs) >= DIR_CACHE:
+                self._dirs.clear()
+            self._dirs[path] = ino
+        return ino
+
+    def _ino(self, path: str) -> int:
+        natural = self._natural(path)
+        if not len(self._carried):
+            return natural
+        carried = self._carried.get(natural)
+        if carried is not None:
+            return carried
+        if natural in self._held:  # a renamed file still carries this number: this is a new one
+            fresh = _child(0, f"\0{next(self._fresh)}")  # a NUL name: never a real path's number
+            self._carried.set(natural, fresh)
+            self._held.set(fresh, 1)
+            return fresh
+        return natural
+
+    def _drop(self, natural: int) -> None:
+        carried = self._carried.pop(natural)
+        if carried is not None:
+            self._held.pop(carried)
