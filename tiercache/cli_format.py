@@ -6,69 +6,61 @@ import math
 import time
 from typing import Any
 
+from .statsrecords import PlanRow, StatsReply, WriteStats
+
 
 def format_stats(mountpoint: str, stats: dict) -> str:
     """A human table of a stats reply."""
-    cache, writes = stats.get("cache") or {}, stats.get("writes") or {}
-    info = stats.get("mount") or {}
-    head = f"{info.get('source', '?')}, mode {info.get('mode', '?')}, pid {info.get('pid', '?')}"
-    lines = [f"{mountpoint}  ({head})",
+    reply = StatsReply.from_reply(stats)
+    cache, writes, info = reply.cache, reply.writes, reply.mount
+    lines = [f"{mountpoint}  ({info.source}, mode {info.mode}, pid {info.pid})",
              f"  {'tier':<6}{'used':>12}{'capacity':>12}{'hit rate':>10}{'hits':>10}{'misses':>10}"]
-    tiers = cache.get("tiers") if isinstance(cache.get("tiers"), dict) else {
-        name: cache[name] for name in ("ram", "ssd") if isinstance(cache.get(name), dict)
-    }
-    for name, tier in tiers.items():
-        if name == "ssd" and not tier.get("capacity", tier.get("capacity_bytes")):
-            lines.append(f"  {name:<6}{'none':>12}  (no SSD tier: --ssd-size 0; the RAM tier holds everything)")
+    for tier in cache.tiers:
+        if tier.name == "ssd" and not tier.present:
+            lines.append(f"  {tier.name:<6}{'none':>12}  (no SSD tier: --ssd-size 0; the RAM tier holds everything)")
             continue
-        hits, misses = tier.get("hits"), tier.get("misses")
-        rate = tier.get("hit_rate")
-        if rate is None and isinstance(hits, int) and isinstance(misses, int) and hits + misses:
-            rate = hits / (hits + misses)
-        lines.append(f"  {name:<6}{human(tier.get('used', tier.get('used_bytes'))):>12}"
-                     f"{human(tier.get('capacity', tier.get('capacity_bytes'))):>12}"
-                     f"{pct(rate):>10}{num(hits):>10}{num(misses):>10}")
-    overall = cache.get("read_hit_rate", cache.get("hit_rate"))
-    if overall is not None:
-        lines.append(f"  hit rate {pct(overall)} overall")
-    lines.extend(plan_lines(cache))
-    backend = cache.get("backend")
-    if isinstance(backend, dict):
+        lines.append(f"  {tier.name:<6}{human(tier.used):>12}{human(tier.capacity):>12}"
+                     f"{pct(tier.hit_rate):>10}{num(tier.hits):>10}{num(tier.misses):>10}")
+    if cache.read_hit_rate is not None:
+        lines.append(f"  hit rate {pct(cache.read_hit_rate)} overall")
+    lines.extend(plan_lines(cache.plans))
+    backend = cache.backend
+    if backend is not None:
         rates = ""
-        if "gets_per_s" in backend:
-            rates = f" now {backend['gets_per_s']:.1f} GET/s, {human(backend.get('bytes_per_s'))}/s;"
-        lines.append(f"  backend:{rates} {num(backend.get('gets'))} GETs, {human(backend.get('bytes'))}, "
-                     f"{num(backend.get('heads'))} HEADs, {num(backend.get('lists'))} LISTs, "
-                     f"{num(backend.get('errors'))} errors")
-    pre = cache.get("prefetcher")
-    if isinstance(pre, dict):
-        lines.append(f"  prefetch: lead {num(pre.get('lead_files'))} file(s) / {human(pre.get('lead_bytes'))} "
-                     f"ahead of the readers; {human(pre.get('prefetched_bytes'))} prefetched, "
-                     f"{human(pre.get('prefetched_unread_bytes'))} never read")
-    if writes:
-        age = writes.get("oldest_pending_age_s") or 0
-        lines.append(f"  writes: {writes.get('mode', '')}, dirty {human(writes.get('dirty_bytes'))} in "
-                     f"{num(writes.get('pending_files'))} file(s), oldest pending {age:.0f} s, uploaded "
-                     f"{num(writes.get('uploaded_files'))} file(s) / {human(writes.get('uploaded_bytes'))},"
-                     " "
-                     f"failing {num(writes.get('failed_uploads'))}")
-        if writes.get("last_error"):
-            lines.append(f"  last upload error: {writes['last_error']}")
-        if writes.get("lost_files"):
-            lost = writes["lost_files"]
-            lines.append(f"  LOST (not uploaded, staging damaged; rm or rewrite to clear): {len(lost)} file(s): "
-                         + ", ".join(lost[:10]))
-    jobs = {k: v for k, v in (stats.get("jobs") or {}).items() if v}
+        if backend.gets_per_s is not None:
+            rates = f" now {backend.gets_per_s:.1f} GET/s, {human(backend.bytes_per_s)}/s;"
+        lines.append(f"  backend:{rates} {num(backend.gets)} GETs, {human(backend.bytes)}, "
+                     f"{num(backend.heads)} HEADs, {num(backend.lists)} LISTs, {num(backend.errors)} errors")
+    pre = cache.prefetcher
+    if pre is not None:
+        lines.append(f"  prefetch: lead {num(pre.lead_files)} file(s) / {human(pre.lead_bytes)} "
+                     f"ahead of the readers; {human(pre.prefetched_bytes)} prefetched, "
+                     f"{human(pre.prefetched_unread_bytes)} never read")
+    if writes is not None:
+        lines.extend(write_lines(writes))
+    jobs = {kind: n for kind, n in reply.jobs.items() if n}
     if jobs:
         lines.append("  running: " + ", ".join(f"{n} {kind} request(s)" for kind, n in jobs.items()))
     return "\n".join(lines)
 
 
-def plan_lines(cache: dict) -> list[str]:
-    """The per-client plan table of ``stats``."""
-    from .statsrecords import PlanRow
+def write_lines(writes: WriteStats) -> list[str]:
+    """The write-back lines of ``stats``: backlog, uploads, the last error, lost files."""
+    age = writes.oldest_pending_age_s or 0
+    lines = [f"  writes: {writes.mode}, dirty {human(writes.dirty_bytes)} in {num(writes.pending_files)} file(s), "
+             f"oldest pending {age:.0f} s, uploaded {num(writes.uploaded_files)} file(s) / "
+             f"{human(writes.uploaded_bytes)}, failing {num(writes.failed_uploads)}"]
+    if writes.last_error:
+        lines.append(f"  last upload error: {writes.last_error}")
+    if writes.lost_files:
+        lost = writes.lost_files
+        lines.append(f"  LOST (not uploaded, staging damaged; rm or rewrite to clear): {len(lost)} file(s): "
+                     + ", ".join(lost[:10]))
+    return lines
 
-    plans = PlanRow.rows(cache)
+
+def plan_lines(plans: list[PlanRow]) -> list[str]:
+    """The per-client plan table of ``stats``."""
     if not plans:
         return ["  plans: none"]
     lines = [f"  {'plan (client)':<24}{'position':>20}{'lead':>16}{'hit rate':>10}{'age':>8}"]

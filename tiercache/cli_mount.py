@@ -12,6 +12,7 @@ from .cli_registry import command, fail, mount_of
 from .errors import ConfigError, TiercacheError
 from .mount_command import build_spec, run_mount
 from .mounts import FSTYPE, Mount, find_mount, mount_table, pid_alive, unregister_mount
+from .statsrecords import WriteStats
 
 
 def _mount_args(p: argparse.ArgumentParser) -> None:
@@ -71,22 +72,24 @@ def _drain(mount: Mount, timeout: float | None, what: str) -> dict:
     from tqdm import tqdm
 
     client = mount.client(timeout=None)
-    start = client.request("drain_status")
-    total = int(start.get("dirty_bytes") or 0)
+    start = WriteStats.from_dict(client.request("drain_status"))
+    total = int(start.dirty_bytes or 0)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=None, leave=False)
     last_line = [time.monotonic()]
 
-    def progress(status: dict) -> None:
-        left = int(status.get("dirty_bytes") or 0)
+    def progress(reply: dict) -> None:
+        status = WriteStats.from_dict(reply)
+        left = int(status.dirty_bytes or 0)
+        files = status.pending_files or 0
         if bar.disable:
             if time.monotonic() - last_line[0] >= 5:
                 last_line[0] = time.monotonic()
-                sys.stderr.write(f"tiercache: {what}: {status.get('pending_files', 0)} file(s), "
+                sys.stderr.write(f"tiercache: {what}: {files} file(s), "
                                  f"{human(left)} left to upload\n")
             return
         bar.total = max(bar.total or 0, left + bar.n)
         bar.update(max(0, (bar.total - left) - bar.n))
-        bar.set_postfix(files=status.get("pending_files", 0))
+        bar.set_postfix(files=files)
 
     try:
         report = client.request("flush", on_progress=progress, reply_timeout=None, timeout=timeout)
@@ -154,7 +157,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         mount.client().request("shutdown", drain=True)
     elif alive:
         try:
-            lost = (mount.client().request("stats").get("writes") or {}).get("lost_files") or []
+            lost = WriteStats.from_dict(mount.client().request("stats").get("writes")).lost_files
             mount.client().request("shutdown", drain=False)
         except TiercacheError as exc:
             sys.stderr.write(f"tiercache: warning: {exc}\n")

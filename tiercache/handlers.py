@@ -15,6 +15,7 @@ from typing import Any
 from .control import Daemon, Progress, current_connection, handler, on_disconnect
 from .errors import ConfigError, NotFound
 from .keybatch import KeyBatch
+from .statsrecords import DRAIN_FIELDS, WriteStats
 
 
 def keys_of(paths: Any) -> list[str]:
@@ -83,17 +84,12 @@ def _stats(daemon: Daemon, args: dict, progress: Progress) -> dict:
     }
 
 
-_DRAIN_FIELDS = ("dirty_bytes", "pending_files", "pending_ops", "open_files", "in_flight",
-                 "oldest_pending_age_s", "uploaded_files", "uploaded_bytes", "failed_uploads", "last_error")
-
-
 @handler("drain_status")
 def _drain_status(daemon: Daemon, args: dict, progress: Progress) -> dict:
     """The write tier's upload backlog (all zero without a write tier)."""
     if daemon.writes is None:
-        return {name: 0 for name in _DRAIN_FIELDS}
-    stats = daemon.writes.stats()
-    return {name: stats.get(name) for name in _DRAIN_FIELDS}
+        return {name: 0 for name in DRAIN_FIELDS}
+    return WriteStats.from_dict(daemon.writes.stats()).drain_status()
 
 
 @handler("flush")

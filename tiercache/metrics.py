@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .errors import ConfigError
-from .statsrecords import PlanRow
+from .statsrecords import BackendStats, PlanRow, PrefetchStats, StatsReply, WriteStats
 
 StatsFn = Callable[[], dict]
 
@@ -69,19 +69,19 @@ class StatsCollector:
             ("tiercache_plan_hit_ratio", "Planned reads served without the store since the plan started",
              "hit_rate", GaugeMetricFamily),
         ]
-        for name, doc, field, kind in fields:
+        for name, doc, attr, kind in fields:
             family = kind(name, doc, labels=["mountpoint", "client"])
             for plan in plans:
-                number = _num(getattr(plan, field))
+                number = _num(getattr(plan, attr))
                 if number is not None:
                     family.add_metric([self.mountpoint, plan.client], number)
             yield family
 
     def collect(self) -> Iterator[Metric]:
         """One scrape: the current stats as metrics."""
-        reply = self.stats()
-        cache, writes = reply.get("cache") or {}, reply.get("writes") or {}
-        tiers = {name: cache[name] for name in ("ram", "ssd") if isinstance(cache.get(name), dict)}
+        reply = StatsReply.from_reply(self.stats())
+        cache = reply.cache
+        writes = reply.writes if reply.writes is not None else WriteStats()
         per_tier = [
             ("tiercache_tier_used_bytes", "Bytes the tier holds", "used", GaugeMetricFamily),
             ("tiercache_tier_capacity_bytes", "The tier's byte budget", "capacity", GaugeMetricFamily),
@@ -89,39 +89,38 @@ class StatsCollector:
             ("tiercache_tier_misses", "Block lookups the tier missed", "misses", CounterMetricFamily),
             ("tiercache_tier_evicted_bytes", "Bytes evicted from the tier", "evicted_bytes", CounterMetricFamily),
         ]
-        for name, doc, field, kind in per_tier:
+        tiers = [tier for tier in cache.tiers if tier.name in ("ram", "ssd")]
+        for name, doc, attr, kind in per_tier:
             family = kind(name, doc, labels=["mountpoint", "tier"])
-            for tier, values in tiers.items():
-                number = _num(values.get(field))
+            for tier in tiers:
+                number = _num(getattr(tier, attr))
                 if number is not None:
-                    family.add_metric([self.mountpoint, tier], number)
+                    family.add_metric([self.mountpoint, tier.name], number)
             yield family
-        yield from self._plans(PlanRow.rows(cache))
-        backend = cache.get("backend") or {}
-        pre = cache.get("prefetcher") or {}
+        yield from self._plans(cache.plans)
+        backend = cache.backend if cache.backend is not None else BackendStats()
+        pre = cache.prefetcher if cache.prefetcher is not None else PrefetchStats()
         single = [
             self._gauge("tiercache_hit_ratio", "Reader block lookups served without the store, overall",
-                        cache.get("read_hit_rate")),
-            self._gauge("tiercache_plans", "Live read plans (one per client)", len(cache.get("plans") or [])),
-            self._counter("tiercache_backend_gets", "GETs sent to the object store", backend.get("gets")),
-            self._counter("tiercache_backend_bytes", "Bytes fetched from the object store", backend.get("bytes")),
-            self._counter("tiercache_backend_errors", "Failed object store requests", backend.get("errors")),
-            self._gauge("tiercache_backend_gets_per_second", "Recent GETs per second", backend.get("gets_per_s")),
-            self._gauge("tiercache_backend_bytes_per_second", "Recent bytes fetched per second",
-                        backend.get("bytes_per_s")),
-            self._gauge("tiercache_prefetch_lead_files", "Files prefetched ahead of the reader", pre.get("lead_files")),
-            self._gauge("tiercache_prefetch_lead_bytes", "Bytes prefetched ahead of the reader", pre.get("lead_bytes")),
+                        cache.read_hit_rate),
+            self._gauge("tiercache_plans", "Live read plans (one per client)", len(cache.plans)),
+            self._counter("tiercache_backend_gets", "GETs sent to the object store", backend.gets),
+            self._counter("tiercache_backend_bytes", "Bytes fetched from the object store", backend.bytes),
+            self._counter("tiercache_backend_errors", "Failed object store requests", backend.errors),
+            self._gauge("tiercache_backend_gets_per_second", "Recent GETs per second", backend.gets_per_s),
+            self._gauge("tiercache_backend_bytes_per_second", "Recent bytes fetched per second", backend.bytes_per_s),
+            self._gauge("tiercache_prefetch_lead_files", "Files prefetched ahead of the reader", pre.lead_files),
+            self._gauge("tiercache_prefetch_lead_bytes", "Bytes prefetched ahead of the reader", pre.lead_bytes),
             self._counter("tiercache_prefetched_bytes", "Bytes fetched by read-ahead and plan prefetch",
-                          pre.get("prefetched_bytes")),
+                          pre.prefetched_bytes),
             self._gauge("tiercache_prefetched_unread_bytes", "Prefetched bytes not read (yet)",
-                        pre.get("prefetched_unread_bytes")),
-            self._gauge("tiercache_dirty_bytes", "Written bytes not uploaded yet", writes.get("dirty_bytes")),
-            self._gauge("tiercache_pending_files", "Files waiting for upload", writes.get("pending_files")),
+                        pre.prefetched_unread_bytes),
+            self._gauge("tiercache_dirty_bytes", "Written bytes not uploaded yet", writes.dirty_bytes),
+            self._gauge("tiercache_pending_files", "Files waiting for upload", writes.pending_files),
             self._gauge("tiercache_oldest_pending_age_seconds", "Age of the oldest change not uploaded",
-                        writes.get("oldest_pending_age_s")),
-            self._counter("tiercache_uploaded_bytes", "Bytes uploaded", writes.get("uploaded_bytes")),
-            self._gauge("tiercache_failing_uploads", "Pending changes whose upload failed",
-                        writes.get("failed_uploads")),
+                        writes.oldest_pending_age_s),
+            self._counter("tiercache_uploaded_bytes", "Bytes uploaded", writes.uploaded_bytes),
+            self._gauge("tiercache_failing_uploads", "Pending changes whose upload failed", writes.failed_uploads),
         ]
         yield from (family for family in single if family is not None)
 
