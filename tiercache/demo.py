@@ -14,186 +14,36 @@ Run with ``make demo`` (or ``python -m tiercache.demo``); needs root and /dev/fu
 6. ``tiercache stats`` (hit rates per tier, backend traffic, write-back) and the loader's stall time;
 7. ``tiercache unmount`` (always, in a ``finally``; forced and lazy if something failed).
 
-Everything lives in one temporary directory, removed at the end unless ``--keep``.
+Everything lives in one temporary directory, removed at the end unless ``--keep``. The story's parts (its
+printer, the dataset, the CLI and mount helpers) are in ``demo_parts``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import io
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import mounts
+from .demo_parts import (
+    BUCKET,
+    Story,
+    backend_delta,
+    cleanup_mount,
+    cli_ok,
+    is_mounted,
+    mb,
+    mount_stats,
+    upload_dataset,
+    warm,
+)
 from .devserver import LocalS3, missing_extra
-
-BUCKET = "demo-data"
-CLI = [sys.executable, "-m", "tiercache.cli"]
-
-
-class Story:
-    """Numbered steps and indented details on stdout, flushed as they come (subprocesses share the terminal)."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-        self.n = 0
-        self.t0 = time.perf_counter()
-
-    def step(self, title: str) -> None:
-        """Start the next numbered step."""
-        self.n += 1
-        print(f"\n[{self.n}/{self.steps}] {title}  (t={time.perf_counter() - self.t0:.1f}s)", flush=True)
-
-    def say(self, text: str = "") -> None:
-        """One or more indented detail lines."""
-        for line in text.splitlines() or [""]:
-            print(f"      {line}", flush=True)
-
-
-def _mb(n: float) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-# ---------------------------------------------------------------- 1. dataset
-
-
-def _make_chunk(split: str, start: int, stop: int, classes: int, size: tuple[int, int],
-                seed: int) -> list[tuple[str, bytes]]:
-    """JPEGs ``start``..``stop`` of a split as (key, bytes); run in a worker process."""
-    from .loaders.datasets import synthetic_jpegs
-
-    return [(f"{split}/{rel.split('/')[0]}/{start + j:05d}.jpg", data)
-            for j, (rel, data) in enumerate(synthetic_jpegs(stop - start, classes, size, seed=seed + start))]
-
-
-def upload_dataset(client: Any, train: int, val: int, classes: int, size: tuple[int, int], seed: int) -> dict:
-    """Generate ``train`` + ``val`` JPEGs in ImageFolder layout and upload them; returns counts and bytes.
-
-    The images are made in worker processes (spawned: this process already runs the S3 server's threads),
-    chunk by chunk, while this process uploads the chunks already made.
-    """
-    import multiprocessing
-
-    client.create_bucket(Bucket=BUCKET)
-    nbytes = {"train": 0, "val": 0}
-    step = 64
-    chunks = [(split, lo, min(count, lo + step), classes, size, seed * 7919 + k)
-              for k, (split, count) in enumerate((("train", train), ("val", val)))
-              for lo in range(0, count, step)]
-    workers = max(1, min(len(chunks), os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as makers, \
-            ThreadPoolExecutor(4) as uploaders:
-        made = [makers.submit(_make_chunk, *chunk) for chunk in chunks]
-        uploads = []
-        for chunk, future in zip(chunks, made, strict=True):
-            for key, data in future.result():
-                nbytes[chunk[0]] += len(data)
-                uploads.append(uploaders.submit(client.put_object, Bucket=BUCKET, Key=key, Body=data))
-        for f in uploads:
-            f.result()
-    return {"train": train, "val": val, "bytes": nbytes}
-
-
-# ---------------------------------------------------------------- the CLI
-
-
-def cli(*args: str, capture: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``tiercache ARGS`` with this interpreter; output captured (text) unless ``capture`` is False."""
-    return subprocess.run([*CLI, *args], capture_output=capture, text=True, timeout=timeout)
-
-
-def cli_ok(*args: str, timeout: float = 300) -> str:
-    """Run ``tiercache ARGS``; its stdout+stderr, or SystemExit with its one-line error."""
-    proc = cli(*args, timeout=timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"demo: tiercache {args[0]} failed ({proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout).strip()}")
-    return (proc.stdout + proc.stderr).strip()
-
-
-def mount_stats(mountpoint: str) -> dict:
-    """The daemon's stats reply (what ``tiercache stats --json`` prints)."""
-    mount = mounts.find_mount(mountpoint)
-    if mount is None:
-        raise SystemExit(f"demo: {mountpoint} is not a tiercache mount any more")
-    return mount.client().request("stats")
-
-
-def counter(stats: dict, *path: str) -> int:
-    """A number from a stats reply by key path (``counter(s, "cache", "backend", "gets")``); 0 when absent."""
-    value: Any = stats
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else 0
-
-
-def is_mounted(path: str) -> bool:
-    """Whether ``path`` is a mountpoint right now (/proc/self/mountinfo)."""
-    real = os.path.realpath(path)
-    return any(mp == real for mp, _fstype, _src in mounts.mount_table())
-
-
-def warm(story: Story, path: str) -> None:
-    """``tiercache warm PATH --recursive`` on the shared terminal, so its progress bar shows."""
-    proc = cli("warm", path, "--recursive", capture=False, timeout=600)
-    if proc.returncode == 0:
-        return
-    if proc.returncode == 2:  # usage error: a build without the warm command; use the control socket directly
-        story.say("(this build's CLI has no `warm`; warming through the mount's control socket instead)")
-        _warm_over_socket(path)
-        return
-    raise SystemExit(f"demo: tiercache warm failed ({proc.returncode})")
-
-
-def _warm_over_socket(path: str) -> None:
-    from tqdm import tqdm
-
-    mount = mounts.find_mount(path)
-    if mount is None:
-        raise SystemExit(f"demo: {path} is not in a tiercache mount")
-    bar = tqdm(unit="B", unit_scale=True, desc="warming", disable=None, leave=False)
-
-    def progress(msg: dict) -> None:
-        bar.total = msg.get("total_bytes") or bar.total
-        bar.update(max(0, int(msg.get("done_bytes") or 0) - bar.n))
-
-    try:
-        mount.client(timeout=None).request("warm", paths=[mount.relpath(path)], tier="ssd",
-                                           on_progress=progress, reply_timeout=None)
-    finally:
-        bar.close()
-
-
-def cleanup_mount(mountpoint: str) -> None:
-    """Make sure ``mountpoint`` is not mounted and its daemon is gone: forced, then lazy, unmount."""
-    mount = mounts.find_mount(mountpoint)
-    pid = mount.pid if mount is not None and mount.mountpoint == os.path.realpath(mountpoint) else None
-    if is_mounted(mountpoint):
-        cli("unmount", "--force", "--timeout", "10", mountpoint, timeout=60)
-    if is_mounted(mountpoint):
-        for tool in (["fusermount3", "-uz"], ["umount", "-l"]):
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                if subprocess.run([*tool, mountpoint], capture_output=True, timeout=30).returncode == 0:
-                    break
-    if pid is not None:
-        deadline = time.monotonic() + 20
-        while mounts.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if mounts.pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        mounts.unregister_mount(os.path.realpath(mountpoint), pid)
-
 
 # ---------------------------------------------------------------- 4. training
 
@@ -262,8 +112,8 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
         ep = loader.stats()[-1]
         after = mount_stats(mountpoint)
         row = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_acc": correct / seen,
-               "daemon_reads": counter(after, "cache", "reads") - counter(before, "cache", "reads"),
-               "gets": counter(after, "cache", "backend", "gets") - counter(before, "cache", "backend", "gets"),
+               "daemon_reads": (after.cache.reads or 0) - (before.cache.reads or 0),
+               "gets": backend_delta(before, after)[0],
                "val_acc": val_correct / len(val_ds), "images_per_s": seen / seconds, "stall_s": ep["wait_s"],
                "wall_s": ep["wall_s"], "wait_split_s": ep["wait_split_s"]}
         rows.append(row)
@@ -295,9 +145,10 @@ def checkpoint(story: Story, model: Any, mountpoint: str, endpoint_client: Any) 
     saved_s = time.perf_counter() - start
     with open(path, "rb") as f:
         local = f.read()
-    writes = mount_stats(mountpoint).get("writes") or {}
+    writes = mount_stats(mountpoint).writes
+    dirty = (writes.dirty_bytes or 0, writes.pending_files or 0) if writes is not None else (0, 0)
     story.say(f"torch.save -> {path}: {len(local):,} bytes in {saved_s * 1e3:.0f} ms (durable in the write dir; "
-              f"dirty now: {writes.get('dirty_bytes', 0):,} bytes in {writes.get('pending_files', 0)} file(s))")
+              f"dirty now: {dirty[0]:,} bytes in {dirty[1]} file(s))")
     story.say(cli_ok("flush", mountpoint).removeprefix("tiercache: "))
     remote = endpoint_client.get_object(Bucket=BUCKET, Key=rel)["Body"].read()
     want, got = hashlib.sha256(local).hexdigest(), hashlib.sha256(remote).hexdigest()
@@ -379,7 +230,7 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
     data = upload_dataset(client, args.images, args.val, args.classes, tuple(args.image_size), args.seed)
     total = data["bytes"]["train"] + data["bytes"]["val"]
     story.say(f"s3://{BUCKET}/train: {data['train']} JPEGs, s3://{BUCKET}/val: {data['val']} JPEGs, "
-              f"{args.classes} classes, ~{args.image_size[1]}x{args.image_size[0]}, {_mb(total)} "
+              f"{args.classes} classes, ~{args.image_size[1]}x{args.image_size[0]}, {mb(total)} "
               f"({total / (data['train'] + data['val']) / 1e3:.0f} KB each) in "
               f"{time.perf_counter() - t:.1f}s; work dir {work}")
 
@@ -396,10 +247,10 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
     warm(story, os.path.join(mountpoint, "train"))
     seconds = time.perf_counter() - t
     after = mount_stats(mountpoint)
-    gets = counter(after, "cache", "backend", "gets") - counter(before, "cache", "backend", "gets")
-    fetched = counter(after, "cache", "backend", "bytes") - counter(before, "cache", "backend", "bytes")
-    story.say(f"warmed {_mb(fetched)} in {gets} GETs, {seconds:.1f}s ({fetched / seconds / 1e6:.1f} MB/s); "
-              f"SSD tier now holds {_mb(counter(after, 'cache', 'ssd', 'used'))}")
+    gets, fetched = backend_delta(before, after)
+    ssd = after.cache.tier("ssd")
+    story.say(f"warmed {mb(fetched)} in {gets} GETs, {seconds:.1f}s ({fetched / seconds / 1e6:.1f} MB/s); "
+              f"SSD tier now holds {mb((ssd.used or 0) if ssd is not None else 0)}")
 
     story.step(f"train a small CNN for {args.epochs} epoch(s) from the mount (tiercache DataLoader)")
     model, rows, loaders = train(story, mountpoint, args)
@@ -408,7 +259,7 @@ def _story(story: Story, args: argparse.Namespace, server: LocalS3, work: Path, 
     story.say(f"GETs while training: {sum(r['gets'] for r in rows)} (train/ was warm; val/ has {args.val} files, "
               f"not warmed); plans sent to the mount: {plans['train']} by the train loader, {plans['val']} by "
               f"the val loader (each its own plan client: this pass's file order, then the next's; the mount "
-              f"holds {len(after['cache'].get('plans') or [])} plans, {counter(after, 'cache', 'plan_keys')} "
+              f"holds {len(after.cache.plans)} plans, {after.cache.plan_keys or 0} "
               f"planned keys now)")
 
     story.step("checkpoint through the write tier")

@@ -119,8 +119,13 @@ class CacheStats:
     read_hit_rate: float | None = None
     reads: int | None = None
     plans: list[PlanRow] = field(default_factory=list)
+    plan_keys: int | None = None
     backend: BackendStats | None = None
     prefetcher: PrefetchStats | None = None
+
+    def tier(self, name: str) -> TierRow | None:
+        """The tier called ``name`` ("ram", "ssd"), None if the reply has none."""
+        return next((tier for tier in self.tiers if tier.name == name), None)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CacheStats:
@@ -131,7 +136,7 @@ class CacheStats:
         rate = raw.get("read_hit_rate", raw.get("hit_rate"))
         return cls(
             tiers=[TierRow.from_dict(name, tier) for name, tier in tiers.items() if isinstance(tier, dict)],
-            read_hit_rate=rate, reads=raw.get("reads"), plans=PlanRow.rows(raw),
+            read_hit_rate=rate, reads=raw.get("reads"), plans=PlanRow.rows(raw), plan_keys=raw.get("plan_keys"),
             backend=_known(BackendStats, backend) if isinstance(backend, dict) else None,
             prefetcher=_known(PrefetchStats, pre) if isinstance(pre, dict) else None,
         )
