@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .blocks import BlockMap
+from .cache_stats import cache_stats
 from .config import CacheConfig
 from .counters import Counters
 from .errors import ConfigError, StaleVersion
@@ -363,52 +364,9 @@ class TieredCache:
     # ------------------------------------------------------------------ stats and lifecycle
 
     def stats(self) -> dict:
-        """Counters and occupancy per tier, backend requests, namespace counts; JSON-serializable."""
-        c = self.counters.get
-        ram = self.ram.stats()
-        ssd = self.ssd.stats() if self.ssd is not None else {
-            "used": 0, "capacity": 0, "hits": 0, "misses": 0, "hit_rate": 0.0, "bytes_served": 0,
-        }
-        served = ram["bytes_served"] + ssd["bytes_served"]
-        lookups, misses = self.tiers.reader_lookups()
-        gets_per_s, bytes_per_s = self.fetcher.rate.rates()
-        return {
-            "source": self.config.source,
-            "cache_dir": str(self.config.cache_dir),
-            "block_size": self.config.block_size,
-            "ram": ram,
-            "ssd": ssd,
-            "memory": self.memory.stats(),
-            "backend": {
-                "gets": c("backend_gets"), "bytes": c("backend_bytes"), "errors": c("backend_errors"),
-                "heads": self.namespace.heads, "lists": self.namespace.lists,
-                "gets_per_s": gets_per_s, "bytes_per_s": bytes_per_s,
-            },
-            "read_hit_rate": 1 - misses / lookups if lookups else 0.0,
-            "plans": self.plan_stats(),
-            "reads": c("reads"),
-            "bytes_read": c("bytes_read"),
-            "cache_bytes_served": served,
-            "hit_rate": served / (served + c("backend_bytes")) if served + c("backend_bytes") else 0.0,
-            "single_flight_waits": self.reader.flights.waits,
-            "stale_retries": c("stale_retries"),
-            "demotions": c("demotions"),
-            "evicted_bytes": c("evicted_bytes"),
-            "prefetch": self.hinted.stats(),
-            "prefetcher": self._prefetch_stats(),
-            "pins": self.pins(),
-            "plan_keys": sum(len(p) for p in self.plans.plans()),
-            "plan_bytes": self.plans.nbytes,
-            "namespace": self.namespace.stats(),
-        }
-
-    def _prefetch_stats(self) -> dict:
-        """Plan prefetch and read-ahead together (prefetched = both) and each one's own counters."""
-        plan, ahead = self.prefetcher.stats(), self.readahead.stats()
-        return {**plan, **ahead,
-                "prefetched_bytes": plan["prefetched_bytes"] + ahead["readahead_bytes"],
-                "prefetched_read_bytes": plan["prefetched_read_bytes"] + ahead["readahead_read_bytes"],
-                "prefetched_unread_bytes": plan["prefetched_unread_bytes"] + ahead["readahead_unread_bytes"]}
+        """Counters and occupancy per tier, backend requests, namespace counts; JSON-serializable (see
+        cache_stats.py; statsrecords.py reads it)."""
+        return cache_stats(self)
 
     def close(self) -> None:
         """Finish background work, flush the SSD index, release the cache dir. Idempotent."""
