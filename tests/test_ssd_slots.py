@@ -86,17 +86,22 @@ def test_the_ghost_remembers_identities_not_slots():
     assert 500 in policy and main_before > 0
 
 
-def test_plan_aware_slot_policy_keeps_no_plan_state_without_plans_and_ranks_by_key_with_one():
+@pytest.mark.parametrize("seed_batch", [4096, 3])  # 3: the resident slots are handed over over several calls
+def test_plan_aware_slot_policy_keeps_no_plan_state_without_plans_and_ranks_by_key_with_one(seed_batch):
     book = PlanBook()
     keys = {slot: f"k{slot}" for slot in range(10)}
     policy = SlotPlanPolicy(book)
+    policy.SEED_BATCH = seed_batch
     policy.key_of = keys.get
     for slot in keys:
         policy.on_insert(slot, 1, ident=slot + 1)
     assert policy.victims(0) == [] and policy._planned is None  # noqa: SLF001 - the state under test
     book.set_plan([f"k{s}" for s in (9, 8, 7, 6, 5, 4, 3)])  # k0..k2 are never read again: they go first
     assert sorted(policy.victims(3)) == [0, 1, 2]
-    assert all(isinstance(v, int) for v in policy.victims(1)) and len(policy) == 6
+    assert policy.victims(1) == [3] and len(policy) == 6  # k3 is the plan's last read
+    for _ in range(4):
+        policy.victims(0)
+    assert len(policy._planned) == 6  # noqa: SLF001 - every resident slot handed over
     book.set_plan([])
     policy.victims(1)
     assert policy._planned is None and len(policy) == 5  # noqa: SLF001

@@ -4,7 +4,8 @@
 is its compact fallback (``slot_policy.SlotS3FIFO``: numpy arrays, no Python object per block). When a plan
 arrives it builds a ``planned.PlanAwarePolicy`` over the resident slots (each handed over as a ``SlotRef``,
 an int that carries its object key, which that policy ranks by) and defers to it; when the last plan ends
-that per-block state is dropped again. Seeding reads each resident slot's key from the tier's index once.
+that per-block state is dropped again. Seeding reads each resident slot's key from the tier's index once,
+``SEED_BATCH`` slots per policy call (a slot not handed over yet is not a plan-aware victim meanwhile).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class SlotPlanPolicy(Policy):
     """Farthest next use over ``book``'s live plans; the compact ``fallback`` alone without plans."""
 
     name = "plan"
+    SEED_BATCH = 4096
 
     def __init__(self, book: PlanBook | None = None, fallback: Callable[[], SlotPolicy] = SlotS3FIFO):
         super().__init__()
@@ -69,18 +71,37 @@ class SlotPlanPolicy(Policy):
         self.fallback = fallback()
         self.key_of: Callable[[int], str | None] = lambda _slot: None  # the tier's slot → object key
         self._planned: PlanAwarePolicy | None = None
+        self._unseeded = None  # slots resident when the plans came, not yet handed to the plan-aware policy
+        self._seeded_upto = 0
 
     def _active(self) -> PlanAwarePolicy | None:
         if not self.book:
             self._planned = None  # no plan left: drop the per-block plan state
+            self._unseeded = None
             return None
         if self._planned is None:
-            planned = PlanAwarePolicy(self.book, fallback=_Detached)
-            for slot in self.fallback.resident().tolist():
-                planned.on_insert(self._ref(slot), self.fallback.size_of(slot))
-            planned.fallback = self.fallback
-            self._planned = planned
+            self._planned = PlanAwarePolicy(self.book, fallback=lambda: self.fallback)
+            self._unseeded = self.fallback.resident()
+            self._seeded_upto = 0
+        if self._unseeded is not None:
+            self._seed()
         return self._planned
+
+    def _seed(self) -> None:
+        """Hand the next ``SEED_BATCH`` slots resident before the plan came to the plan-aware policy (a
+        batch per call, so a plan arriving over a million resident blocks never stalls the tier)."""
+        planned, start = self._planned, self._seeded_upto
+        batch = self._unseeded[start:start + self.SEED_BATCH].tolist()
+        planned.fallback = _DETACHED  # the fallback tracks them already
+        try:
+            for slot in batch:
+                if slot in self.fallback and slot not in planned:
+                    planned.on_insert(self._ref(slot), self.fallback.size_of(slot))
+        finally:
+            planned.fallback = self.fallback
+        self._seeded_upto = start + len(batch)
+        if self._seeded_upto >= len(self._unseeded):
+            self._unseeded = None
 
     def _ref(self, slot: int) -> SlotRef:
         return SlotRef(slot, self.key_of(slot) or "")
