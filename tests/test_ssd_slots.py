@@ -220,17 +220,18 @@ def test_bulk_insert_at_restart_equals_inserting_one_by_one(policy_cls):
 
 
 def test_put_many_loads_in_bulk_and_reads_back_after_restart(tmp_path, meta):
-    ssd = SsdTier(tmp_path / "regions", 4 << 20, meta)
+    ssd = SsdTier(tmp_path / "regions", 6 << 20, meta)
     assert ssd.validated(10)
     first = BlockId("x/0", "e", 0)
     assert ssd.put(first, b"0" * 900)
-    items = [(BlockId(f"x/{i}", "e", 0), bytes([i % 251]) * (1400 + i % 200)) for i in range(3000)]
+    items = [(BlockId(f"x/{i}", "e", 0), bytes([i % 251]) * (2400 + i % 200)) for i in range(3000)]
     batch = items + items[:5]  # one already resident, five twice; batches well under the capacity
-    admitted = sum(ssd.put_many(batch[i:i + 500]) for i in range(0, len(batch), 500))
+    admitted = ssd.put_many(batch[:1500])  # more buffers than one pwritev takes
+    admitted += sum(ssd.put_many(batch[i:i + 500]) for i in range(1500, len(batch), 500))
     assert 2999 <= admitted <= 3004 and ssd.used() <= ssd.capacity() and ssd.stats()["evictions"] > 0
     assert ssd.get(items[-1][0]) == items[-1][1] and ssd.stats()["blocks"] == len(ssd.policy)
     ssd.close()
-    again = SsdTier(tmp_path / "regions", 4 << 20, meta)
+    again = SsdTier(tmp_path / "regions", 6 << 20, meta)
     assert again.get(items[-1][0]) == items[-1][1]
     assert again.validated(30) and again.stats()["blocks"] == len(again.policy)
     assert all(again.get(b) in (None, d) for b, d in items[::7])

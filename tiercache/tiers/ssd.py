@@ -54,6 +54,7 @@ class SsdTier(SsdReads):
     """Region-file block store with an LMDB index; thread-safe; see the module docstring."""
 
     name = "ssd"
+    IOV_MAX = 1024  # buffers per pwritev (Linux's limit)
 
     def __init__(
         self,
@@ -198,7 +199,8 @@ class SsdTier(SsdReads):
         written = set()
         run: list = []
         for item in [*placed, None]:  # coalesce adjacent blocks of one region into one write
-            if run and (item is None or item[3] is not run[-1][3] or item[4] != run[-1][4] + len(run[-1][1])):
+            if run and (item is None or item[3] is not run[-1][3] or item[4] != run[-1][4] + len(run[-1][1])
+                        or len(run) >= self.IOV_MAX):
                 try:
                     if os.pwritev(run[0][3].fd, [i[1] for i in run], run[0][4]) == sum(len(i[1]) for i in run):
                         written.update(id(i) for i in run)
