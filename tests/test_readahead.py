@@ -1,10 +1,21 @@
-"""Sequential read-ahead (tiercache/readahead.py): the state machine alone, and in a cache."""
+"""Sequential read-ahead (tiercache/readahead.py) and the read path under streaming (issue 13): the state
+machine alone; in a cache: a stream detected early and read ahead in parallel, in flight bounded by the
+memory budget, a streamed large object not evicting the small files' working set, SSD admission dropped
+(never waited for) under pressure. Real HTTP S3 server or a local directory store."""
 
 from __future__ import annotations
 
 import random
+import threading
+
+import pytest
 
 import tiercache
+from tiercache.readahead import ReadAhead
+
+pytestmark = pytest.mark.timeout(120)
+
+KiB, MiB = 1 << 10, 1 << 20
 
 
 def _local_cache(tmp_path, files: dict[str, bytes], **options):
@@ -12,7 +23,9 @@ def _local_cache(tmp_path, files: dict[str, bytes], **options):
     for key, data in files.items():
         (src / key).parent.mkdir(parents=True, exist_ok=True)
         (src / key).write_bytes(data)
-    return tiercache.open(f"file://{src}", ssd=str(tmp_path / "cache"), ssd_size="0", **options)
+    options.setdefault("ssd", str(tmp_path / "cache"))
+    options.setdefault("ssd_size", "0")
+    return tiercache.open(f"file://{src}", **options)
 
 
 def _settle(cache) -> dict:
@@ -20,24 +33,168 @@ def _settle(cache) -> dict:
     return cache.stats()["prefetcher"]
 
 
-def test_readahead_window_grows_on_sequential_reads_and_resets_on_seek(tmp_path):
-    bs = 64 << 10
+# ---------------------------------------------------------------- the state machine
+
+
+def test_a_stream_is_detected_on_its_third_read_and_its_window_grows_with_what_it_read():
+    ra = ReadAhead(block_size=MiB, max_window=16 * MiB)
+    size = 1 << 30
+    assert ra.on_read("f", size, 100 * MiB, 100 * MiB + 64 * KiB) == (0, 0)  # one read is no stream, nor is
+    assert ra.on_read("f", size, 100 * MiB + 64 * KiB, 100 * MiB + 128 * KiB) == (0, 0)  # the kernel's pair
+    assert not ra.streaming("f")
+    first, last = ra.on_read("f", size, 100 * MiB + 128 * KiB, 100 * MiB + 256 * KiB)
+    assert ra.streaming("f") and (first, last) == (101, 102)  # the window: at least one block
+    windows = []
+    offset = 100 * MiB + 256 * KiB
+    while offset < 120 * MiB:
+        ra.on_read("f", size, offset, offset + 128 * KiB)
+        windows.append(ra.window("f"))
+        offset += 128 * KiB
+    assert windows == sorted(windows) and windows[-1] == 16 * MiB  # grows, up to max_window
+    assert windows[0] == 4 * 384 * KiB and 4 * 1024 * KiB in windows  # four times what the run read
+
+
+def test_a_read_from_the_start_is_a_stream_at_once_and_a_seek_ends_it():
+    ra = ReadAhead(block_size=MiB, max_window=16 * MiB)
+    assert ra.on_read("f", 64 * MiB, 0, 256 * KiB) == (1, 2)
+    ra.issued("f", 2)
+    assert ra.on_read("f", 64 * MiB, 256 * KiB, 512 * KiB) == (2, 3)  # issued blocks are not asked again
+    assert ra.on_read("f", 64 * MiB, 40 * MiB, 40 * MiB + 64 * KiB) == (0, 0)  # a seek
+    assert ra.window("f") == 0
+    assert ra.on_read("f", 64 * MiB, 40 * MiB + 64 * KiB, 40 * MiB + 128 * KiB) == (0, 0)
+    assert ra.on_read("f", 64 * MiB, 40 * MiB + 128 * KiB, 40 * MiB + 192 * KiB)[0] == 41  # goes on: a stream
+    assert ra.on_read("f", 4 * MiB, 0, 4 * MiB) == (4, 4)  # nothing past the end of the object
+
+
+def test_out_of_order_requests_keep_the_stream_and_scattered_reads_earn_nothing():
+    ra = ReadAhead(block_size=MiB, max_window=64 * MiB)
+    size = 1 << 30
+    # FUSE worker threads hand over the kernel's concurrent requests out of order
+    for offset in (0, 256, 128, 384, 640, 512, 768, 1024, 896):
+        ra.on_read("f", size, offset * KiB, (offset + 128) * KiB)
+        assert ra.streaming("f")
+    assert ra.window("f") == 4 * 1152 * KiB
+    rng = random.Random(2)
+    hits = 0
+    for _ in range(2000):  # 64 KiB random reads: read ahead only when one happens to continue the last
+        offset = rng.randrange(size // (64 * KiB)) * 64 * KiB
+        first, last = ra.on_read("r", size, offset, offset + 64 * KiB)
+        hits += last - first
+    assert hits <= 4
+
+
+# ---------------------------------------------------------------- in a cache
+
+
+def test_a_sequential_reader_is_read_ahead_in_parallel(tmp_path):
+    """Blocks read ahead wait in the staging area (not in a tier) until the reader takes them."""
+    bs = 64 * KiB
     blob = random.Random(1).randbytes(64 * bs)
     with _local_cache(tmp_path, {"big.bin": blob}, ram="64M", block_size="64K") as cache:
-        windows = []
-        for i in range(5):
-            assert cache.read("big.bin", i * bs, bs) == blob[i * bs:(i + 1) * bs]
-            windows.append(cache.readahead.window("big.bin"))
-            _settle(cache)  # each window is fetched before the next read, so the counts below are exact
-        assert windows == [bs, 2 * bs, 4 * bs, 8 * bs, 16 * bs]
         blocks = cache.blocks.ids(cache.namespace.info("big.bin"))
-        ahead = [i for i, block in enumerate(blocks) if cache.tiers.contains(block, "ram")]
-        assert ahead == list(range(5 + 16)), "the blocks of the window are fetched ahead of the reader"
-        assert cache.read("big.bin", 40 * bs, bs) == blob[40 * bs:41 * bs]  # a seek: no read-ahead ...
-        assert cache.readahead.window("big.bin") == 0
-        assert cache.read("big.bin", 41 * bs, bs) == blob[41 * bs:42 * bs]  # ... until the reader goes on
-        assert cache.readahead.window("big.bin") == bs
+
+        def where() -> tuple[list[int], list[int]]:
+            return ([i for i, b in enumerate(blocks) if cache.tiers.contains(b, "ram")],
+                    [i for i, b in enumerate(blocks) if cache.readahead.holds(b)])
+
+        for i in range(2):
+            assert cache.read("big.bin", i * 16 * KiB, 16 * KiB) == blob[i * 16 * KiB:(i + 1) * 16 * KiB]
+        _settle(cache)
+        assert where() == ([0], [1, 2])
+        offset = 32 * KiB
+        while offset < 8 * bs:
+            assert cache.read("big.bin", offset, 32 * KiB) == blob[offset:offset + 32 * KiB]
+            offset += 32 * KiB
         pre = _settle(cache)
-        assert [i for i, block in enumerate(blocks) if cache.tiers.contains(block, "ram")] == [*ahead, 40, 41, 42]
-        assert pre["readahead_bytes"] == (20 + 1) * bs and pre["prefetched_read_bytes"] == 4 * bs
-        assert pre["prefetched_bytes"] == pre["readahead_bytes"]
+        in_ram, staged = where()
+        assert in_ram == list(range(8)), "a block enters RAM when the reader takes it"
+        assert staged == list(range(8, 8 + len(staged))) and len(staged) >= 16, "read ahead of the reader"
+        assert pre["readahead_peak_in_flight_bytes"] >= 2 * bs, "several blocks fetched at a time"
+        assert pre["readahead_read_bytes"] == 7 * bs and pre["prefetched_read_bytes"] == 7 * bs
+        assert pre["readahead_staged_bytes"] == len(staged) * bs
+        assert cache.read("big.bin", 40 * bs, bs) == blob[40 * bs:41 * bs]  # a seek: no read-ahead
+        assert cache.readahead.window("big.bin") == 0
+
+
+def test_read_ahead_in_flight_stays_within_the_memory_budget(bucket, tmp_path):
+    """A small --ram: what read-ahead has in flight is at most a quarter of the budget, the budget itself is
+    never overdrawn, and every byte read is right."""
+    blob = random.Random(4).randbytes(40 * MiB)
+    bucket.put("big.bin", blob)
+    bucket.server.reset_log()
+    old = bucket.server.latency
+    bucket.server.latency = 0.01  # GETs overlap, as against a remote store
+    try:
+        with tiercache.open(bucket.url, ram="8M", ssd=str(tmp_path / "cache"), ssd_size="0", block_size="1M",
+                            endpoint_url=bucket.server.endpoint, metadata_ttl="inf") as cache:
+            for offset in range(0, len(blob), 256 * KiB):
+                assert bytes(cache.read("big.bin", offset, 256 * KiB)) == blob[offset:offset + 256 * KiB]
+            pre = _settle(cache)
+            memory = cache.stats()["memory"]
+    finally:
+        bucket.server.latency = old
+    assert pre["readahead_max_in_flight_bytes"] == memory["budget"] // 4
+    assert 2 * MiB <= pre["readahead_peak_in_flight_bytes"] <= memory["budget"] // 4
+    assert memory["overdrafts"] == 0 and memory["peak"] <= memory["budget"]
+    # read-ahead and the reader share fetches (under a tight budget RAM may turn a block away, then its next
+    # read fetches it again: a few, not one per read)
+    assert 40 <= len(bucket.gets("big.bin")) <= 48
+
+
+def test_one_large_streamed_object_does_not_evict_the_small_files_working_set(tmp_path):
+    """Scan resistance: small files read twice, then a large object (4x RAM) read once end to end in 128 KiB
+    reads (as through FUSE): the small files are all still in RAM. Before, each of a block's reads counted as
+    a use, so the streamed blocks looked hotter than the working set (none of the 64 stayed)."""
+    files = {f"small/{i:02d}": random.Random(i).randbytes(32 * KiB) for i in range(64)}
+    big = random.Random(99).randbytes(32 * MiB)
+    with _local_cache(tmp_path, {**files, "big.bin": big}, ram="8M", block_size="64K") as cache:
+        for _ in range(2):
+            for key, data in files.items():
+                assert cache.read(key) == data
+        for offset in range(0, len(big), 128 * KiB):
+            assert cache.read("big.bin", offset, 128 * KiB) == big[offset:offset + 128 * KiB]
+        _settle(cache)
+        kept = [key for key in files if cache.resident(key, "ram") == len(files[key])]
+        assert kept == list(files), f"{len(files) - len(kept)} of {len(files)} small files evicted by one stream"
+        assert cache.stats()["ram"]["evictions"] >= 300, "the stream did pass through RAM"
+
+
+def test_ssd_admission_is_dropped_under_pressure_never_written_on_the_read_path(tmp_path, monkeypatch):
+    """SSD writes stalled: the reader goes on (no SSD write ever runs on its thread), what does not fit the
+    write queue is dropped and counted, every byte read is right, and what did reach the SSD tier is the
+    right bytes once the writes resume."""
+    big = random.Random(7).randbytes(48 * MiB)
+    with _local_cache(tmp_path, {"big.bin": big}, ram="16M", block_size="1M", ssd_size="256M") as cache:
+        stalled = threading.Event()
+        writers: set[str] = set()
+        real_put = cache.ssd.put
+
+        def slow_put(block, data, queued=False):
+            name = threading.current_thread().name
+            writers.add(name)
+            if name == "tiercache-ssd-writer":
+                stalled.wait(20)
+            return real_put(block, data, queued)
+
+        monkeypatch.setattr(cache.ssd, "put", slow_put)
+        reader = threading.current_thread().name
+        for offset in range(0, len(big), 128 * KiB):
+            assert cache.read("big.bin", offset, 128 * KiB) == big[offset:offset + 128 * KiB]
+        dropped = cache.stats()["ssd_admission_dropped"]
+        stalled.set()
+        _settle(cache)
+        cache.ssd.drain()
+        assert writers == {"tiercache-ssd-writer"} and reader not in writers
+        assert dropped > 0, "a stalled SSD tier dropped what did not fit"
+        info = cache.namespace.info("big.bin")
+        on_ssd = 0
+        for block in cache.blocks.ids(info):
+            data = cache.ssd.get(block)
+            if data is not None:
+                on_ssd += 1
+                start = cache.blocks.start(block)
+                assert data == big[start:start + len(data)]
+        assert 0 < on_ssd < 48
+        cache.evict("", "ram")
+        for offset in range(0, len(big), 4 * MiB):  # dropped or not, reads stay right
+            assert cache.read("big.bin", offset, 64 * KiB) == big[offset:offset + 64 * KiB]

@@ -118,13 +118,15 @@ class TieredCache:
             load=lambda info, blocks: self.reader.get_blocks(blocks, info, "ram", want=False),
             lookup=lambda key: self.namespace.info(key, revalidate=False), threads=max(1, config.threads // 2),
         )
+        # a stream's window and what is in flight for it are bounded by the memory budget (a quarter each)
         self.readahead = StreamReadAhead(
-            self.blocks, config.ram_bytes, resident=self.ram.contains,
-            load=lambda info, blocks: self.reader.get_blocks(blocks, info, "ram", want=False),
-            threads=max(1, config.threads // 2),
+            self.blocks, resident=self.ram.contains,
+            fetch=lambda info, block, keep: self.reader.stage(block, info, keep),
+            budget=self.memory, threads=config.threads, max_window=min(64 << 20, config.ram_bytes // 4),
+            max_in_flight=min(64 << 20, self.memory.total // 4),
         )
-        self.reader = BlockReader(self.tiers, self.fetcher, self.blocks, self._fetch_pool,
-                                  on_read=self._observe, on_served=self._served)
+        self.reader = BlockReader(self.tiers, self.fetcher, self.blocks, self._fetch_pool, on_read=self._observe,
+                                  on_served=self.prefetcher.mark_read, staging=self.readahead)
         self.warmer = Warmer(self.namespace, self.blocks, self.tiers, self.reader, self.fetcher, self.counters,
                              config.threads)
         self.hinted = HintedPrefetch(self._prefetch_key, max(1, config.threads // 2), self.counters)
@@ -161,32 +163,33 @@ class TieredCache:
 
     # ------------------------------------------------------------------ reads
 
-    def read(self, path: str, offset: int = 0, size: int | None = None) -> bytes | memoryview:
+    def read(self, path: str, offset: int = 0, size: int | None = None, view: bool = False) -> bytes | memoryview:
         """Bytes [offset, offset+size) of the file at ``path`` (to EOF when size is None; short at EOF).
 
-        Within one block the cached bytes object itself comes back (no copy); a range over several
-        blocks comes back as a memoryview of one buffer filled with a single copy.
+        Within one block the cached bytes object itself comes back (no copy), or a part of it as bytes
+        (``view``: as a read-only memoryview, no copy); a range over several blocks comes back as a
+        memoryview of one buffer filled with a single copy.
         """
         if offset < 0 or (size is not None and size < 0):
             raise ConfigError(f"read {path!r}: offset and size must not be negative")
         info, expired = self.namespace.lookup(path)
         if expired and self.warmer.resident(info, offset, size, "any"):
             info = self.namespace.refresh(info.key)
-        data = self.fetcher.fresh(info, lambda i: self.reader.read(i, offset, size))
+        data = self.fetcher.fresh(info, lambda i: self.reader.read(i, offset, size, view))
         self.counters.add("reads")
         self.counters.add("bytes_read", len(data))
         if self.on_read is not None:  # e.g. a warm profile being recorded (profiles.py)
             self.on_read(info.key, offset)
         return data
 
-    def read_version(self, info: ObjectInfo, offset: int, size: int) -> bytes | memoryview:
+    def read_version(self, info: ObjectInfo, offset: int, size: int, view: bool = False) -> bytes | memoryview:
         """Bytes of exactly the version ``info`` names (an open file's): from the tiers, or a GET that
         matches its etag; StaleVersion if the store holds another version now (its info is then distrusted,
-        so the next open sees the new one). Never bytes of another version."""
+        so the next open sees the new one). Never bytes of another version. ``view`` as for ``read``."""
         if offset < 0 or size < 0:
             raise ConfigError(f"read {info.key!r}: offset and size must not be negative")
         try:
-            data = self.reader.read(info, offset, size)
+            data = self.reader.read(info, offset, size, view)
         except Stale:
             self.counters.add("stale_reads")
             self.namespace.forget(info.key)
@@ -197,17 +200,15 @@ class TieredCache:
             self.on_read(info.key, offset)
         return data
 
-    def _observe(self, info: ObjectInfo, ids: list[BlockId], offset: int, end: int) -> None:
-        """Tell the plans and the prefetcher where the reader is (a file's first read moves it in its plan)."""
+    def _observe(self, info: ObjectInfo, ids: list[BlockId], offset: int, end: int) -> bool:
+        """Tell the plans and the prefetchers where the reader is (a file's first read moves it in its plan);
+        True when the read is part of a sequential stream."""
         if offset == 0 and self.plans:
             hit = all(self.tiers.contains(b, "any") for b in ids)
             if self.plans.observe(info.key, hit):
                 self.prefetcher.wake()
-        self.readahead.observe(info, offset, end)
+        return self.readahead.observe(info, offset, end)
 
-    def _served(self, block: BlockId) -> None:
-        self.prefetcher.mark_read(block)
-        self.readahead.mark_read(block)
 
     # ------------------------------------------------------------------ residency, pins, eviction
 
@@ -378,6 +379,7 @@ class TieredCache:
         self.prefetcher.close()
         self.hinted.close()
         self._fetch_pool.shutdown(wait=True)
+        self.tiers.keep_ram()  # what the SSD tier dropped under pressure survives the restart
         self.ram.clear()
         self._release()
 

@@ -42,6 +42,7 @@ def cache_stats(cache: TieredCache) -> dict:
         "single_flight_waits": cache.reader.flights.waits,
         "stale_retries": c("stale_retries"),
         "demotions": c("demotions"),
+        "ssd_admission_dropped": c("ssd_admission_dropped"),
         "evicted_bytes": c("evicted_bytes"),
         "prefetch": cache.hinted.stats(),
         "prefetcher": prefetch_stats(cache),

@@ -1,13 +1,27 @@
-"""Sequential read-ahead: a per-file window that grows while a reader streams, fetched in parallel.
+"""Sequential read-ahead: a stream is detected early and its next blocks are fetched in parallel, far enough
+ahead to cover the backend's latency, within a byte bound on what is in flight.
 
-- :class:`ReadAhead` is the state machine, without I/O: for objects larger than one block, each sequential
-  read doubles a per-file window (up to ``max_window`` bytes, at most a quarter of the RAM tier); a seek
-  resets it; a scattered read earns none.
-- :class:`StreamReadAhead` runs it: the cache calls ``observe`` on every read and ``mark_read`` on every
-  block served; the blocks of the window that RAM lacks are loaded on its own pool with the ``load``
-  callable it was given (it never sees the store or the tiers).
+- :class:`ReadAhead` is the state machine, without I/O. Per object (an LRU of ``max_streams``): where the
+  reader's next read would start, how many reads in a row continued the stream, where the run started, and
+  how far read-ahead has been issued. A read continues the stream when it starts where the stream has got
+  to, or at most one read's length past it, or, once the run is a stream, up to ``slack`` behind it (FUSE
+  worker threads deliver the kernel's concurrent read requests out of order); anything else is a seek and
+  starts a new run. A run is a stream from its third read (two continuations: the kernel's own read-ahead
+  turns one random read into a pair of adjacent FUSE requests), or from its first when that one starts at
+  offset 0. A stream's window, the bytes wanted ahead of its reader, is four times
+  what the run has read so far, at least one block and at most ``max_window``: a reader that goes on earns
+  more, a short sequential burst (a header, one column chunk) fetches little past what it reads.
+- :class:`StreamReadAhead` runs it: the cache calls ``observe`` on every read (its answer, whether the read
+  is part of a stream, lets the cache leave a streamed block's eviction rank alone). The window's blocks
+  RAM lacks are fetched on its own pool with the ``fetch`` callable it was given (it never sees the store
+  or the tiers), at most ``max_in_flight`` bytes at a time; a finished fetch tops the stream up, so a
+  reader waiting on a block still keeps the pipeline full.
+- Fetched blocks wait in a staging area (at most ``max_staged`` bytes, oldest dropped first, on the memory
+  budget) until a reader ``take``s them; only then do they enter the tiers, as one use. So blocks read
+  ahead are never evicted before they are read (a RAM tier's probationary queue is smaller than a window),
+  and a stream enters RAM as what it is: blocks used once.
 
-Counters: bytes read ahead, those read since, those never read.
+Counters: bytes read ahead, those read since, those dropped unread, and the peak in flight.
 """
 
 from __future__ import annotations
@@ -22,109 +36,230 @@ from concurrent.futures import ThreadPoolExecutor
 from .blocks import BlockMap
 from .store import ObjectInfo
 from .tiers.base import BlockId
+from .tiers.budget import MemoryBudget
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ReadAhead", "StreamReadAhead"]
 
+# per stream: [next offset, reads in the run, run start, first block index not yet issued]
+_NEXT, _RUN, _START, _ISSUED = range(4)
+DETECT = 3  # reads in a row that make a stream (unless it started at offset 0)
+
 
 class ReadAhead:
-    """Per-object read-ahead windows (LRU over ``max_streams`` objects); pure bookkeeping."""
+    """Per-object stream detection and windows (see the module docstring); pure bookkeeping, not locked."""
 
-    def __init__(self, block_size: int, max_window: int, max_streams: int = 1024):
+    def __init__(self, block_size: int, max_window: int, max_streams: int = 1024, slack: int = 2 << 20):
         self.block_size = block_size
         self.max_window = max(max_window, block_size)
         self.max_streams = max_streams
-        self._streams: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key → (next offset, window)
+        self.slack = slack
+        self._streams: OrderedDict[str, list[int]] = OrderedDict()
 
     def on_read(self, key: str, size: int, offset: int, end: int) -> tuple[int, int]:
-        """A read of [offset, end) of an object of ``size`` bytes: block indices [first, last) to fetch ahead."""
+        """A read of [offset, end) of an object of ``size`` bytes: block indices [first, last) still to
+        issue ahead of it (empty when the read is not part of a stream)."""
         bs = self.block_size
-        next_offset, window = self._streams.pop(key, (-1, 0))
-        # a stream reads ahead, doubling its window; a scattered read earns none (it would fetch whole
-        # blocks nobody reads)
-        streaming = offset == next_offset or offset == 0
-        window = (min(window * 2, self.max_window) if window else bs) if streaming else 0
-        self._streams[key] = (end, window)
+        stream = self._streams.pop(key, None)
+        # continuing: at most one read's length past where the run is, or (once it is a stream) a straggler
+        # behind it
+        behind = self.slack if stream is not None and self._is_stream(stream) else 0
+        if stream is not None and -behind <= offset - stream[_NEXT] <= end - offset:
+            stream[_RUN] += 1
+            stream[_NEXT] = max(stream[_NEXT], end)
+        else:  # a new run: a first read, or a seek
+            stream = [end, 1, offset, 0]
+        self._streams[key] = stream
         while len(self._streams) > self.max_streams:
             self._streams.popitem(last=False)
-        first = -(-end // bs)
-        return first, (min(-(-size // bs), -(-(end + window) // bs)) if window else first)
+        if not self._is_stream(stream):
+            return 0, 0
+        window = min(self.max_window, max(bs, 4 * (stream[_NEXT] - stream[_START])))
+        first = max(-(-stream[_NEXT] // bs), stream[_ISSUED])
+        return first, min(-(-size // bs), -(-(stream[_NEXT] + window) // bs))
+
+    def streaming(self, key: str) -> bool:
+        """Whether the last read of ``key`` was part of a stream."""
+        stream = self._streams.get(key)
+        return stream is not None and self._is_stream(stream)
+
+    @staticmethod
+    def _is_stream(stream: list[int]) -> bool:
+        return stream[_RUN] >= DETECT or stream[_START] == 0
+
+    def issued(self, key: str, upto: int) -> None:
+        """Read-ahead of ``key`` was issued up to block index ``upto`` (exclusive)."""
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream[_ISSUED] = max(stream[_ISSUED], upto)
 
     def window(self, key: str) -> int:
-        """The current window of ``key`` in bytes (0 if not followed)."""
-        return self._streams.get(key, (0, 0))[1]
+        """The current window of ``key`` in bytes (0 if it is not a stream)."""
+        stream = self._streams.get(key)
+        if stream is None or not self.streaming(key):
+            return 0
+        return min(self.max_window, max(self.block_size, 4 * (stream[_NEXT] - stream[_START])))
 
 
 class StreamReadAhead:
-    """Runs :class:`ReadAhead`: loads the window's blocks RAM lacks on its own pool (best effort)."""
-
-    MAX_TRACKED = 1 << 20  # read-ahead blocks not read yet, remembered for the "never read" counter
+    """Runs :class:`ReadAhead` (see the module docstring); thread-safe."""
 
     def __init__(
         self,
         blocks: BlockMap,
-        ram_bytes: int,
         resident: Callable[[BlockId], bool],
-        load: Callable[[ObjectInfo, list[BlockId]], None],
-        threads: int = 8,
+        fetch: Callable[[ObjectInfo, BlockId, Callable[[BlockId, bytes], None]], object],
+        budget: MemoryBudget | None = None,
+        threads: int = 16,
         max_window: int = 64 << 20,
+        max_in_flight: int = 64 << 20,
+        max_staged: int | None = None,
         max_streams: int = 1024,
     ):
         self.blocks = blocks
-        self.resident, self.load = resident, load
-        self.state = ReadAhead(blocks.block_size, min(max_window, ram_bytes // 4), max_streams)
+        self.resident, self.fetch = resident, fetch
+        self.budget = budget
+        self.state = ReadAhead(blocks.block_size, max_window, max_streams)
+        self.max_in_flight = max(max_in_flight, blocks.block_size)
+        self.max_staged = max(max_window if max_staged is None else max_staged, blocks.block_size)
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="tiercache-readahead")
         self._lock = threading.Condition()
         self._scheduled: set[BlockId] = set()
-        self._unread: dict[BlockId, int] = {}  # read ahead, not read yet (insertion order: oldest first)
-        self._forgotten_unread = 0
-        self.fetched_bytes = self.used_bytes = 0
+        self._wanted: dict[str, list] = {}  # key → [info, next block index to issue, last index wanted]
+        self._in_flight = 0  # bytes
+        self._staged: OrderedDict[BlockId, bytes] = OrderedDict()  # fetched, not taken yet (oldest first)
+        self._staged_bytes = 0
+        self.fetched_bytes = self.used_bytes = self.dropped_bytes = self.peak_in_flight = 0
+        self._closed = False
 
-    def observe(self, info: ObjectInfo, offset: int, end: int) -> None:
-        """A reader read [offset, end) of an object: extend its window and fetch what it now covers."""
+    # ------------------------------------------------------------------ called by the read path
+
+    def observe(self, info: ObjectInfo, offset: int, end: int) -> bool:
+        """A reader read [offset, end) of ``info``: extend its stream's window and fetch what it now covers.
+        True when the read is part of a stream."""
         if info.size <= self.blocks.block_size:
-            return
+            return False
         with self._lock:
             first, last = self.state.on_read(info.key, info.size, offset, end)
-            todo = [b for b in self.blocks.indices(info, first, last)
-                    if b not in self._scheduled and not self.resident(b)]
-            self._scheduled.update(todo)
-        for block in todo:
-            try:
-                self._pool.submit(self._fetch, block, info)
-            except RuntimeError:  # closed
-                return
+            streaming = self.state.streaming(info.key)
+            if first >= last:
+                return streaming
+            self._wanted[info.key] = [info, first, last]
+            todo = self._schedule(info.key)
+        self._submit(todo)
+        return streaming
 
-    def mark_read(self, block: BlockId) -> None:
-        """A reader was served ``block``: if it was read ahead, it was worth it."""
-        if self._unread:
-            with self._lock:
-                size = self._unread.pop(block, None)
-                if size is not None:
-                    self.used_bytes += size
+    def holds(self, block: BlockId) -> bool:
+        """Whether ``block`` waits in the staging area."""
+        return block in self._staged
+
+    def take(self, block: BlockId) -> bytes | None:
+        """The staged bytes of ``block`` (leaving the staging area: the caller admits them), or None."""
+        if block not in self._staged:
+            return None
+        with self._lock:
+            data = self._staged.pop(block, None)
+            if data is None:
+                return None
+            self._unstage(len(data))
+            self.used_bytes += len(data)
+            return data
 
     def window(self, key: str) -> int:
-        """The current window of ``key`` in bytes (0 if not followed)."""
+        """The current window of ``key`` in bytes (0 if it is not a stream)."""
         with self._lock:
             return self.state.window(key)
 
-    def _fetch(self, block: BlockId, info: ObjectInfo) -> None:
-        try:
-            if not self.resident(block):
-                self.load(info, [block])
+    # ------------------------------------------------------------------ fetching
+
+    def _ahead(self, block: BlockId) -> bool:
+        return block in self._scheduled or block in self._staged or self.resident(block)
+
+    def _schedule(self, key: str) -> list[tuple[BlockId, ObjectInfo]]:
+        """The wanted blocks of ``key`` not issued yet that fit in flight now (caller holds the lock)."""
+        wanted = self._wanted[key]
+        info, first, last = wanted
+        todo = []
+        index = first
+        for block in self.blocks.indices(info, first, last):
+            if not self._ahead(block):
                 size = self.blocks.length(info, block)
+                if self._in_flight + size > self.max_in_flight:
+                    break
+                self._scheduled.add(block)
+                self._in_flight += size
+                todo.append((block, info))
+            index = block.index + 1
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        self.state.issued(key, index)
+        wanted[1] = index
+        if index >= last:
+            self._wanted.pop(key, None)
+        return todo
+
+    def _submit(self, todo: list[tuple[BlockId, ObjectInfo]]) -> None:
+        for n, (block, info) in enumerate(todo):
+            try:
+                self._pool.submit(self._fetch, block, info)
+            except RuntimeError:  # closed: nothing will fetch the rest
                 with self._lock:
-                    self.fetched_bytes += size
-                    self._unread[block] = size
-                    while len(self._unread) > self.MAX_TRACKED:  # bounded memory: the oldest stay unread
-                        self._forgotten_unread += self._unread.pop(next(iter(self._unread)))
+                    for rest, rest_info in todo[n:]:
+                        self._scheduled.discard(rest)
+                        self._in_flight -= self.blocks.length(rest_info, rest)
+                    self._lock.notify_all()
+                return
+
+    def _fetch(self, block: BlockId, info: ObjectInfo) -> None:
+        size = self.blocks.length(info, block)
+        try:
+            if not self.resident(block) and not self._closed:
+                self.fetch(info, block, self._keep)
         except Exception as exc:  # noqa: BLE001 - read-ahead is best effort; the reader will fetch itself
             log.debug("read-ahead of %s failed: %s", info.key, exc)
-        finally:
+        todo: list = []
+        with self._lock:
+            self._scheduled.discard(block)
+            self._in_flight -= size
+            if not self._closed:
+                for key in list(self._wanted):  # top up the streams that wait for room in flight
+                    todo += self._schedule(key)
+                    if self._in_flight >= self.max_in_flight:
+                        break
+            self._lock.notify_all()
+        self._submit(todo)
+
+    def _keep(self, block: BlockId, data: bytes) -> None:
+        """Stage fetched bytes (called by the fetch, before a reader waiting on it wakes up)."""
+        if not self.resident(block) and self._reserve(len(data)):
             with self._lock:
-                self._scheduled.discard(block)
-                self._lock.notify_all()
+                self._stage(block, data)
+
+    def _reserve(self, nbytes: int) -> bool:
+        """Room on the memory budget for a staged block (RAM gives some back when it is full)."""
+        budget = self.budget
+        if budget is None or budget.try_reserve(nbytes, "readahead"):
+            return True
+        if budget.reclaimer is not None:
+            budget.reclaimer(nbytes)
+        return budget.try_reserve(nbytes, "readahead")
+
+    def _stage(self, block: BlockId, data: bytes) -> None:
+        """Hold fetched bytes for a reader, dropping the oldest staged past ``max_staged`` (lock held)."""
+        self._staged[block] = data
+        self._staged_bytes += len(data)
+        self.fetched_bytes += len(data)
+        while self._staged_bytes > self.max_staged:
+            _old, dropped = self._staged.popitem(last=False)
+            self._unstage(len(dropped))
+            self.dropped_bytes += len(dropped)
+
+    def _unstage(self, nbytes: int) -> None:
+        self._staged_bytes -= nbytes
+        if self.budget is not None:
+            self.budget.release(nbytes, "readahead")
+
+    # ------------------------------------------------------------------ reporting and lifecycle
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Wait until no read-ahead is scheduled or in flight; False on timeout."""
@@ -138,15 +273,24 @@ class StreamReadAhead:
             return True
 
     def stats(self) -> dict:
-        """Bytes read ahead, those read since, those never read (yet), blocks scheduled or in flight."""
+        """Bytes read ahead, those read since, those dropped unread; staged and in flight (now, at most)."""
         with self._lock:
             return {
                 "readahead_bytes": self.fetched_bytes,
                 "readahead_read_bytes": self.used_bytes,
-                "readahead_unread_bytes": sum(self._unread.values()) + self._forgotten_unread,
-                "readahead_in_flight": len(self._scheduled),
+                "readahead_unread_bytes": self.dropped_bytes + self._staged_bytes,
+                "readahead_staged_bytes": self._staged_bytes,
+                "readahead_in_flight_bytes": self._in_flight,
+                "readahead_peak_in_flight_bytes": self.peak_in_flight,
+                "readahead_max_in_flight_bytes": self.max_in_flight,
             }
 
     def close(self) -> None:
-        """Drop what has not started; wait for what has."""
+        """Drop what has not started, wait for what has, and let go of what is staged."""
+        with self._lock:
+            self._closed = True
+            self._wanted.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            while self._staged:
+                self._unstage(len(self._staged.popitem()[1]))

@@ -1,15 +1,18 @@
-"""The read path over the tier stack: blocks from RAM, else SSD, else one single-flight fetch; ranges.
+"""The read path over the tier stack: blocks from RAM, else read-ahead's staging area, else SSD, else one
+single-flight fetch; ranges.
 
 :class:`BlockReader` turns a byte range of an object into blocks, loads the RAM misses in parallel (on the
 fetch pool, the first on the calling thread), fetches each missing block once however many threads want
-it, and copies a multi-block range once into one buffer. It raises :class:`~tiercache.fetcher.Stale`
-when the object changed; the caller retries through ``Fetcher.fresh``.
+it (read-ahead's fetches included: ``stage``), and copies a multi-block range once into one buffer. It
+raises :class:`~tiercache.fetcher.Stale` when the object changed; the caller retries through
+``Fetcher.fresh``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy
 
@@ -22,36 +25,51 @@ from .tierstack import TierStack
 
 __all__ = ["BlockReader"]
 
-OnRead = Callable[[ObjectInfo, list[BlockId], int, int], None]
+# (info, block ids, offset, end) before each read; True: the read is part of a sequential stream
+OnRead = Callable[[ObjectInfo, list[BlockId], int, int], bool]
+
+
+class Staging(Protocol):
+    """Blocks fetched ahead of their readers, admitted to no tier yet (``readahead.StreamReadAhead``)."""
+
+    def holds(self, block: BlockId) -> bool: ...
+
+    def take(self, block: BlockId) -> bytes | None: ...
 
 
 class BlockReader:
     """Ranges and whole objects through ``tiers``, misses fetched by ``fetcher`` (single-flight)."""
 
     def __init__(self, tiers: TierStack, fetcher: Fetcher, blocks: BlockMap, pool: ThreadPoolExecutor,
-                 on_read: OnRead | None = None, on_served: Callable[[BlockId], None] | None = None):
+                 on_read: OnRead | None = None, on_served: Callable[[BlockId], None] | None = None,
+                 staging: Staging | None = None):
         self.tiers, self.fetcher, self.blocks, self.pool = tiers, fetcher, blocks, pool
         self.flights = SingleFlight()
         self.on_read = on_read
         self.on_served = on_served
+        self.staging = staging
 
-    def read(self, info: ObjectInfo, offset: int, size: int | None) -> bytes | memoryview:
+    def read(self, info: ObjectInfo, offset: int, size: int | None, view: bool = False) -> bytes | memoryview:
         """Bytes [offset, offset+size) of ``info`` (short at EOF). One block: the cached bytes object
-        itself (no copy); several: a memoryview of one buffer filled with a single copy."""
+        itself (no copy), a part of it sliced (``view``: a read-only memoryview of that part, no copy);
+        several: a memoryview of one buffer filled with a single copy."""
         ids = self.blocks.ids(info, offset, size)
         if not ids:
             return b""
         end = info.size if size is None else min(info.size, offset + size)
-        if self.on_read is not None:
-            self.on_read(info, ids, offset, end)
+        # a stream reads each block once, however many reads it takes: its hits do not make a block hot
+        touch = not (self.on_read is not None and self.on_read(info, ids, offset, end))
         if len(ids) > 1:
-            out = self._assemble(ids, info, offset, end)
+            out = self._assemble(ids, info, offset, end, touch)
         else:
             start = offset - self.blocks.start(ids[0])
             out = self._ssd_part(ids[0], info, start, end - offset)
             if out is None:
-                data = self.get_blocks(ids, info, "ram")[0]
-                out = data if start == 0 and len(data) == end - offset else data[start:start + end - offset]
+                data = self.get_blocks(ids, info, "ram", touch=touch)[0]
+                if start == 0 and len(data) == end - offset:
+                    out = data
+                else:
+                    out = (memoryview(data) if view else data)[start:start + end - offset]
         if self.on_served is not None:
             for block in ids:
                 self.on_served(block)
@@ -61,14 +79,14 @@ class BlockReader:
         """Part of a block RAM lacks, from just the SSD pages it needs, while the block has not earned a
         whole read and a place in RAM (``SsdTier.read_part``); None: take the whole-block path."""
         ssd, ram = self.tiers.ssd, self.tiers.ram
-        if ssd is None or ram.contains(block):
+        if ssd is None or ram.contains(block) or (self.staging is not None and self.staging.holds(block)):
             return None
         part = ssd.read_part(block, start, start + length, self.blocks.length(info, block))
         if part is not None:
             ram.count_miss()
         return part
 
-    def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int) -> memoryview:
+    def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int, touch: bool) -> memoryview:
         """A multi-block range copied once into one buffer. Without a RAM tier to promote into, whole
         blocks on the SSD are read straight into that buffer (no intermediate bytes object)."""
         bs = self.blocks.block_size
@@ -85,7 +103,7 @@ class BlockReader:
             landed = self.parallel(lambda b: ssd.get_into(b, target(b)), whole)
             done = {b for b, ok in zip(whole, landed, strict=True) if ok}
             rest = [b for b in ids if b not in done]
-        for block, data in zip(rest, self.get_blocks(rest, info, "ram") if rest else [], strict=True):
+        for block, data in zip(rest, self.get_blocks(rest, info, "ram", touch=touch) if rest else [], strict=True):
             first = block.index * bs
             lo, hi = max(offset, first), min(end, first + len(data))
             view[lo - offset:hi - offset] = memoryview(data)[lo - first:hi - first]
@@ -112,16 +130,17 @@ class BlockReader:
             raise error
         return results
 
-    def get_blocks(self, ids: list[BlockId], info: ObjectInfo, into: str, want: bool = True) -> list[bytes]:
+    def get_blocks(self, ids: list[BlockId], info: ObjectInfo, into: str, want: bool = True,
+                   touch: bool = True) -> list[bytes]:
         """The blocks' bytes; RAM misses are loaded (SSD or store) in parallel.
 
         With ``want=False`` the blocks are only made resident in ``into`` (warm, prefetch) and the list
-        holds what was loaded.
+        holds what was loaded. ``touch=False``: RAM hits leave the blocks' eviction rank alone (a stream).
         """
         out: list[bytes | None] = [None] * len(ids)
         if want:
             for i, block in enumerate(ids):
-                out[i] = self.tiers.ram.get(block)
+                out[i] = self.tiers.ram.get(block, touch=touch)
             todo = [i for i, data in enumerate(out) if data is None]
         else:
             todo = [i for i, block in enumerate(ids) if not self.tiers.contains(block, into)]
@@ -131,9 +150,27 @@ class BlockReader:
         return out  # type: ignore[return-value]
 
     def _load(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
-        """A RAM miss: the SSD tier (promoting a hit to RAM), else a single-flight fetch."""
+        """A RAM miss: read-ahead's staged copy or the SSD tier's (admitted to RAM now), else a
+        single-flight fetch."""
+        data = self.staging.take(block) if self.staging is not None else None
+        if data is not None:
+            self.tiers.admit(block, data, into)
+            return data
         data = self.tiers.below_ram(block)
         return data if data is not None else self.fetch(block, info, into)
+
+    def stage(self, block: BlockId, info: ObjectInfo, keep: Callable[[BlockId, bytes], None]) -> None:
+        """For read-ahead: the block's bytes from the SSD tier or one single-flight GET, admitted to no tier
+        but handed to ``keep`` (the staging area) before any reader waiting on the same fetch wakes up;
+        nothing when a reader's own fetch of the block was already under way (that reader admits it)."""
+
+        def once() -> bytes:
+            data = self.tiers.peek_below_ram(block)
+            data = data if data is not None else self.fetcher.get(block, info)
+            keep(block, data)
+            return data
+
+        self.flights.execute(block, once)
 
     def fetch(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
         """Single-flight: the first caller GETs the block (unless a tier got it meanwhile), the others
@@ -147,6 +184,9 @@ class BlockReader:
             return data
 
         data, shared = self.flights.execute(block, once)
-        if shared and not self.tiers.contains(block, into):
-            self.tiers.admit(block, data, into)
+        if shared:
+            if self.staging is not None:  # read-ahead's fetch: this reader takes the block from staging
+                self.staging.take(block)
+            if not self.tiers.contains(block, into):
+                self.tiers.admit(block, data, into)
         return data

@@ -1,8 +1,10 @@
 """The tier stack: RAM over SSD as one cache (lookup with promotion, admission, demotion, residency).
 
-The SSD tier is optional. Admission "ram" places a block in RAM and writes it through to the SSD tier (off
-the read path when RAM holds it); "ssd" places it in the SSD tier only (in RAM when there is no SSD tier).
-RAM evictions are demoted to the SSD tier when it lacks them. Residency questions go to each tier's own
+The SSD tier is optional. Admission "ram" places a block in RAM and writes it through to the SSD tier off
+the read path (the SSD write queue); "ssd" places it in the SSD tier only, synchronously (warm jobs; in RAM
+when there is no SSD tier). RAM evictions are demoted to the SSD tier, through the same queue, when it lacks
+them. Under pressure (the queue full, or the memory budget) the SSD copy is dropped and counted
+(``ssd_admission_dropped``): a reader never waits for an SSD write. Residency questions go to each tier's own
 index.
 """
 
@@ -50,6 +52,10 @@ class TierStack:
             self.ram.put(block, data)
         return data
 
+    def peek_below_ram(self, block: BlockId) -> bytes | None:
+        """The SSD tier's copy of ``block`` without promoting it or counting a lookup; None without one."""
+        return self.ssd.get(block, count=False) if self.ssd is not None else None
+
     def contains(self, block: BlockId, tier: str = "any") -> bool:
         """Whether ``block`` is resident in ``tier`` ("ram", "ssd": the lowest tier there is, "any")."""
         if tier == "ram":
@@ -59,21 +65,49 @@ class TierStack:
         return self.ram.contains(block) or (self.ssd is not None and self.ssd.contains(block))
 
     def admit(self, block: BlockId, data: bytes, into: str) -> None:
-        """Place fetched bytes: "ram" = RAM and (write-through) SSD; "ssd" = SSD only (RAM without one)."""
+        """Place fetched bytes: "ram" = RAM and SSD through the write queue (dropped under pressure);
+        "ssd" = SSD only, written before this returns (RAM without an SSD tier)."""
         in_ram = (into == "ram" or self.ssd is None) and self.ram.put(block, data)
         if self.ssd is None or self.ssd.contains(block):
             return
-        if not (in_ram and self.ssd.put_async(block, data)):  # off the read path when RAM holds it
+        if into == "ssd":
             self.ssd.put(block, data)
+        elif not self._queue(block, data, charge=not in_ram):
+            self.counters.add("ssd_admission_dropped")
+
+    def _queue(self, block: BlockId, data: bytes, charge: bool) -> bool:
+        """Hand a block to the SSD write queue; ``charge``: RAM does not hold it, so the queue's copy counts
+        against the memory budget. False when it was dropped."""
+        if not self.ssd.put_async(block, data):
+            return False
+        return not charge or self.ssd.queue.charge(block)
 
     def demote(self, evicted: list[tuple[BlockId, bytes]]) -> None:
-        """RAM evictions go to the SSD tier when it lacks them."""
+        """RAM evictions go to the SSD tier (queued) when it lacks them; a block RAM let go of while still
+        queued now counts against the budget in the queue."""
         if self.ssd is None:
             return
         for block, data in evicted:
-            if not self.ssd.contains(block):
-                self.ssd.put(block, data)
-                self.counters.add("demotions")
+            if block in self.ssd.queue:
+                if not self.ssd.queue.charge(block):
+                    self.counters.add("ssd_admission_dropped")
+            elif not self.ssd.contains(block):
+                if self._queue(block, data, charge=True):
+                    self.counters.add("demotions")
+                else:
+                    self.counters.add("ssd_admission_dropped")
+
+    def keep_ram(self) -> int:
+        """Write the RAM blocks the SSD tier lacks (dropped under pressure on their way) to it, now; for
+        close, off every read path. Returns the blocks written."""
+        if self.ssd is None:
+            return 0
+        written = 0
+        for block in self.ram.blocks(lambda b: not self.ssd.contains(b)):
+            data = self.ram.get(block, count=False, touch=False)
+            if data is not None and self.ssd.put(block, data):
+                written += 1
+        return written
 
     def ssd_blocks_under(self, prefix: str) -> list[BlockId]:
         """The SSD tier's blocks at or below ``prefix``."""

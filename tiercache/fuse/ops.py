@@ -10,7 +10,6 @@ daemon.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -18,7 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import IsADirectory, ReadOnly
+import numpy
+
+from ..errors import IsADirectory, ReadOnly, StaleVersion
 from ..merged_view import MergedView
 from . import binding
 from .attr_ops import AttributeOps
@@ -40,17 +41,31 @@ log = logging.getLogger(__name__)
 # sequential reader to one or two cache blocks being fetched at a time; more lets the read-ahead window's
 # blocks be fetched in parallel (the FUSE worker threads each fetch one).
 MAX_BACKGROUND = 64
-def _handoff(data: bytes | bytearray | memoryview) -> bytes | ctypes.Array:
-    """The bytes of a READ reply as the binding takes them (it copies ``len(x)`` bytes from ``x`` into
-    libfuse's reply buffer), without a copy here: bytes (a cached block, or a slice of one) as they are; a
-    writable buffer (the cache's assembled multi-block ranges) as a ctypes array over the same memory; only
-    a read-only view is copied."""
+class _Reply:
+    """A READ reply as the binding takes it (``len(reply)``, then ``ctypes.memmove(buf, reply, len)``
+    into libfuse's reply buffer): the address of bytes held elsewhere, kept alive with their owner."""
+
+    __slots__ = ("_as_parameter_", "_length", "_owner")
+
+    def __init__(self, owner: object, address: int, length: int):
+        self._owner, self._as_parameter_, self._length = owner, address, length
+
+    def __len__(self) -> int:
+        return self._length
+
+
+def _handoff(data: bytes | bytearray | memoryview) -> bytes | _Reply:
+    """The bytes of a READ reply without a copy here (the binding's copy into libfuse's buffer is the only
+    one): bytes (a cached block) as they are; any contiguous buffer, read-only views of cached blocks
+    included, by its address; only a non-contiguous view is copied."""
     if isinstance(data, bytes):
         return data
     view = memoryview(data)
-    if view.readonly or not view.c_contiguous:
+    if not view.c_contiguous:
         return view.tobytes()
-    return (ctypes.c_char * view.nbytes).from_buffer(view.cast("B"))
+    if not view.nbytes:
+        return b""
+    return _Reply(view, numpy.frombuffer(view.cast("B"), numpy.uint8).ctypes.data, view.nbytes)
 
 
 class TiercacheOps(PosixOps, AttributeOps, DirectoryOps, fuse.Operations):
@@ -186,7 +201,7 @@ class TiercacheOps(PosixOps, AttributeOps, DirectoryOps, fuse.Operations):
         return fh
 
     @_errno_op
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | ctypes.Array:
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | _Reply:
         """pread(2): short at end of file. A read handle reads its version; otherwise written-but-not-uploaded
         bytes first, then the cache."""
         if self._is_write(fh):
@@ -199,7 +214,7 @@ class TiercacheOps(PosixOps, AttributeOps, DirectoryOps, fuse.Operations):
             data = self.writes.read_pending(key, offset, size)
             if data is not None:
                 return _handoff(data)
-        return _handoff(self.cache.read(key, offset, size))
+        return _handoff(self.cache.read(key, offset, size, view=True))
 
     @_errno_op
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
@@ -275,12 +290,38 @@ class ReadOnlyOps(TiercacheOps):
     unlink = rename = mkdir = rmdir = chmod = chown = utimens = symlink = link = mknod = None
     getxattr = setxattr = listxattr = removexattr = None
 
+    INFOS = 4096  # object infos remembered for READ (immutable data: an info stays right)
+
     def __init__(self, cache: Any, writes: Any | None, **kwargs: Any):
         super().__init__(cache, writes, readonly=True, **kwargs)
+        self._infos: dict[str, Any] = {}
 
     def open(self, path: str, flags: int) -> int:
         """ENOSYS: the kernel then opens files without asking again (no OPEN, no RELEASE requests)."""
         raise fuse.FuseOSError(errno.ENOSYS)
+
+    @_errno_op
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | _Reply:
+        """pread(2) of immutable data: the object's info is looked up once (not per READ); a version the
+        store no longer holds is forgotten and the read goes through the namespace again."""
+        key = _key(path)
+        if self.writes is not None:
+            data = self.writes.read_pending(key, offset, size)
+            if data is not None:
+                return _handoff(data)
+        namespace = getattr(self.cache, "namespace", None)
+        info = self._infos.get(key)
+        if info is None and namespace is not None:
+            info = namespace.info(key, revalidate=False)
+            if len(self._infos) >= self.INFOS:
+                self._infos.clear()
+            self._infos[key] = info
+        if info is not None:
+            try:
+                return _handoff(self.cache.read_version(info, offset, size, view=True))
+            except StaleVersion:
+                self._infos.pop(key, None)
+        return _handoff(self.cache.read(key, offset, size, view=True))
 
 
 def make_ops(cache: Any, writes: Any | None, *, readonly: bool, immutable: bool = True,

@@ -154,7 +154,7 @@ class PosixOps:
         renamed — unlinked while open is a rename to libfuse's .fuse_hidden name — its bytes are at its
         new name (the rename's copy ran before the old name's delete): read them there."""
         try:
-            return self.cache.read_version(version, offset, size)
+            return self.cache.read_version(version, offset, size, view=True)
         except (StaleVersion, NotFound):
             if not key or key == version.key:
                 raise
@@ -162,7 +162,7 @@ class PosixOps:
             data = self.writes.read_pending(key, offset, size)
             if data is not None:
                 return data
-        return self.cache.read(key, offset, size)
+        return self.cache.read(key, offset, size, view=True)
 
     # ---------------------------------------------------------------- attributes: files in their objects
     # (attr_ops.py), directories and ctime/atime in the overlay

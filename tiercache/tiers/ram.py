@@ -47,8 +47,9 @@ class RamTier:
         self._lock = threading.Lock()
         self.hits = self.misses = self.bytes_served = self.evictions = self.evicted_bytes = self.rejected = 0
 
-    def get(self, block: BlockId, count: bool = True) -> bytes | None:
-        """The block's bytes or None; ``count=False`` leaves the hit/miss counters alone (re-checks)."""
+    def get(self, block: BlockId, count: bool = True, touch: bool = True) -> bytes | None:
+        """The block's bytes or None; ``count=False`` leaves the hit/miss counters alone (re-checks),
+        ``touch=False`` the policy (a sequential stream's reads of a block are one use, not many)."""
         with self._lock:
             data = self._blocks.get(block)
             if data is None:
@@ -57,7 +58,8 @@ class RamTier:
             if count:
                 self.hits += 1
                 self.bytes_served += len(data)
-            self.policy.on_access(block)
+            if touch:
+                self.policy.on_access(block)
             return data
 
     def count_miss(self) -> None:

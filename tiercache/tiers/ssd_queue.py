@@ -1,6 +1,10 @@
 """The SSD tier's write queue: blocks handed over with ``put_async``, written by one background thread,
-readable while they wait; bounded in bytes, and its bytes count against the memory budget when there is one
-(a full queue refuses, it never blocks the reader)."""
+readable while they wait; bounded in bytes (a full queue refuses, it never blocks the reader).
+
+Memory: a queued block's bytes are, by ``put_async``'s contract, the same object another tier (RAM) holds,
+so they are not counted against the memory budget twice: an entry is uncharged until ``charge(block)``
+moves it onto the budget (the cache does so when RAM lets go of the block while it is still queued, or
+queues a block RAM does not hold); a charge that does not fit drops the entry."""
 
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ class WriteQueue:
         self._write = write
         self._cond = threading.Condition(lock)
         self._queue: OrderedDict[BlockId, bytes] = OrderedDict()
+        self._charged: set[BlockId] = set()  # entries counted against the budget
         self.bytes = 0
+        self.dropped = 0  # charges that did not fit (the SSD copy was dropped)
         self._writer: threading.Thread | None = None
         self._stop = False
 
@@ -42,10 +48,9 @@ class WriteQueue:
         return list(self._queue)
 
     def add(self, block: BlockId, data: bytes) -> bool:
-        """Queue a block; False when closed or when it would pass ``limit`` bytes."""
+        """Queue a block (uncharged: see the module docstring); False when closed or when it would pass
+        ``limit`` bytes."""
         if self._stop or self.bytes + len(data) > self.limit:
-            return False
-        if self.budget is not None and not self.budget.try_reserve(len(data), "ssd_queue"):
             return False
         self._queue[block] = data
         self.bytes += len(data)
@@ -55,13 +60,35 @@ class WriteQueue:
         self._cond.notify()
         return True
 
+    def charge(self, block: BlockId) -> bool:
+        """Count a queued block against the budget (no other tier holds its bytes now); takes the lock
+        itself. When the budget is full the budget's reclaimer (RAM) is asked for room once; False when it
+        still does not fit: the entry is then dropped (the SSD copy is lost, nothing else). True when the
+        block is not queued (already written) or already charged."""
+        for attempt in (0, 1):
+            with self._cond:
+                data = self._queue.get(block)
+                if data is None or block in self._charged or self.budget is None:
+                    return True
+                if self.budget.try_reserve(len(data), "ssd_queue"):
+                    self._charged.add(block)
+                    return True
+                if attempt:
+                    self.remove(block)
+                    self.dropped += 1
+                    return False
+            if self.budget.reclaimer is not None:  # outside the lock: RAM's evictions come back here
+                self.budget.reclaimer(len(data))
+        return False
+
     def remove(self, block: BlockId) -> int:
         """Unqueue a block (its write, if not begun, is skipped); returns its size (0 if not queued)."""
         data = self._queue.pop(block, None)
         if data is None:
             return 0
         self.bytes -= len(data)
-        if self.budget is not None:
+        if block in self._charged:
+            self._charged.discard(block)
             self.budget.release(len(data), "ssd_queue")
         return len(data)
 
