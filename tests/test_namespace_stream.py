@@ -246,3 +246,38 @@ def test_no_python_object_per_listed_object(tmp_path, record_property):
     record_property("rss_anon_bytes_per_listed_object", rss)
     assert blocks < 0.05, blocks  # was ~1.0 (a name string in a dict per object)
     assert rss < 150, rss  # issue 12's target, per listed object beyond a fixed base
+
+
+def _restart_reads(tmp_path, n: int, monkeypatch) -> int:
+    """Records read by a reopened namespace to answer a stat, a lookup of a missing file and one listdir."""
+    keys = [f"d{d:03d}/f{f:05d}" for d in range(10) for f in range(n // 10)] + ["small/a", "small/b"]
+    meta = Meta(tmp_path / f"restart{n}")
+    ns = Namespace(GatedStore(keys), meta, ttl=600)
+    assert sum(1 for _ in ns.files("")) == len(keys)  # the whole listing done
+    ns.close()
+    walked = [0]
+    original = NamespaceIndex.walk
+
+    def counting(self, *args, **kwargs):
+        for item in original(self, *args, **kwargs):
+            walked[0] += 1
+            yield item
+
+    monkeypatch.setattr(NamespaceIndex, "walk", counting)
+    store = GatedStore(keys)
+    ns = Namespace(store, meta, ttl=600)
+    before = meta.reads["objects"] + meta.reads["listings"]
+    assert ns.stat(keys[n // 2]).size == len(keys[n // 2])
+    assert not ns.exists("d004/missing") and ns.listdir("small") == ["a", "b"]
+    reads = meta.reads["objects"] + meta.reads["listings"] - before + walked[0]
+    assert store.calls == [] and ns.stats()["lists"] == 0  # nothing listed again
+    monkeypatch.setattr(NamespaceIndex, "walk", original)
+    meta.close()
+    return reads
+
+
+def test_restart_reads_the_same_few_records_at_any_size(tmp_path, monkeypatch):
+    """A reopened namespace loads nothing per object: its first answers read as many records at 20 K objects
+    as at 2 K (the old one read every record back into memory at its first use)."""
+    small, large = _restart_reads(tmp_path, 2_000, monkeypatch), _restart_reads(tmp_path, 20_000, monkeypatch)
+    assert small == large and small < 20, (small, large)  # 7 and 7 here
