@@ -27,11 +27,11 @@ from .namespace_index import MARK, NamespaceIndex, below
 from .namespace_records import INFO, TIME, encode, keep_metadata, key_problem, parent_of
 from .store.base import ObjectInfo, ObjectStore
 from .store.walk import Unit, Walk, complete, complete_below
-from .tiers.meta import Meta
+from .tiers.meta import RAW_KEY_MAX, Meta
 
 log = logging.getLogger("tiercache.namespace")
 
-BATCH = 2000
+BATCH = 5000
 LISTED = struct.Struct("<dQQ")  # a listing's record: when it started, files and directories it found
 
 
@@ -102,8 +102,8 @@ class ListingJob:
                 if part.started and unit is not None:
                     with self.cond:
                         self.units.append(unit)
-                for info in part.infos or ():
-                    self._take(info, unit)
+                if part.infos:
+                    self._take(part.infos, unit)
                 if part.finished and unit is not None:
                     self._ended.append(unit)
                 if len(self._batch) >= BATCH:
@@ -129,29 +129,37 @@ class ListingJob:
             self._new_dirs.append(path)
             path = parent_of(path)
 
-    def _take(self, info: ObjectInfo, unit: Unit | None) -> None:
-        key = info.key
-        if self._hidden is not None and self._hidden(key):  # asked outside our lock: it takes the write tier's
-            return
-        if key.endswith("/") and key != "/":
-            path = key[:-1]
-            problem = key_problem(path)
+    def _take(self, infos: list[ObjectInfo], unit: Unit | None) -> None:
+        """Take one chunk of a unit's infos into the batch (the rules in the module docstring)."""
+        hidden, dirs, batch, bad = self._hidden, self.dirs, self._batch, self.bad
+        floor = len(self.top)
+        last = None
+        for info in infos:
+            key = info.key
+            if hidden is not None and hidden(key):  # asked outside our lock: it takes the write tier's
+                continue
+            if key.endswith("/") and key != "/":
+                path = key[:-1]
+                problem = key_problem(path)
+                if problem:
+                    bad.append((key, problem))
+                else:
+                    self._markers.append(path)
+                    self._dir(path)
+                continue
+            problem = key_problem(key)
+            if problem is None and key in dirs:
+                problem = "is also a directory (the directory wins)"
             if problem:
-                self.bad.append((key, problem))
-            else:
-                self._markers.append(path)
-                self._dir(path)
-            return
-        problem = key_problem(key)
-        if problem is None and key in self.dirs:
-            problem = "is also a directory (the directory wins)"
-        if problem:
-            self.bad.append((key, problem))
-            return
-        self._dir(parent_of(key))
-        self._batch.append(info)
-        if unit is not None:
-            self._last[id(unit)] = (unit, key)
+                bad.append((key, problem))
+                continue
+            parent = key.rpartition("/")[0]
+            if len(parent) > floor and parent not in dirs:
+                self._dir(parent)
+            batch.append(info)
+            last = key
+        if unit is not None and last is not None:
+            self._last[id(unit)] = (unit, last)
 
     def _commit(self, publish: bool = True) -> None:
         """Write the batch in one transaction, then (``publish``) tell the waiters how far each unit has got."""
@@ -162,18 +170,24 @@ class ListingJob:
         with self.cond:
             if batch or markers or new_dirs:
                 with self.meta.write() as txn:
+                    overlay, fresh, started, removed = self.overlay, self._fresh, self.started, self.removed
+                    put = txn.txn.put  # a plain LMDB put for keys short enough to be stored as themselves
                     for info in batch:
-                        if self.removed is not None and self.removed(info.key):
+                        if removed is not None and removed(info.key):
                             continue  # deleted while the listing was out: the listing predates it
-                        pending = self.overlay.get(info.key) if self.overlay else None
+                        pending = overlay.get(info.key) if overlay else None
                         if pending is not None:
                             if pending.etag == info.etag:
-                                del self.overlay[info.key]
+                                del overlay[info.key]
                             else:
                                 info = pending
-                        if not self._fresh:
-                            info = keep_metadata(txn.get(info.key.encode(), db=objects), info)
-                        txn.put(info.key.encode(), encode(info, self.started), db=objects)
+                        key = info.key.encode()
+                        if not fresh:
+                            info = keep_metadata(txn.get(key, db=objects), info)
+                        if len(key) <= RAW_KEY_MAX:
+                            put(key, encode(info, started), db=objects)
+                        else:
+                            txn.put(key, encode(info, started), db=objects)
                     for path in markers:
                         txn.put(MARK + path.encode(), stamp, db=listings)
                     for path in new_dirs:  # a file where a directory now is: the directory wins

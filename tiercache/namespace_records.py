@@ -3,6 +3,7 @@ one object's info (size, mtime, fetch time, mode, uid, gid, flags, etag)."""
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,8 +38,14 @@ def normalize(path: str) -> str:
     return path
 
 
+_SUSPECT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|\0")  # an empty, "." or ".." segment, or a NUL
+
+
 def key_problem(key: str) -> str | None:
     """Why ``key`` cannot be a POSIX path below the root, or None if it can."""
+    # the common case, in one regex scan: no segment can reach 255 bytes (UTF-8: 4 bytes a character at most)
+    if (len(key) <= 63 or (len(key) <= 255 and key.isascii())) and _SUSPECT.search(key) is None:
+        return None
     if "\0" in key:
         return "contains NUL"
     for segment in key.split("/"):
