@@ -9,16 +9,12 @@ Rules for keys that are not plain paths:
 * a key that is both a file and a prefix of other keys ("a" and "a/b"): the directory wins and the
   file "a" is skipped with a warning.
 
-The index of record is LMDB (``namespace_index``): one record per file, nothing per object in memory, so a
-restart opens it and serves at once. The first listing streams in (``namespace_ingest``, walked in parallel
-by prefix where the store allows, ``store.walk``): a directory answers as soon as the walk has passed it,
-before the whole store is listed.
-
-Metadata is trusted for ``ttl`` seconds after it was fetched (by LIST or HEAD, or confirmed by a
-conditional GET — see :meth:`Namespace.confirm`). After that a directory is listed again on its next use
-(in the background, serving the old listing meanwhile, when it holds more than ``BACKGROUND_FILES`` files)
-and a file's info is revalidated with a HEAD. A restart within the TTL lists nothing; one after it serves
-the old listing of a big tree while it lists again in the background.
+The index of record is LMDB (``namespace_index``): nothing per object in memory, so a restart opens it and
+serves at once. The first listing streams in (``namespace_ingest``, in parallel by prefix where the store
+allows, ``store.walk``): a directory answers as soon as the walk has passed it. Metadata is trusted for
+``ttl`` seconds after it was fetched (by LIST or HEAD, or confirmed by a conditional GET, ``confirm``); then
+a directory is listed again on its next use (in the background, serving the old listing meanwhile, when it
+holds more than ``BACKGROUND_FILES`` files) and a file's info is revalidated with a HEAD.
 """
 
 from __future__ import annotations
@@ -210,27 +206,18 @@ class Namespace:
         for name, raw in self.index.directory(path):
             yield name, (decode(f"{path}/{name}" if path else name, raw)[0] if raw else None)
 
-    def _kind(self, path: str) -> tuple[str | None, bytes | None]:
-        """("file", its record), ("dir", None) or (None, None), as the index has it now."""
-        if not path:
-            return "dir", None
-        raw = self.index.get(path)
-        if raw is not None:
-            return "file", raw
-        return ("dir" if self.index.is_dir(path) else None), None
-
     def _lookup(self, path: str) -> tuple[str | None, bytes | None]:
-        """As ``_kind``; for a path not found, after the first listing has passed its directory or its
+        """As ``index.kind``; for a path not found, after the first listing has passed its directory or its
         stale listing was refreshed once."""
         self._ensure_loaded()
-        kind = self._kind(path)
+        kind = self.index.kind(path)
         if kind[0] is not None:
             return kind
         parent = parent_of(path)
         if self._dir_fresh(parent):
             return kind
         self._settle(parent)
-        return self._kind(path)
+        return self.index.kind(path)
 
     def info(self, path: str, revalidate: bool = True) -> ObjectInfo:
         """ObjectInfo of the file at ``path`` (HEAD first if its metadata expired and ``revalidate``)."""

@@ -95,6 +95,13 @@ class NamespaceIndex:
             cursor = txn.cursor(db=db)
             return cursor.set_range(prefix) and cursor.key().startswith(prefix)
 
+    def kind(self, path: str) -> tuple[str | None, bytes | None]:
+        """("file", its record), ("dir", None) or (None, None)."""
+        raw = self.get(path) if path else None
+        if raw is not None:
+            return "file", raw
+        return ("dir" if self.is_dir(path) else None), None
+
     def is_dir(self, path: str) -> bool:
         """Whether ``path`` is a directory: the root, a prefix of a file, or a marked empty directory."""
         if not path:
