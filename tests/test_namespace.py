@@ -124,6 +124,7 @@ def test_listing_is_cached_in_lmdb_across_restarts(tmp_path):
     meta = Meta(tmp_path / "meta")
     ns = Namespace(store, meta, ttl=60, clock=clock)
     assert ns.listdir("train/cat") == ["1.jpg", "2.jpg"]
+    ns.close()  # as the cache closes it: a listing still running ends (or stops) before the index closes
     assert store.lists == 1
     meta.close()
     meta = Meta(tmp_path / "meta")

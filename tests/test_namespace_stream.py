@@ -183,11 +183,12 @@ def test_restart_does_not_relist(bucket, tmp_path):
 
 def test_restart_past_the_ttl_serves_the_old_listing_while_it_relists(tmp_path, monkeypatch):
     monkeypatch.setattr(namespace_module, "BACKGROUND_FILES", 50)
-    keys = tree(4, 30)
+    keys = tree(4, 80)
     clock = [1000.0]
     meta = Meta(tmp_path / "meta")
     ns = Namespace(GatedStore(keys), meta, ttl=10, clock=lambda: clock[0])
-    assert len(ns.listdir("d002")) == 30
+    assert len(ns.listdir("d002")) == 80
+    ns.close()
     meta.close()
     clock[0] += 100  # expired: the big root is listed again in the background
     store = GatedStore(keys + ["d002/new"], gate_at="d000/")
@@ -195,6 +196,8 @@ def test_restart_past_the_ttl_serves_the_old_listing_while_it_relists(tmp_path, 
     ns = Namespace(store, meta, ttl=10, clock=lambda: clock[0])
     assert ns.stat("d001/f0001").size == len("d001/f0001")  # answered from the old listing
     assert store.reached.wait(10) and not store.gate.is_set()
+    assert len(ns.listdir("d001")) == 80  # big and stale, but below the root's relist: no second listing
+    assert store.calls == [("list", "")]
     store.gate.set()
     for _ in range(100):
         if not ns.stats()["listing"]:

@@ -107,18 +107,19 @@ class Namespace:
         job.thread.start()
         return job
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop the listings still running and wait for their threads (before the LMDB env closes)."""
+    def close(self, grace: float = 2.0, timeout: float = 10.0) -> None:
+        """Let running listings end within ``grace`` seconds, stop the others, join their threads."""
         with self._lock:
             jobs = list(self._jobs.values())
+        deadline = time.monotonic() + grace
         for job in jobs:
-            job.walk.close()
+            if not job.finished.wait(max(0.0, deadline - time.monotonic())):
+                job.walk.close()
         for job in jobs:
             if job.thread is not None:
                 job.thread.join(timeout)
 
-    def _ended(self, job: ListingJob) -> None:
-        """A listing ended (called with the lock held, before its waiters wake)."""
+    def _ended(self, job: ListingJob) -> None:  # with the lock held, before the job's waiters wake
         prefix = below(job.top).decode()
         self._jobs.pop(job.top, None)
         self.removals.end(job.token)
@@ -165,15 +166,15 @@ class Namespace:
         """List ``path`` again: in the foreground, or in the background for big subtrees (serving stale)."""
         background = self.index.count_below(path, BACKGROUND_FILES + 1) > BACKGROUND_FILES
         with self._lock:
-            job = self._jobs.get(path) or self._start(path)
+            job = self._jobs.get(path)
+            if job is None and background and any(path.startswith(below(top).decode()) for top in self._jobs):
+                return  # a listing above it is running already: the old listing serves meanwhile
+            job = job or self._start(path)
         if not background:
             self._wait(job, None)
 
     def _nearest_dir(self, path: str) -> str:
-        for d in (path, *ancestors(path)):
-            if self.index.is_dir(d):
-                return d
-        return ""
+        return next((d for d in (path, *ancestors(path)) if self.index.is_dir(d)), "")
 
     # ------------------------------------------------------------------ queries
 
