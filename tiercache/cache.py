@@ -45,6 +45,7 @@ from .plans import PlanBook
 from .prefetch import HintedPrefetch, Prefetcher
 from .readahead import StreamReadAhead
 from .readpath import BlockReader
+from .statsrecords import PlanRow
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId
 from .tiers.budget import MemoryBudget
@@ -357,9 +358,10 @@ class TieredCache:
         """Each live plan: client, files, position, lead (files, bytes ahead), hit rate since it started."""
         leads = self.prefetcher.leads()
         out = []
-        for plan in self.plans.stats():
+        for plan in self.plans.stats():  # one typed record on both sides of the JSON (statsrecords.PlanRow)
             files, nbytes = leads.get(plan.client, (0, 0))
-            out.append({**plan.__dict__, "lead_files": files, "lead_bytes": nbytes})
+            row = PlanRow(**dataclasses.asdict(plan), lead_files=files, lead_bytes=nbytes)
+            out.append(dataclasses.asdict(row))
         return out
 
     # ------------------------------------------------------------------ stats and lifecycle

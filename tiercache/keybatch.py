@@ -167,11 +167,12 @@ class KeyBatch:
             np.array_equal(self.starts[1:], self.ends[:-1] + 1)
 
     def take(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The keys at ``indices`` (ascending), each followed by a newline byte (uint8), and their lengths."""
+        """The keys at ``indices`` (ascending), each followed by a newline byte (uint8; the very last one may
+        be left out), and their lengths."""
         lengths = self.lengths[indices]
         if self._newline_joined():
-            if len(indices) == len(self):  # every key (ascending indices, so in order)
-                return np.concatenate([self.data, np.full(1, _NEWLINE, np.uint8)]), lengths
+            if len(indices) == len(self):  # every key (ascending indices, so in order): the buffer itself
+                return self.data, lengths  # (the last key's newline left implicit)
             chosen = np.zeros(len(self), bool)
             chosen[indices] = True
             keep = np.repeat(chosen, self.lengths + 1)  # each chosen key's bytes and the newline after it
@@ -198,11 +199,23 @@ class KeyBatch:
         out = np.empty(len(self), np.int64)
         if not len(self):
             return out
-        padded = np.concatenate([self.data, np.zeros(8, np.uint8)])
-        # every byte offset as the start of a little-endian 64-bit word (an unaligned view, no copy)
-        words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded.data, strides=(1,))
-        for lo in range(0, len(self), _VECTOR):
-            out[lo:lo + _VECTOR] = _hash_words(words, self.starts[lo:lo + _VECTOR], self.lengths[lo:lo + _VECTOR])
+        lengths = self.lengths
+        # keys whose last word would run past the buffer's end (the last few): hashed from a padded copy
+        tail = np.flatnonzero(self.starts + (lengths + 7) // 8 * 8 > len(self.data))
+        inside = np.ones(len(self), bool)
+        inside[tail] = False
+        if len(self.data) >= 8:
+            # every byte offset as the start of a little-endian 64-bit word (an unaligned view, no copy)
+            words = np.ndarray(shape=(len(self.data) - 7,), dtype="<u8", buffer=self.data, strides=(1,))
+            rows = np.flatnonzero(inside) if len(tail) else None
+            for lo in range(0, len(self) if rows is None else len(rows), _VECTOR):
+                at = slice(lo, lo + _VECTOR) if rows is None else rows[lo:lo + _VECTOR]
+                out[at] = _hash_words(words, self.starts[at], lengths[at])
+        if len(tail):
+            base = int(self.starts[tail].min())
+            padded = np.concatenate([self.data[base:], np.zeros(8, np.uint8)])
+            words = np.ndarray(shape=(len(padded) - 7,), dtype="<u8", buffer=padded, strides=(1,))
+            out[tail] = _hash_words(words, self.starts[tail] - base, lengths[tail])
         return out
 
     def rows_needing_normalisation(self, inner: bool = True) -> np.ndarray:

@@ -105,7 +105,10 @@ class KeyTable:
                 all_hashes, all_ids = np.insert(snap.hashes, at, new_hashes), np.insert(snap.ids, at, new_ids)
             else:
                 all_hashes, all_ids = new_hashes, new_ids
-            blob = np.concatenate([snap.blob, blob]) if len(snap.blob) else blob
+            if len(snap.blob) < snap.offsets[-1]:  # its last key's newline was left implicit
+                blob = np.concatenate([snap.blob, np.full(1, 10, np.uint8), blob])
+            elif len(snap.blob):
+                blob = np.concatenate([snap.blob, blob])
             snap = _Snapshot(all_hashes, all_ids, offsets, blob)
             self._snap = snap
             ids[unknown] = new_ids[np.cumsum(np.concatenate([[0], (sorted_new[1:] != sorted_new[:-1])]))]
