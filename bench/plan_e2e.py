@@ -148,7 +148,8 @@ def summarize(outs: list[dict], wall: float, stats: dict, epochs: int) -> dict:
     return {"epochs": per_epoch, **figures(every), "wall_s": wall,
             "loader_wait_s": sum(e["waited_s"] for o in outs for e in o["epochs"]),
             "backend_gets": stats["backend"]["gets"], "ram_hit_rate": stats["ram"]["hit_rate"],
-            "plans_seen": [{k: p[k] for k in ("client", "files", "position", "hit_rate")} for p in stats["plans"]]}
+            "prefetched_mib": stats["prefetcher"].get("prefetched_bytes", 0) / 2**20,
+            "prefetched_unread_mib": stats["prefetcher"].get("prefetched_unread_bytes", 0) / 2**20}
 
 
 def main() -> None:
@@ -189,7 +190,8 @@ def main() -> None:
     print(f"{'':<22}{'no plans':>10}{'plans':>10}{'ratio':>8}")
     for label, key in (("read mean ms", "mean_ms"), ("read p50 ms", "p50_ms"), ("read p95 ms", "p95_ms"),
                        ("read p99 ms", "p99_ms"), ("loader wait s", "loader_wait_s"), ("wall s", "wall_s"),
-                       ("GETs", "backend_gets"), ("RAM hit rate", "ram_hit_rate")):
+                       ("GETs", "backend_gets"), ("RAM hit rate", "ram_hit_rate"),
+                       ("prefetched MiB", "prefetched_mib"), ("... never read MiB", "prefetched_unread_mib")):
         b, n = base[key], new[key]
         print(f"{label:<22}{b:>10.2f}{n:>10.2f}{(b / n if n else float('inf')):>8.1f}")
     for e in range(args.epochs):
