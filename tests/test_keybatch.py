@@ -22,6 +22,8 @@ def test_batch_hashes_equal_the_one_key_hash_for_every_length():
         assert batch.keys() == keys
         assert batch.hashes().tolist() == [key_hash(k) for k in keys]
     assert len(set(KeyBatch.from_strings(keys).hashes().tolist())) == len(set(keys))
+    for tiny in (["", "a"], [""], ["abc", ""], ["12345678"]):  # buffers shorter than a word, keys at the end
+        assert KeyBatch.from_strings(tiny).hashes().tolist() == [key_hash(k) for k in tiny]
 
 
 def test_lines_payload_and_normalisation_rows():

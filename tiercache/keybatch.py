@@ -201,7 +201,8 @@ class KeyBatch:
             return out
         lengths = self.lengths
         # keys whose last word would run past the buffer's end (the last few): hashed from a padded copy
-        tail = np.flatnonzero(self.starts + (lengths + 7) // 8 * 8 > len(self.data))
+        tail = np.flatnonzero(self.starts + (lengths + 7) // 8 * 8 > len(self.data)) if len(self.data) >= 8 \
+            else np.arange(len(self))
         inside = np.ones(len(self), bool)
         inside[tail] = False
         if len(self.data) >= 8:
