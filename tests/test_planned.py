@@ -248,3 +248,19 @@ def test_plans_end_when_idle_or_when_their_connection_closes():
     assert sorted(p.client for p in book.plans()) == ["loader", "reading"]
     assert book.end_bound(token) == ["loader"]
     assert [p.client for p in book.plans()] == ["reading"]
+
+
+def test_slot_state_stays_bounded_when_plans_come_and_go():
+    book = PlanBook(slack=0)
+    policy = PlanAwarePolicy(book)
+    keys = [f"k{i}" for i in range(300)]
+    for round_ in range(6):
+        book.set_plan(keys[round_:], "loader") if round_ % 2 == 0 else book.set_plan([], "loader")
+        for i in range(200):
+            key = f"r{round_}-{i}"
+            if policy.tracked_bytes >= 100:
+                assert policy.victims(1), "a victim while anything is unprotected"
+            policy.on_insert(key, 1)
+    assert len(policy) == 100 and policy.tracked_bytes == 100
+    assert policy.nbytes <= 4 * 28 * 128, "slots are reused, not grown per insert"
+    assert len(policy._pool) <= 8 * 256 + 200  # noqa: SLF001 - the victim pool stays small

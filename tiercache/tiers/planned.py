@@ -214,9 +214,13 @@ class PlanAwarePolicy(Policy):
             if key_id != self._key[slot]:
                 self._set_key(slot, key_id)
             self._set_rank(slot, self.book.next_use_id(key_id))
-        else:
+        else:  # no plan: nothing to rank by (and no victim pool to keep)
             self._key[slot] = -1
-            self._set_rank(slot, math.inf)
+            self._rank[slot] = math.inf
+            self._ranked_at[slot] = self._seq
+            self._seq += 1
+            if self._floor is not None:
+                self._pool, self._floor = [], None
 
     def on_access(self, block: Hashable) -> None:
         """A hit: only the fallback cares (the plans already say when the block is needed)."""
