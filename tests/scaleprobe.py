@@ -45,6 +45,8 @@ def warm(cache_dir: str, n: int) -> dict:
     cache = open_cache(cache_dir, n)
     opened = checkpoint()
     names = cache.listdir("")
+    for _ in cache.namespace.files(""):  # the root answers before the listing ends: wait for all of it
+        pass
     listed = checkpoint()
     report = cache.warm("", tier="ssd")
     warmed = checkpoint()
