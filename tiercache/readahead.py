@@ -84,6 +84,12 @@ class ReadAhead:
         stream = self._streams.get(key)
         return stream is not None and self._is_stream(stream)
 
+    def passed(self, key: str, index: int) -> bool:
+        """Whether the reader of ``key`` has already read past block ``index`` (fetching it ahead is late:
+        the reader fetched it itself, and a staged copy would only hold budget until it is dropped)."""
+        stream = self._streams.get(key)
+        return stream is not None and (index + 1) * self.block_size <= stream[_NEXT]
+
     @staticmethod
     def _is_stream(stream: list[int]) -> bool:
         return stream[_RUN] >= DETECT or stream[_START] == 0
@@ -213,8 +219,10 @@ class StreamReadAhead:
     def _fetch(self, block: BlockId, info: ObjectInfo) -> None:
         size = self.blocks.length(info, block)
         try:
-            if not self.resident(block) and not self._closed:
-                self.fetch(info, block, self._keep)
+            with self._lock:
+                late = self._closed or self.state.passed(info.key, block.index)
+            if not late and not self.resident(block):
+                self.fetch(info, block, lambda b, data: self._keep(b, data, info.key))
         except Exception as exc:  # noqa: BLE001 - read-ahead is best effort; the reader will fetch itself
             log.debug("read-ahead of %s failed: %s", info.key, exc)
         todo: list = []
@@ -229,9 +237,12 @@ class StreamReadAhead:
             self._lock.notify_all()
         self._submit(todo)
 
-    def _keep(self, block: BlockId, data: bytes) -> None:
-        """Stage fetched bytes (called by the fetch, before a reader waiting on it wakes up)."""
-        if not self.resident(block) and self._reserve(len(data)):
+    def _keep(self, block: BlockId, data: bytes, key: str) -> None:
+        """Stage fetched bytes (called by the fetch, before a reader waiting on it wakes up); not once the
+        reader has passed the block (it admits the bytes itself if it waits on this fetch)."""
+        with self._lock:
+            late = self.state.passed(key, block.index)
+        if not late and not self.resident(block) and self._reserve(len(data)):
             with self._lock:
                 self._stage(block, data)
 
