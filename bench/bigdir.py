@@ -29,6 +29,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from results_file import write_result  # noqa: E402
+
 os.environ["TIERCACHE_SYNTHETIC_STORE"] = "1"
 
 STEPS = ("ls", "ls_l", "ls_l_again")
@@ -174,10 +177,7 @@ def main() -> int:
     finally:
         if old is not None:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", old], capture_output=True)
-    name = f"bigdir_{args.label}.json" if args.label else "bigdir.json"
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", name), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_result("bigdir", result, args.label)
     print(table(result))
     return 0
 

@@ -20,7 +20,6 @@ boto3's. Writes bench/results/listing[_LABEL].json and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -30,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+
+from results_file import write_result  # noqa: E402
 
 from tiercache.devserver import LocalS3Process  # noqa: E402
 from tiercache.namespace import Namespace  # noqa: E402
@@ -172,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("boto3_parallel", "namespace", "walk"):
         result[name]["over_boto3_sequential"] = result[name]["files_per_s"] / base
         result[name]["over_boto3_same_threads"] = result[name]["files_per_s"] / result["boto3_parallel"]["files_per_s"]
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    name = f"listing_{args.label}.json" if args.label else "listing.json"
-    with open(os.path.join(HERE, "results", name), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_result("listing", result, args.label)
     print(table(result))
     return 0
 

@@ -26,6 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from results_file import write_result  # noqa: E402
+
 from tiercache import mounts  # noqa: E402
 from tiercache.config import parse_size  # noqa: E402
 from tiercache.devserver import LocalS3Process  # noqa: E402
@@ -128,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "ram_used_at_end": (stats.get("cache") or {}).get("ram", {}).get("used"),
         "memory": (stats.get("cache") or {}).get("memory"),
     }
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"rss_{args.label}.json"), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_result("rss", result, args.label)
     print(f"{'':28}{'MiB':>10}")
     for name in ("ram_budget", "idle_rss", "peak_rss", "peak_rss_anon", "peak_over_idle"):
         print(f"{name:28}{result[name] / MiB:10.1f}")

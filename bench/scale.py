@@ -35,6 +35,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
+
+from results_file import write_result  # noqa: E402
+
 os.environ["TIERCACHE_SYNTHETIC_STORE"] = "1"
 
 from scale_report import table  # noqa: E402
@@ -357,10 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         args.objects = count(args.objects_list)
         return run_phase(args)
     result = run_all(args)
-    name = f"scale_{args.label}.json" if args.label else "scale.json"
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", name), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_result("scale", result, args.label)
     print(table(result))
     return 0
 

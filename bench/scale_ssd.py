@@ -24,6 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from results_file import write_result  # noqa: E402
 from scale import count, rss  # noqa: E402
 
 from tiercache.config import parse_size  # noqa: E402
@@ -127,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         result["cache_dir_files"] = sum(len(f) for _, _, f in os.walk(work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    name = f"scale_ssd_{args.label}.json" if args.label else "scale_ssd.json"
-    with open(os.path.join(HERE, "results", name), "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_result("scale_ssd", result, args.label)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -27,6 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from results_file import write_result  # noqa: E402
+
 import tiercache  # noqa: E402
 from tiercache import mounts  # noqa: E402
 from tiercache.config import parse_size  # noqa: E402
@@ -143,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     base = results["local"]["reads_per_s"]
     results["ratio_mount_to_local"] = results["mount"]["reads_per_s"] / base
     results["ratio_library_to_local"] = results["library"]["reads_per_s"] / base
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", f"ssd_random_{args.label}.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
+    write_result("ssd_random", results, args.label)
     print(f"{'64 KiB random reads, SSD-served':34}{'reads/s':>10}{'vs local':>10}")
     for name in ("mount", "library", "local"):
         rate = results[name]["reads_per_s"]

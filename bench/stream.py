@@ -33,6 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
+from results_file import write_result  # noqa: E402
+
 import tiercache  # noqa: E402
 from tiercache.config import parse_size  # noqa: E402
 from tiercache.devserver import LocalS3Process  # noqa: E402
@@ -230,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = f"local {base}" + (f", s3fs {s3fs}" if s3fs else "")
             rows.append((f"warm {target}", got["mb_per_s"], ref, got["mb_per_s"] / (s3fs or base)))
     results["table"] = [{"phase": p, "mb_per_s": v, "reference": r, "ratio": round(x, 2)} for p, v, r, x in rows]
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    out = os.path.join(HERE, "results", f"stream_{args.label}.json")
-    with open(out, "w") as fh:
-        json.dump(results, fh, indent=2)
+    out = write_result("stream", results, args.label)
     print(f"{'phase':<24}{'MB/s':>10}  {'reference (MB/s)':<28}{'ratio':>6}")
     for p, v, r, x in rows:
         print(f"{p:<24}{v:>10.1f}  {r:<28}{x:>6.2f}")
