@@ -289,7 +289,7 @@ def run_phase(args: argparse.Namespace) -> int:
     result["rss"] = {name: p["rss"] for name, p in probe.points.items()}
     result["rss_anon"] = {name: p["rss_anon"] for name, p in probe.points.items()}
     result["rss_file"] = {name: p["rss_file"] for name, p in probe.points.items()}
-    result["peak_rss"] = rss(field="VmHWM")
+    result.setdefault("peak_rss", rss(field="VmHWM"))  # the mount phase's is the daemon's own
     print(json.dumps(result))
     return 0
 

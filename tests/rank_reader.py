@@ -42,7 +42,7 @@ def main() -> None:
     for epoch in range(epochs):
         sampler.set_epoch(epoch)
         it = iter(loader)
-        assert loader._plan_target().wait(30)
+        assert loader.plan_target().wait(30)
         out["plans"].append(mount.client().request("plan", client=client, show=True)["paths"])
         order = [int(i) for batch in it for i in batch[2]]
         out["reads"].append([os.path.relpath(ds.samples[i][0], mountpoint) for i in order])

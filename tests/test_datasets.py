@@ -229,7 +229,7 @@ def test_library_mode_loader_sends_plans_to_the_real_cache(plain_tree, tmp_path)
         ds = ImageFolder("", cache=cache, augment=Augment(8))
         loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, generator=torch.Generator().manual_seed(4))
         got = [int(i) for _, y in loader for i in y]
-        assert loader._plan_target().wait(10)
+        assert loader.plan_target().wait(10)
         ref = TorchLoader(range(len(ds)), batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(4))
         orders = [[i for b in ref for i in b.tolist()] for _ in range(2)]
         assert got == [ds.targets[i] for i in orders[0]]

@@ -54,8 +54,8 @@ def test_plans_reach_the_mount_and_gets_follow_them(jpeg_bucket, mounter):
     loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(3))
     before = len(bucket.gets())
     epoch = list(loader)
-    assert loader._plan_target() is not None, "the loader must recognise the mount"
-    assert loader._plan_target().wait(30)
+    assert loader.plan_target() is not None, "the loader must recognise the mount"
+    assert loader.plan_target().wait(30)
     stats = mount.client().request("stats")["cache"]
     assert stats["plan_keys"] == 2 * len(ds)
     gets = [r.key for r in bucket.gets()[before:] if r.key.endswith(".jpg")]
@@ -143,7 +143,7 @@ def test_two_ranks_and_a_val_loader_each_show_their_plan_in_stats(bucket, mounte
         for proc in procs:  # each rank has read its epoch and holds its loader
             assert json.loads(proc.stdout.readline())["positions"][0] > 0
         val = DataLoader(ImageFolder(str(m.path / "val"), augment=Augment(16)), batch_size=2, plan_client="val")
-        assert len(list(val)) == 3 and val._plan_target().wait(30)
+        assert len(list(val)) == 3 and val.plan_target().wait(30)
 
         def plans() -> dict:
             reply = json.loads(run_cli("stats", str(m.path), "--json", check=True).stdout)

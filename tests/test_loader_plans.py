@@ -60,7 +60,7 @@ def torch_orders(n: int, epochs: int, **kw) -> list[list[int]]:
 
 
 def wait_plans(loader) -> None:
-    sender = loader._plan_target()
+    sender = loader.plan_target()
     assert sender is not None and sender.wait(10)
 
 
@@ -94,7 +94,7 @@ def test_plan_without_generator_leaves_global_rng_alone():
     got = [list(loader) for _ in range(2)]
     for e in range(2):
         assert all(torch.equal(a[0], b[0]) for a, b in zip(ref[e], got[e], strict=True))
-    loader._plan_target().wait(10)
+    loader.plan_target().wait(10)
     first_epoch = [f"c{int(i) % 3}/{int(i):03d}.jpg" for b in got[0] for i in b[0]]
     second_epoch = [f"c{int(i) % 3}/{int(i):03d}.jpg" for b in got[1] for i in b[0]]
     assert cache.plans[0] == first_epoch + second_epoch
@@ -113,7 +113,7 @@ def test_plan_after_resume_starts_at_the_remaining_files():
     resumed = DataLoader(Files(cache=cache2), generator=torch.Generator(), **kw)
     resumed.load_state_dict(state)
     got = list(resumed)
-    resumed._plan_target().wait(10)
+    resumed.plan_target().wait(10)
     assert len(consumed) == 2
     assert all(torch.equal(a[0], b[0]) for a, b in zip(rest, got, strict=True))
     names = [f"c{int(i) % 3}/{int(i):03d}.jpg" for b in rest + follow for i in b[0]]
@@ -125,7 +125,7 @@ def test_persistent_workers_next_epoch_plan_is_right():
     loader = DataLoader(Files(cache=cache), batch_size=3, shuffle=True, num_workers=2, persistent_workers=True,
                         generator=torch.Generator().manual_seed(6))
     epochs = [list(loader) for _ in range(3)]
-    loader._plan_target().wait(10)
+    loader.plan_target().wait(10)
     names = [[f"c{int(i) % 3}/{int(i):03d}.jpg" for b in ep for i in b[0]] for ep in epochs]
     assert cache.plans[0] == names[0] + names[1]
     assert cache.plans[1] == names[1] + names[2]
@@ -182,7 +182,7 @@ def test_no_plan_for_plain_datasets():
     cache = RecordingCache()
     assert plan_sender(torch.utils.data.TensorDataset(torch.zeros(3))) is None
     assert plan_sender(Files(cache=None)) is None  # relative keys, no cache, no mount
-    assert DataLoader(Files(cache=cache), plans=False)._plan_target() is None
+    assert DataLoader(Files(cache=cache), plans=False).plan_target() is None
 
 
 def test_subset_maps_through_its_indices():
@@ -228,9 +228,9 @@ def test_mount_mode_plan_goes_to_the_control_socket(tmp_path, monkeypatch):
     ds.root = str(mountpoint / "train")
     loader = DataLoader(ds, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1), num_workers=2)
     first = list(loader)
-    loader._plan_target().wait(10)
+    loader.plan_target().wait(10)
     second = list(loader)
-    loader._plan_target().wait(10)
+    loader.plan_target().wait(10)
     assert [op for op, _ in requests] == ["plan", "plan"]
     assert all(kw["bind"] and kw["client"] == loader.plan_client for _, kw in requests)
     names = [[f"train/c{int(i) % 3}/{int(i):03d}.jpg" for b in ep for i in b[0]] for ep in (first, second)]

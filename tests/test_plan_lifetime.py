@@ -51,7 +51,7 @@ def test_library_idle_timeout_ends_unbound_plans_only(cache):
     cache.set_plan(["a", "b"], client="cli")
     loader = DataLoader(Files(cache), batch_size=4, plan_client="train")
     list(loader)
-    assert loader._plan_target().wait(10)
+    assert loader.plan_target().wait(10)
     assert clients(cache) == ["cli", "train"]
     deadline = time.monotonic() + 10
     while "cli" in clients(cache) and time.monotonic() < deadline:
@@ -66,10 +66,10 @@ def test_library_idle_timeout_ends_unbound_plans_only(cache):
 def test_a_collected_loader_ends_its_own_plan_not_a_newer_one_of_the_same_name(cache):
     old = DataLoader(Files(cache), batch_size=4, plan_client="train")
     list(old)
-    assert old._plan_target().wait(10)
+    assert old.plan_target().wait(10)
     new = DataLoader(Files(cache, n=6), batch_size=3, plan_client="train")  # took over the name
     list(new)
-    assert new._plan_target().wait(10)
+    assert new.plan_target().wait(10)
     assert [p["files"] for p in cache.plan_stats()] == [12], "this epoch and the next of the newer loader"
     del old
     gc.collect()

@@ -121,3 +121,37 @@ def test_local_store_roundtrip(tmp_path):
 def test_bad_source_urls(bad):
     with pytest.raises(ConfigError):
         parse_source(bad)
+
+
+def test_local_upload_in_progress_never_lists(tmp_path):
+    """A put still copying (its source a FIFO that has not ended) leaves a .tc-upload-* temp file beside
+    its destination: list, list_after and list_level never show it, and the object lists once it ends."""
+    import threading
+
+    root = tmp_path / "store"
+    (root / "d").mkdir(parents=True)
+    (root / "d" / "a").write_bytes(b"a")
+    store = LocalStore(root)
+    fifo = tmp_path / "source"
+    os.mkfifo(fifo)
+    done = threading.Event()
+    upload = threading.Thread(target=lambda: (store.put_file("d/b", str(fifo)), done.set()), daemon=True)
+    upload.start()
+    with open(fifo, "wb") as writer:
+        writer.write(b"first half ")
+        writer.flush()
+        for _ in range(500):
+            if any(p.name.startswith(".tc-upload-") for p in (root / "d").iterdir()):
+                break
+            threading.Event().wait(0.01)
+        temps = [p.name for p in (root / "d").iterdir() if p.name.startswith(".tc-upload-")]
+        assert temps, "the upload should be in progress, its temp file on disk"
+        assert [i.key for i in store.list()] == ["d/a"]
+        assert [i.key for i in store.list_after("d/", "")] == ["d/a"]
+        assert [getattr(i, "key", i) for i in store.list_level("d/")] == ["d/a"]
+        assert not done.is_set()
+        writer.write(b"second half")
+    upload.join(10)
+    assert done.is_set()
+    assert [i.key for i in store.list()] == ["d/a", "d/b"]
+    assert store.get_range("d/b", 0, 100) == b"first half second half"

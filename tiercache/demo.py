@@ -79,7 +79,7 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
                         generator=torch.Generator().manual_seed(args.seed), persistent_workers=True,
                         plan_client="train")
     val_loader = DataLoader(val_ds, batch_size=2 * args.batch_size, num_workers=args.workers, plan_client="val")
-    target = loader._plan_target()
+    target = loader.plan_target()
     story.say(f"DataLoader: batch {args.batch_size}, {args.workers} worker threads, shuffle (seed {args.seed}), "
               f"RandomResizedCrop({args.crop}) + flip + normalize; plans -> "
               f"{target.describe if target is not None else 'nowhere (not a tiercache mount?)'}")
@@ -121,7 +121,7 @@ def train(story: Story, mountpoint: str, args: argparse.Namespace) -> tuple[Any,
                   f"{row['images_per_s']:>7.0f} {row['stall_s']:>6.2f}s {row['daemon_reads']:>12} {row['gets']:>5}")
     plans = {}
     for name, dl in (("train", loader), ("val", val_loader)):
-        sender = dl._plan_target()
+        sender = dl.plan_target()
         if sender is not None:
             sender.wait(30)
         plans[name] = sender.sent if sender is not None else 0

@@ -253,7 +253,10 @@ class DataLoader(tud.DataLoader):
 
     # -- plans ---------------------------------------------------------------------------------------------
 
-    def _plan_target(self) -> Any:
+    def plan_target(self) -> Any:
+        """Where this loader's plans go: a sender (``describe``, ``wait(timeout)``, ``sent``) to the cache or
+        mount under its dataset, made at the first call; None when no plan goes (plans off, or the data is
+        not under a tiercache)."""
         with self._plan_lock:
             if not self._plan_resolved:
                 self._plan_resolved = True
@@ -270,7 +273,7 @@ class DataLoader(tud.DataLoader):
         """
         if isinstance(self.dataset, IterableDataset):
             return None
-        target = self._plan_target()
+        target = self.plan_target()
         if target is None:
             return None
         order = epoch_order(self, skip_batches, skip_seqs, draw_next_base_seed, index_iter)

@@ -13,6 +13,8 @@ from pathlib import Path
 from ..errors import BucketNotFound, ConfigError, NotFound
 from .base import Attrs, ObjectInfo
 
+UPLOAD_PREFIX = ".tc-upload-"  # a put's temp file beside its destination, until the rename: never an object
+
 
 class LocalStore:
     """Objects are the regular files under ``root``; the etag is derived from (size, mtime_ns, inode). The
@@ -54,12 +56,14 @@ class LocalStore:
 
     def _level(self, rel: str) -> list[tuple[str, bool, str]]:
         """(key, is_dir, path) of each entry of directory ``rel``, in key order; a directory's key ends in
-        "/". Symlinks to directories are left out, as os.walk leaves them."""
+        "/". Symlinks to directories are left out, as os.walk leaves them, and so are uploads in progress."""
         top = os.path.join(self.root, rel) if rel else str(self.root)
         try:
             with os.scandir(top) as it:
                 found = []
                 for entry in it:
+                    if entry.name.startswith(UPLOAD_PREFIX):
+                        continue
                     key = f"{rel}/{entry.name}" if rel else entry.name
                     try:
                         if entry.is_dir():
@@ -123,7 +127,7 @@ class LocalStore:
         """Copy a file in atomically (temp file + rename), with ``attrs``."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tc-upload-")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=UPLOAD_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
@@ -140,7 +144,7 @@ class LocalStore:
         """Write a small object atomically."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tc-upload-")
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=UPLOAD_PREFIX)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         if attrs is not None:
