@@ -124,7 +124,7 @@ class TieredCache:
             self.blocks, resident=self.ram.contains,
             fetch=lambda info, block, keep: self.reader.stage(block, info, keep),
             budget=self.memory, threads=config.threads, max_window=min(64 << 20, config.ram_bytes // 4),
-            max_in_flight=min(64 << 20, self.memory.total // 4),
+            max_in_flight=min(64 << 20, self.memory.total // 4), link=getattr(self.store, "link", None),
         )
         self.reader = BlockReader(self.tiers, self.fetcher, self.blocks, self._fetch_pool, on_read=self._observe,
                                   on_served=self.prefetcher.mark_read, staging=self.readahead)

@@ -10,18 +10,24 @@ ahead to cover the backend's latency, within a byte bound on what is in flight.
   turns one random read into a pair of adjacent FUSE requests), or from its first when that one starts at
   offset 0. A stream's window, the bytes wanted ahead of its reader, is four times
   what the run has read so far, at least one block and at most ``max_window``: a reader that goes on earns
-  more, a short sequential burst (a header, one column chunk) fetches little past what it reads.
+  more, a short sequential burst (a header, one column chunk) fetches little past what it reads. Against a
+  backend with latency the window is at once at least the link's bandwidth-delay product (``bdp``:
+  measured time to first byte × per-connection rate × read-ahead's connections, tiercache/link.py), so a
+  stream covers the latency from its first round trip instead of growing there over several.
 - :class:`StreamReadAhead` runs it: the cache calls ``observe`` on every read (its answer, whether the read
   is part of a stream, lets the cache leave a streamed block's eviction rank alone). The window's blocks
   RAM lacks are fetched on its own pool with the ``fetch`` callable it was given (it never sees the store
   or the tiers), at most ``max_in_flight`` bytes at a time; a finished fetch tops the stream up, so a
-  reader waiting on a block still keeps the pipeline full.
+  reader waiting on a block still keeps the pipeline full. The pool has one worker per block that fits in
+  flight (at most ``threads``): a worker beyond that would only wait, and would hold a connection of the
+  store's pool (store/s3.py sizes that pool for these workers).
 - Fetched blocks wait in a staging area (at most ``max_staged`` bytes, oldest dropped first, on the memory
   budget) until a reader ``take``s them; only then do they enter the tiers, as one use. So blocks read
   ahead are never evicted before they are read (a RAM tier's probationary queue is smaller than a window),
   and a stream enters RAM as what it is: blocks used once.
 
-Counters: bytes read ahead, those read since, those dropped unread, and the peak in flight.
+Counters: bytes read ahead, those read since, those dropped unread, the peak in flight, the BDP and the
+link it comes from.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .blocks import BlockMap
+from .link import Link
 from .store import ObjectInfo
 from .tiers.base import BlockId
 from .tiers.budget import MemoryBudget
@@ -50,11 +57,13 @@ DETECT = 3  # reads in a row that make a stream (unless it started at offset 0)
 class ReadAhead:
     """Per-object stream detection and windows (see the module docstring); pure bookkeeping, not locked."""
 
-    def __init__(self, block_size: int, max_window: int, max_streams: int = 1024, slack: int = 2 << 20):
+    def __init__(self, block_size: int, max_window: int, max_streams: int = 1024, slack: int = 2 << 20,
+                 bdp: Callable[[], int] | None = None):
         self.block_size = block_size
         self.max_window = max(max_window, block_size)
         self.max_streams = max_streams
         self.slack = slack
+        self.bdp = bdp if bdp is not None else (lambda: 0)
         self._streams: OrderedDict[str, list[int]] = OrderedDict()
 
     def on_read(self, key: str, size: int, offset: int, end: int) -> tuple[int, int]:
@@ -75,7 +84,7 @@ class ReadAhead:
             self._streams.popitem(last=False)
         if not self._is_stream(stream):
             return 0, 0
-        window = min(self.max_window, max(bs, 4 * (stream[_NEXT] - stream[_START])))
+        window = self._window(stream)
         first = max(-(-stream[_NEXT] // bs), stream[_ISSUED])
         return first, min(-(-size // bs), -(-(stream[_NEXT] + window) // bs))
 
@@ -94,6 +103,10 @@ class ReadAhead:
     def _is_stream(stream: list[int]) -> bool:
         return stream[_RUN] >= DETECT or stream[_START] == 0
 
+    def _window(self, stream: list[int]) -> int:
+        """Four times what the run read, at least a block and the link's BDP, at most ``max_window``."""
+        return min(self.max_window, max(self.block_size, 4 * (stream[_NEXT] - stream[_START]), self.bdp()))
+
     def issued(self, key: str, upto: int) -> None:
         """Read-ahead of ``key`` was issued up to block index ``upto`` (exclusive)."""
         stream = self._streams.get(key)
@@ -105,7 +118,7 @@ class ReadAhead:
         stream = self._streams.get(key)
         if stream is None or not self.streaming(key):
             return 0
-        return min(self.max_window, max(self.block_size, 4 * (stream[_NEXT] - stream[_START])))
+        return self._window(stream)
 
 
 class StreamReadAhead:
@@ -122,14 +135,18 @@ class StreamReadAhead:
         max_in_flight: int = 64 << 20,
         max_staged: int | None = None,
         max_streams: int = 1024,
+        link: Link | None = None,
     ):
         self.blocks = blocks
         self.resident, self.fetch = resident, fetch
         self.budget = budget
-        self.state = ReadAhead(blocks.block_size, max_window, max_streams)
+        self.link = link
         self.max_in_flight = max(max_in_flight, blocks.block_size)
+        # one worker per block that fits in flight: more would wait for room (holding a store connection)
+        self.workers = max(1, min(threads, self.max_in_flight // blocks.block_size))
+        self.state = ReadAhead(blocks.block_size, max_window, max_streams, bdp=self.bdp)
         self.max_staged = max(max_window if max_staged is None else max_staged, blocks.block_size)
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="tiercache-readahead")
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tiercache-readahead")
         self._lock = threading.Condition()
         self._scheduled: set[BlockId] = set()
         self._wanted: dict[str, list] = {}  # key → [info, next block index to issue, last index wanted]
@@ -138,6 +155,10 @@ class StreamReadAhead:
         self._staged_bytes = 0
         self.fetched_bytes = self.used_bytes = self.dropped_bytes = self.peak_in_flight = 0
         self._closed = False
+
+    def bdp(self) -> int:
+        """The link's bandwidth-delay product for this pool's workers (0 without a measured link)."""
+        return self.link.bdp(self.workers) if self.link is not None else 0
 
     # ------------------------------------------------------------------ called by the read path
 
@@ -294,6 +315,10 @@ class StreamReadAhead:
                 "readahead_in_flight_bytes": self._in_flight,
                 "readahead_peak_in_flight_bytes": self.peak_in_flight,
                 "readahead_max_in_flight_bytes": self.max_in_flight,
+                "readahead_max_window_bytes": self.state.max_window,
+                "readahead_workers": self.workers,
+                "readahead_bdp_bytes": self.bdp(),
+                **{f"readahead_link_{k}": v for k, v in (self.link.stats() if self.link is not None else {}).items()},
             }
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ multipart above ``multipart_threshold``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 
 import boto3
@@ -19,6 +20,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from ..errors import AccessDenied, BucketNotFound, ConfigError, EndpointUnreachable, NotFound, StoreError
+from ..link import Link
 from .base import Attrs, ObjectInfo, attrs_from_metadata
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ _BODY_ERRORS = (
 )
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
+
+
+def pool_connections(threads: int) -> int:
+    """botocore's connection pool for a cache of ``threads`` threads (see ``S3Store.__init__``)."""
+    return 3 * threads + 8
 
 
 class _BodyBroken(Exception):
@@ -66,15 +73,18 @@ class S3Store:
         self.bucket, self.prefix = parse_s3_url(url)
         self.endpoint_url = endpoint_url
         config = Config(
-            # the cache's fetch pool and its two prefetch pools (threads/2 each) share this client, plus the
-            # uploader and metadata calls: a smaller pool discards connections and reconnects mid-read
-            max_pool_connections=2 * threads + 8,
+            # one connection per thread that may GET at once: the cache's fetch pool (threads), read-ahead
+            # (at most threads), its two prefetch pools (threads/2 each), plus the uploader, listings and
+            # metadata calls (8). A smaller pool lets a worker open a connection, use it once and discard it
+            # (a reconnect per GET, mid-stream); more would never be used
+            max_pool_connections=pool_connections(threads),
             retries={"mode": "adaptive", "max_attempts": max_attempts},
             connect_timeout=5,
             read_timeout=60,
             tcp_keepalive=True,
         )
         self.page_size = 1000
+        self.link = Link()  # time to first byte and per-connection rate of ranged GETs (read-ahead's BDP)
         self._session = boto3.session.Session()
         self.client = self._session.client("s3", endpoint_url=endpoint_url, config=config)
         self.transfer = TransferConfig(
@@ -190,7 +200,9 @@ class S3Store:
         kwargs = {"Bucket": self.bucket, "Key": self._full(key), "Range": f"bytes={start}-{end - 1}"}
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
+        sent = time.perf_counter()
         resp = self.client.get_object(**kwargs)
+        headers = time.perf_counter()
         try:
             data = resp["Body"].read()
         except _BODY_ERRORS as exc:
@@ -201,6 +213,7 @@ class S3Store:
             total = resp.get("ContentRange", "").rpartition("/")[2]
             if not total.isdigit() or start + len(data) < min(end, int(total)):
                 raise _BodyBroken(f"short read: {len(data)} of {end - start} bytes")
+        self.link.observe(headers - sent, time.perf_counter() - headers, len(data))
         return data
 
     def put_file(self, key: str, path: str, attrs: Attrs | None = None) -> ObjectInfo:
