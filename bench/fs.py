@@ -16,7 +16,8 @@ every response (the cold phases are repeated under it). Targets:
   s3fs, rclone    s3fs ``use_cache``, rclone ``--vfs-cache-mode full`` (when installed)
   ceiling         bench/fuse_ceiling.py: same names and sizes, bytes from memory, tiercache's libfuse options
   ceiling-s3      bench/fuse_stream_ceiling.py: the same fed by boto3's 8 MiB ranged GETs, cold large read only
-  library         library mode (``TieredCache.read``, no FUSE hop), ``--ssd-ram``: bench/fs_library.py
+  library         library mode (``TieredCache.read``, no FUSE hop), bench/fs_library.py: cold with ``--ram``
+                  (as the tiercache mount), again and the rest with ``--ssd-ram``
 
 Phases (bench/fs_phases.py, bench/fs_fio.py): metadata walk; small files with N threads; large sequential
 read in 1 MiB reads; 64 KiB random reads (cold on a second large file, fresh mount; warm after the large read,
@@ -111,13 +112,14 @@ class Bench:
 
 
 def library(bench: Bench, endpoint: str, name: str, tree: str | None) -> None:
-    """bench/fs_library.py (library mode, --ssd-ram) in its own process, from ``tree`` (None: this one)."""
+    """bench/fs_library.py (library mode: the cold read with --ram, as the tiercache mount's; the rest with
+    --ssd-ram) in its own process, from ``tree`` (None: this one)."""
     args = bench.args
     print(f"{name} ...", flush=True)
     env = {**os.environ, **CREDS, **({"PYTHONPATH": tree} if tree else {})}
     cmd = [sys.executable, os.path.join(HERE, "fs_library.py"), endpoint, BUCKET, bench.big, bench.rand,
-           "--ram", args.ssd_ram, "--threads", str(args.threads), "--seconds", str(args.ssd_seconds / 2),
-           "--cold-random-reads", str(args.cold_random_reads)]
+           "--ram", args.ssd_ram, "--cold-ram", args.ram, "--threads", str(args.threads),
+           "--seconds", str(args.ssd_seconds / 2), "--cold-random-reads", str(args.cold_random_reads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or ROOT, timeout=300)
     except subprocess.TimeoutExpired:
