@@ -21,14 +21,15 @@ from tiercache.tiers.ssd_validate import Validator
 pytestmark = pytest.mark.timeout(120)
 
 
-def replay(policy, trace, sizes, capacity, protected=None):
-    """A tier's calls into a policy for ``trace`` (evicting to ``capacity``); every victim list, in order."""
+def replay(policy, trace, sizes, capacity, protected=None, scans=frozenset()):
+    """A tier's calls into a policy for ``trace`` (evicting to ``capacity``); every victim list, in order.
+    Blocks in ``scans`` are inserted as a stream's one-shot blocks."""
     chosen = []
     for i, block in enumerate(trace):
         if block in policy:
             policy.on_access(block)
         else:
-            policy.on_insert(block, sizes[block])
+            policy.on_insert(block, sizes[block], scan=block in scans)
             if policy.tracked_bytes > capacity:
                 chosen.append(policy.victims(policy.tracked_bytes - capacity, protected))
         if i % 97 == 0 and block in policy and block % 5 == 0:
@@ -56,6 +57,38 @@ def test_slot_policies_choose_exactly_what_the_dict_policies_choose(dict_policy,
     capacity = sum(sizes.values()) // 8
     want = replay(dict_policy(), trace, sizes, capacity, protected)
     got = replay(slot_policy(), trace, sizes, capacity, protected)
+    assert sum(len(v) for v in want) > 1000
+    assert got == want
+
+
+@pytest.mark.parametrize("dict_policy, slot_policy", [(S3FIFOPolicy, SlotS3FIFO), (LRUPolicy, SlotLRU)])
+def test_slot_policies_choose_what_the_dict_policies_choose_under_scans(dict_policy, slot_policy):
+    """The same with streams: runs of one-shot blocks (scan=True), some read again (they turn normal)."""
+    rng = random.Random(5)
+    n, stream = 2000, 400
+    sizes = {b: rng.randrange(1, 50) for b in range(n + 8 * stream)}
+    hot = list(range(200))
+    trace, scans = [], set()
+    for epoch in range(8):
+        order = list(range(n))
+        rng.shuffle(order)
+        run = list(range(n + epoch * stream, n + (epoch + 1) * stream))
+        scans.update(run)
+        at = rng.randrange(len(order))
+        order[at:at] = run  # a large object read end to end in the middle of the epoch
+        for b in order:
+            trace.append(b)
+            if rng.random() < 0.3:
+                trace.append(rng.choice(hot))
+            if b in scans and rng.random() < 0.05:
+                trace.append(rng.choice(run))  # a streamed block read again
+
+    def protected(block: int) -> bool:
+        return block % 11 == 0
+
+    capacity = sum(sizes[b] for b in range(n)) // 8
+    want = replay(dict_policy(), trace, sizes, capacity, protected, scans)
+    got = replay(slot_policy(), trace, sizes, capacity, protected, scans)
     assert sum(len(v) for v in want) > 1000
     assert got == want
 

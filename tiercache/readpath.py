@@ -144,20 +144,21 @@ class BlockReader:
             todo = [i for i, data in enumerate(out) if data is None]
         else:
             todo = [i for i, block in enumerate(ids) if not self.tiers.contains(block, into)]
+        scan = not touch  # a stream's misses are one-shot blocks for the eviction policies
         load = self._load if want else self.fetch
-        for i, data in zip(todo, self.parallel(lambda i: load(ids[i], info, into), todo), strict=True):
+        for i, data in zip(todo, self.parallel(lambda i: load(ids[i], info, into, scan), todo), strict=True):
             out[i] = data
         return out  # type: ignore[return-value]
 
-    def _load(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
-        """A RAM miss: read-ahead's staged copy or the SSD tier's (admitted to RAM now), else a
-        single-flight fetch."""
+    def _load(self, block: BlockId, info: ObjectInfo, into: str, scan: bool = False) -> bytes:
+        """A RAM miss: read-ahead's staged copy (a stream's: one-shot) or the SSD tier's (admitted to RAM
+        now), else a single-flight fetch; ``scan``: a stream's miss."""
         data = self.staging.take(block) if self.staging is not None else None
         if data is not None:
-            self.tiers.admit(block, data, into)
+            self.tiers.admit(block, data, into, scan=True)
             return data
-        data = self.tiers.below_ram(block)
-        return data if data is not None else self.fetch(block, info, into)
+        data = self.tiers.below_ram(block, scan)
+        return data if data is not None else self.fetch(block, info, into, scan)
 
     def stage(self, block: BlockId, info: ObjectInfo, keep: Callable[[BlockId, bytes], None]) -> None:
         """For read-ahead: the block's bytes from the SSD tier or one single-flight GET, admitted to no tier
@@ -172,15 +173,15 @@ class BlockReader:
 
         self.flights.execute(block, once)
 
-    def fetch(self, block: BlockId, info: ObjectInfo, into: str) -> bytes:
+    def fetch(self, block: BlockId, info: ObjectInfo, into: str, scan: bool = False) -> bytes:
         """Single-flight: the first caller GETs the block (unless a tier got it meanwhile), the others
-        wait for its bytes."""
+        wait for its bytes; ``scan``: admitted as a stream's one-shot block."""
 
         def once() -> bytes:
             data = self.tiers.get(block, count=False)
             if data is None:
                 data = self.fetcher.get(block, info)
-            self.tiers.admit(block, data, into)
+            self.tiers.admit(block, data, into, scan)
             return data
 
         data, shared = self.flights.execute(block, once)
@@ -188,5 +189,5 @@ class BlockReader:
             if self.staging is not None:  # read-ahead's fetch: this reader takes the block from staging
                 self.staging.take(block)
             if not self.tiers.contains(block, into):
-                self.tiers.admit(block, data, into)
+                self.tiers.admit(block, data, into, scan)
         return data

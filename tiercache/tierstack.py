@@ -43,13 +43,14 @@ class TierStack:
                 self.ram.put(block, data)
         return data
 
-    def below_ram(self, block: BlockId) -> bytes | None:
-        """A RAM miss: the SSD tier's copy, promoted to RAM; None when it has none."""
+    def below_ram(self, block: BlockId, scan: bool = False) -> bytes | None:
+        """A RAM miss: the SSD tier's copy, promoted to RAM (``scan``: as a stream's one-shot block); None
+        when it has none."""
         if self.ssd is None:
             return None
         data = self.ssd.get(block)
         if data is not None:
-            self.ram.put(block, data)
+            self.ram.put(block, data, scan)
         return data
 
     def peek_below_ram(self, block: BlockId) -> bytes | None:
@@ -64,10 +65,11 @@ class TierStack:
             return self.ssd.contains(block) if self.ssd is not None else self.ram.contains(block)
         return self.ram.contains(block) or (self.ssd is not None and self.ssd.contains(block))
 
-    def admit(self, block: BlockId, data: bytes, into: str) -> None:
+    def admit(self, block: BlockId, data: bytes, into: str, scan: bool = False) -> None:
         """Place fetched bytes: "ram" = RAM and SSD through the write queue (dropped under pressure);
-        "ssd" = SSD only, written before this returns (RAM without an SSD tier)."""
-        in_ram = (into == "ram" or self.ssd is None) and self.ram.put(block, data)
+        "ssd" = SSD only, written before this returns (RAM without an SSD tier). ``scan``: a block of a
+        detected stream, one-shot for the eviction policies (evicted first, see tiers/policy.py)."""
+        in_ram = (into == "ram" or self.ssd is None) and self.ram.put(block, data, scan)
         if self.ssd is None or self.ssd.contains(block):
             return
         if into == "ssd":

@@ -15,7 +15,9 @@ tier's lock and bounded per call:
 * a chosen victim is re-checked against the book; if its next use came nearer it is ranked again instead.
 
 Victims are the slots of largest rank: a partition over the live slots (linear), sorted only among the
-few taken. Without any plan the policy behaves exactly like its fallback (the scan-resistant default),
+few taken. Among equal ranks (above all: no plan reads them again) scan blocks (``on_insert(..., scan=True)``,
+a stream's one-shot blocks) go first, oldest first; a plan's word wins over the
+scan hint. Without any plan the policy behaves exactly like its fallback (the scan-resistant default),
 which it keeps in step at all times.
 """
 
@@ -37,6 +39,7 @@ def key_of(block: Hashable) -> str:
 
 
 _POOL = 256  # slots in the victim pool when it is rebuilt
+_SCAN_BIAS = 1 << 62  # taken off a scan slot's ranking time: first among its equals
 
 
 class PlanAwarePolicy(Policy):
@@ -58,6 +61,7 @@ class PlanAwarePolicy(Policy):
         self._rank = np.zeros(0, np.float64)  # predicted tick of the next use (-inf: a free slot)
         self._key = np.zeros(0, np.int32)  # KeyTable id of the block's key when ranked (-1: none)
         self._ranked_at = np.zeros(0, np.int64)  # when the rank was set (ties: the oldest goes first)
+        self._scan = np.zeros(0, np.bool_)  # a one-shot block of a stream (ranked as set _SCAN_BIAS earlier)
         self._seq = 0
         self._bytes = 0
         self._generation = -1
@@ -88,7 +92,7 @@ class PlanAwarePolicy(Policy):
     @property
     def nbytes(self) -> int:
         """Bytes of the per-slot arrays (the block → slot dict and the slot list come on top)."""
-        return self._size.nbytes + self._rank.nbytes + self._key.nbytes + self._ranked_at.nbytes
+        return self._size.nbytes + self._rank.nbytes + self._key.nbytes + self._ranked_at.nbytes + self._scan.nbytes
 
     # -- slots ----------------------------------------------------------------------------------------
     def _new_slot(self) -> int:
@@ -101,14 +105,16 @@ class PlanAwarePolicy(Policy):
             self._rank = np.concatenate([self._rank, np.full(grow, -math.inf)])  # -inf: a free slot
             self._key = np.concatenate([self._key, np.full(grow, -1, np.int32)])
             self._ranked_at = np.concatenate([self._ranked_at, np.zeros(grow, np.int64)])
+            self._scan = np.concatenate([self._scan, np.zeros(grow, np.bool_)])
         self._blocks.append(None)
         return slot
 
     def _set_rank(self, slot: int, value: float) -> None:
+        at = self._seq - (_SCAN_BIAS if self._scan[slot] else 0)
         self._rank[slot] = value
-        self._ranked_at[slot] = self._seq
+        self._ranked_at[slot] = at
         if self._floor is not None and value >= self._floor:
-            heapq.heappush(self._pool, (-value, self._seq, slot))
+            heapq.heappush(self._pool, (-value, at, slot))
         self._seq += 1
 
     def _set_key(self, slot: int, key_id: int) -> None:
@@ -168,13 +174,14 @@ class PlanAwarePolicy(Policy):
                 self._build_index()
         values = self.book.next_use_ids(self._key[slots])
         self._rank[slots] = values
-        self._ranked_at[slots] = self._seq + np.arange(len(slots))
+        self._ranked_at[slots] = self._seq + np.arange(len(slots)) - _SCAN_BIAS * self._scan[slots]
         if self._floor is not None:
             above = np.flatnonzero(values >= self._floor)
             if len(above) > 4 * _POOL:
                 self._floor, self._pool = None, []  # cheaper to rebuild than to push them all
             for i in above.tolist():
-                heapq.heappush(self._pool, (-float(values[i]), self._seq + i, int(slots[i])))
+                slot = int(slots[i])
+                heapq.heappush(self._pool, (-float(values[i]), int(self._ranked_at[slot]), slot))
         self._seq += len(slots)
 
     # -- keeping ranks in step with the book ------------------------------------------------------------
@@ -198,8 +205,8 @@ class PlanAwarePolicy(Policy):
             self._rerank(slots[self._size[slots] > 0], refresh_keys=True)
 
     # -- bookkeeping ---------------------------------------------------------------------------------
-    def on_insert(self, block: Hashable, size: int) -> None:
-        """Track a resident block (and tell the fallback)."""
+    def on_insert(self, block: Hashable, size: int, scan: bool = False) -> None:
+        """Track a resident block (and tell the fallback); ``scan``: a stream's one-shot block."""
         slot = self._slot_of.get(block)
         if slot is None:
             slot = self._new_slot()
@@ -207,7 +214,8 @@ class PlanAwarePolicy(Policy):
             self._blocks[slot] = block
         self._bytes += size - int(self._size[slot])
         self._size[slot] = size
-        self.fallback.on_insert(block, size)
+        self._scan[slot] = scan
+        self.fallback.on_insert(block, size, scan=scan)
         if self.book:
             self._sync()
             key_id = self.book.table.lookup(key_of(block))
@@ -217,13 +225,18 @@ class PlanAwarePolicy(Policy):
         else:  # no plan: nothing to rank by (and no victim pool to keep)
             self._key[slot] = -1
             self._rank[slot] = math.inf
-            self._ranked_at[slot] = self._seq
+            self._ranked_at[slot] = self._seq - (_SCAN_BIAS if scan else 0)
             self._seq += 1
             if self._floor is not None:
                 self._pool, self._floor = [], None
 
     def on_access(self, block: Hashable) -> None:
-        """A hit: only the fallback cares (the plans already say when the block is needed)."""
+        """A hit: the fallback's recency (the plans already say when the block is needed); a scan block
+        read again is ranked as a normal one."""
+        slot = self._slot_of.get(block)
+        if slot is not None and self._scan[slot]:
+            self._scan[slot] = False
+            self._set_rank(slot, float(self._rank[slot]))
         self.fallback.on_access(block)
 
     def on_remove(self, block: Hashable) -> None:
@@ -239,6 +252,7 @@ class PlanAwarePolicy(Policy):
         self._size[slot] = 0
         self._rank[slot] = -math.inf
         self._key[slot] = -1
+        self._scan[slot] = False
         self._blocks[slot] = None
         self._free.append(slot)
 

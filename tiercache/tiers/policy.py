@@ -6,8 +6,13 @@ pass :class:`~tiercache.tiers.base.BlockId`); sizes are bytes (or 1 per block in
 
 Contract, shared by every policy:
 
-* ``on_insert(block, size)`` when a block becomes resident, ``on_access(block)`` on a hit,
+* ``on_insert(block, size, scan=False)`` when a block becomes resident, ``on_access(block)`` on a hit,
   ``on_remove(block)`` when the tier drops a block for any reason other than ``victims``;
+* ``scan=True`` marks a one-shot block (admitted by a detected sequential stream: read-ahead's staging or
+  the streaming reader's own misses). Scan blocks are victims before every other block (oldest first),
+  never promoted by a fill, leave no ghost, and do not advance the reuse clock; one becomes a normal block
+  only when it is read again (``on_access``: a stream's own reads never touch), as PostgreSQL's ring
+  buffer for bulk reads and Linux's ``FADV_NOREUSE`` keep a scan from displacing the working set;
 * ``victims(bytes_needed, protected)`` picks blocks totalling at least ``bytes_needed`` (fewer if
   everything else is protected), **forgets them**, and returns them in eviction order; the caller must
   then drop exactly those from the tier. ``protected(block)`` true means never a victim (pinned, dirty).
@@ -43,8 +48,8 @@ class Policy(ABC):
         self.plan: tuple[str, ...] = ()
 
     @abstractmethod
-    def on_insert(self, block: Hashable, size: int) -> None:
-        """A block became resident (re-inserting a resident block counts as an access)."""
+    def on_insert(self, block: Hashable, size: int, scan: bool = False) -> None:
+        """A block became resident (``scan``: a one-shot block of a stream, see the module docstring)."""
 
     @abstractmethod
     def on_access(self, block: Hashable) -> None:
@@ -86,47 +91,52 @@ class LRUPolicy(Policy):
     def __init__(self) -> None:
         super().__init__()
         self._queue: OrderedDict[Hashable, int] = OrderedDict()
+        self._scan: OrderedDict[Hashable, int] = OrderedDict()  # one-shot blocks, oldest first
         self._bytes = 0
 
-    def on_insert(self, block: Hashable, size: int) -> None:
-        """Insert at the most-recent end."""
-        old = self._queue.get(block)
-        if old is not None:
-            self._bytes -= old
-        self._queue[block] = size
-        self._queue.move_to_end(block)
+    def on_insert(self, block: Hashable, size: int, scan: bool = False) -> None:
+        """Insert at the most-recent end (a scan block: at the end of the scan FIFO)."""
+        self.on_remove(block)
+        (self._scan if scan else self._queue)[block] = size
         self._bytes += size
 
     def on_access(self, block: Hashable) -> None:
-        """Move to the most-recent end."""
+        """Move to the most-recent end (a scan block read again becomes a normal one)."""
         if block in self._queue:
             self._queue.move_to_end(block)
+        elif block in self._scan:
+            self._queue[block] = self._scan.pop(block)
 
     def on_remove(self, block: Hashable) -> None:
         """Forget a block."""
         size = self._queue.pop(block, None)
+        if size is None:
+            size = self._scan.pop(block, None)
         if size is not None:
             self._bytes -= size
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
-        """Least recent first, skipping protected blocks."""
+        """Scan blocks first, then least recent first, skipping protected blocks."""
         protected = protected or never_protected
         out, freed = [], 0
-        for block, size in self._queue.items():
-            if freed >= bytes_needed:
-                break
-            if not protected(block):
-                out.append(block)
-                freed += size
-        for block in out:
-            self._bytes -= self._queue.pop(block)
+        for queue in (self._scan, self._queue):
+            taken = []
+            for block, size in queue.items():
+                if freed >= bytes_needed:
+                    break
+                if not protected(block):
+                    taken.append(block)
+                    freed += size
+            for block in taken:
+                self._bytes -= queue.pop(block)
+            out += taken
         return out
 
     def __contains__(self, block: Hashable) -> bool:
-        return block in self._queue
+        return block in self._queue or block in self._scan
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._scan)
 
     @property
     def tracked_bytes(self) -> int:
@@ -148,6 +158,9 @@ class S3FIFOPolicy(Policy):
     (``ghost_ratio`` of the resident count), so only blocks re-read soon after eviction displace main.
     To still adapt when the workload moves on (a new dataset), a main block idle for more than
     ``stale_factor`` times the longest recent reuse interval seen on main hits is evicted first.
+
+    Scan blocks (``on_insert(..., scan=True)``) wait in a FIFO of their own, outside both queues and their
+    shares, and go before anything else; read again, one joins the small queue as a block used twice.
     """
 
     name = "s3fifo"
@@ -164,6 +177,8 @@ class S3FIFOPolicy(Policy):
         self._main: OrderedDict[Hashable, int] = OrderedDict()  # FIFO with reinsertion
         self._recency: OrderedDict[Hashable, None] = OrderedDict()  # main blocks, least recently used first
         self._ghost: OrderedDict[Hashable, None] = OrderedDict()
+        self._scan: OrderedDict[Hashable, int] = OrderedDict()  # one-shot blocks, oldest first
+        self._scan_bytes = 0
         self._freq: dict[Hashable, int] = {}
         self._last: dict[Hashable, int] = {}
         self._small_bytes = 0
@@ -171,13 +186,19 @@ class S3FIFOPolicy(Policy):
         self._tick = 0
         self._reuse: float | None = None  # decayed max of the reuse intervals of main hits
 
-    def on_insert(self, block: Hashable, size: int) -> None:
-        """Into main if the ghost remembers it, else into the small queue."""
+    def on_insert(self, block: Hashable, size: int, scan: bool = False) -> None:
+        """Into main if the ghost remembers it, else into the small queue; a scan block into the scan FIFO
+        (the ghost not asked, the clock not moved)."""
         if block in self._freq:
             self.on_remove(block)
+        self._freq[block] = 0
+        if scan:
+            self._last[block] = self._tick
+            self._scan[block] = size
+            self._scan_bytes += size
+            return
         self._tick += 1
         self._last[block] = self._tick
-        self._freq[block] = 0
         if block in self._ghost:
             del self._ghost[block]
             self._to_main(block, size)
@@ -190,6 +211,11 @@ class S3FIFOPolicy(Policy):
         freq = self._freq.get(block)
         if freq is None:
             return
+        if block in self._scan:  # a one-shot block read again: a normal one, used twice
+            size = self._scan.pop(block)
+            self._scan_bytes -= size
+            self._small[block] = size
+            self._small_bytes += size
         self._tick += 1
         if freq < self.max_freq:
             self._freq[block] = freq + 1
@@ -208,6 +234,8 @@ class S3FIFOPolicy(Policy):
         size = self._small.pop(block, None)
         if size is not None:
             self._small_bytes -= size
+        elif block in self._scan:
+            self._scan_bytes -= self._scan.pop(block)
         else:
             self._drop_main(block)
 
@@ -232,6 +260,20 @@ class S3FIFOPolicy(Policy):
         while len(self._ghost) > limit:
             self._ghost.popitem(last=False)
 
+    def _scans(self, bytes_needed: int, protected: Protected, out: list[Hashable]) -> int:
+        """Evict scan blocks, oldest first (a protected one joins main instead)."""
+        freed = 0
+        while freed < bytes_needed and self._scan:
+            block, size = self._scan.popitem(last=False)
+            self._scan_bytes -= size
+            if protected(block):
+                self._to_main(block, size)
+                continue
+            self._forget(block)
+            out.append(block)
+            freed += size
+        return freed
+
     def _stale(self, bytes_needed: int, protected: Protected, out: list[Hashable]) -> int:
         """Evict main blocks idle far longer than main blocks are normally reused."""
         if self._reuse is None:
@@ -253,10 +295,12 @@ class S3FIFOPolicy(Policy):
         return freed
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[Hashable]:
-        """Stale main blocks first; then from the small queue while it is over its share, else from main."""
+        """Scan blocks first, stale main blocks next; then from the small queue while it is over its share,
+        else from main."""
         protected = protected or never_protected
         out: list[Hashable] = []
-        freed = self._stale(bytes_needed, protected, out)
+        freed = self._scans(bytes_needed, protected, out)
+        freed += self._stale(bytes_needed - freed, protected, out)
         # Shares are of what remains after this eviction, so that batched evictions (a tier evicting from
         # its high to its low watermark) take the one-shot blocks of the small queue, not main's.
         after = max(0, self._small_bytes + self._main_bytes - (bytes_needed - freed))
@@ -310,7 +354,7 @@ class S3FIFOPolicy(Policy):
     @property
     def tracked_bytes(self) -> int:
         """Bytes of the resident blocks."""
-        return self._small_bytes + self._main_bytes
+        return self._small_bytes + self._main_bytes + self._scan_bytes
 
 
 _FACTORIES: dict[str, tuple[Callable[..., Policy], bool, str]] = {

@@ -67,15 +67,17 @@ class RamTier:
         with self._lock:
             self.misses += 1
 
-    def put(self, block: BlockId, data: bytes) -> bool:
-        """Admit a block, evicting by policy first; False if it cannot fit."""
+    def put(self, block: BlockId, data: bytes, scan: bool = False) -> bool:
+        """Admit a block, evicting by policy first; False if it cannot fit. ``scan``: a stream's one-shot
+        block (the policy evicts it first; a resident block is left as it is)."""
         size = len(data)
         if size > self._capacity:
             return False
         evicted: list[tuple[BlockId, bytes]] = []
         with self._lock:
             if block in self._blocks:
-                self.policy.on_access(block)
+                if not scan:
+                    self.policy.on_access(block)
                 return True
             if self._used + size > self.high * self._capacity:
                 self._evict(self._used + size - int(self.low * self._capacity), evicted)
@@ -89,7 +91,7 @@ class RamTier:
             if admitted:
                 self._blocks[block] = data
                 self._used += size
-                self.policy.on_insert(block, size)
+                self.policy.on_insert(block, size, scan=scan)
             else:
                 self.rejected += 1
         if evicted and self.on_evict is not None:

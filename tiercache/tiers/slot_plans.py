@@ -34,7 +34,7 @@ class SlotRef(int):
 class _Detached(Policy):
     """A fallback that does nothing: used while seeding a plan-aware policy from slots already tracked."""
 
-    def on_insert(self, block: Hashable, size: int) -> None:
+    def on_insert(self, block: Hashable, size: int, scan: bool = False) -> None:
         """Nothing."""
 
     def on_access(self, block: Hashable) -> None:
@@ -96,7 +96,8 @@ class SlotPlanPolicy(Policy):
         try:
             for slot in batch:
                 if slot in self.fallback and slot not in planned:
-                    planned.on_insert(self._ref(slot), self.fallback.size_of(slot))
+                    planned.on_insert(self._ref(slot), self.fallback.size_of(slot),
+                                      scan=self.fallback.scanned(slot))
         finally:
             planned.fallback = self.fallback
         self._seeded_upto = start + len(batch)
@@ -106,16 +107,15 @@ class SlotPlanPolicy(Policy):
     def _ref(self, slot: int) -> SlotRef:
         return SlotRef(slot, self.key_of(slot) or "")
 
-    def on_insert(self, block: int, size: int, ident: int | None = None) -> None:
-        """Track a resident slot (in the fallback; in the plan-aware policy too while plans are live)."""
+    def on_insert(self, block: int, size: int, ident: int | None = None, scan: bool = False) -> None:
+        """Track a resident slot (in the fallback; in the plan-aware policy too while plans are live);
+        ``scan``: a stream's one-shot block."""
         planned = self._active()
-        if planned is None:
-            self.fallback.on_insert(block, size, ident)
-        else:
-            self.fallback.on_insert(block, size, ident)
+        self.fallback.on_insert(block, size, ident, scan=scan)
+        if planned is not None:
             planned.fallback = _DETACHED  # the fallback has it already (with its ghost identity)
             try:
-                planned.on_insert(self._ref(int(block)), size)
+                planned.on_insert(self._ref(int(block)), size, scan=scan)
             finally:
                 planned.fallback = self.fallback
 
@@ -132,8 +132,11 @@ class SlotPlanPolicy(Policy):
         self.fallback.reserve(slots)
 
     def on_access(self, block: int) -> None:
-        """A hit (only the fallback keeps recency)."""
-        self.fallback.on_access(block)
+        """A hit (the fallback keeps recency; a scan slot read again turns normal in both)."""
+        if self._planned is not None:
+            self._planned.on_access(block)  # passes it on to the fallback
+        else:
+            self.fallback.on_access(block)
 
     def on_remove(self, block: int) -> None:
         """Forget a slot."""

@@ -5,7 +5,8 @@ Same contract and the same decisions as ``policy.py``'s LRU and S3-FIFO, but a b
 block. S3-FIFO keeps 34 bytes per slot (size, counter, queue, last access tick, identity, two pairs of
 links), LRU 13, plus up to half again while an array has room to grow. ``on_insert`` takes an optional
 ``ident`` (a hash of the block's identity) that the ghost remembers after an eviction, since a slot is
-reused by other blocks.
+reused by other blocks, and ``scan`` (a one-shot block of a stream: its own FIFO, victims first; see
+``policy.py``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 from .policy import Policy, Protected, never_protected
 from .slot_lists import NIL, Ghost, Lists, grown
 
-SMALL, MAIN = 0, 1
-_OUT, _IN_SMALL, _IN_MAIN = 0, 1, 2
+SMALL, MAIN, SCAN = 0, 1, 2
+_OUT, _IN_SMALL, _IN_MAIN, _IN_SCAN = 0, 1, 2, 3
 
 
 class SlotPolicy(Policy):
@@ -58,6 +59,10 @@ class SlotPolicy(Policy):
         """The size a resident slot was inserted with."""
         return int(self._size[slot])
 
+    def scanned(self, slot: int) -> bool:
+        """Whether a resident slot is a one-shot (scan) slot not read again since."""
+        return False
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the policy's arrays."""
@@ -71,23 +76,23 @@ class SlotLRU(SlotPolicy):
 
     def __init__(self) -> None:
         super().__init__()
-        self._lists = Lists(1)
-        self._in = np.zeros(0, np.bool_)
+        self._lists = Lists(2)  # 0: least recent first; SCAN (1): one-shot slots, oldest first
+        self._in = np.zeros(0, np.uint8)  # 0: out, 1: in list 0, 2: in the scan list
 
     def _reserve(self, need: int) -> None:
         super()._reserve(need)
         self._in = grown(self._in, need)
         self._lists.reserve(need)
 
-    def on_insert(self, block: int, size: int, ident: int | None = None) -> None:
-        """Insert at the most-recent end."""
+    def on_insert(self, block: int, size: int, ident: int | None = None, scan: bool = False) -> None:
+        """Insert at the most-recent end (a scan slot: at the end of the scan list)."""
         slot = int(block)
         self._reserve(slot + 1)
         if self._in[slot]:
             self.on_remove(slot)
-        self._in[slot] = True
+        self._in[slot] = 1 + bool(scan)
         self._size[slot] = size
-        self._lists.append(0, slot)
+        self._lists.append(int(bool(scan)), slot)
         self._count += 1
         self._bytes += size
 
@@ -97,19 +102,21 @@ class SlotLRU(SlotPolicy):
         if not len(slots):
             return
         self._reserve(int(slots.max()) + 1)
-        new = ~self._in[slots]
+        new = self._in[slots] == 0
         slots, sizes = slots[new], np.asarray(sizes)[new]
-        self._in[slots] = True
+        self._in[slots] = 1
         self._size[slots] = sizes
         self._lists.extend(0, slots)
         self._count += len(slots)
         self._bytes += int(sizes.sum())
 
     def on_access(self, block: int) -> None:
-        """Move to the most-recent end."""
+        """Move to the most-recent end (a scan slot read again becomes a normal one)."""
         slot = int(block)
         if slot < len(self._in) and self._in[slot]:
-            self._lists.to_tail(0, slot)
+            self._lists.remove(self._in[slot] - 1, slot)
+            self._lists.append(0, slot)
+            self._in[slot] = 1
 
     def on_remove(self, block: int) -> None:
         """Forget a slot."""
@@ -118,27 +125,32 @@ class SlotLRU(SlotPolicy):
             self._forget(slot)
 
     def _forget(self, slot: int) -> None:
-        self._lists.remove(0, slot)
-        self._in[slot] = False
+        self._lists.remove(self._in[slot] - 1, slot)
+        self._in[slot] = 0
         self._count -= 1
         self._bytes -= int(self._size[slot])
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[int]:
-        """Least recent first, skipping protected slots."""
+        """Scan slots first, then least recent first, skipping protected slots."""
         protected = protected or never_protected
         out, freed = [], 0
-        slot = self._lists.first(0)
-        while slot != NIL and freed < bytes_needed:
-            nxt = self._lists.after(slot)
-            if not protected(slot):
-                freed += int(self._size[slot])
-                self._forget(slot)
-                out.append(slot)
-            slot = nxt
+        for k in (1, 0):
+            slot = self._lists.first(k)
+            while slot != NIL and freed < bytes_needed:
+                nxt = self._lists.after(slot)
+                if not protected(slot):
+                    freed += int(self._size[slot])
+                    self._forget(slot)
+                    out.append(slot)
+                slot = nxt
         return out
 
     def __contains__(self, block: object) -> bool:
         return isinstance(block, (int, np.integer)) and 0 <= block < len(self._in) and bool(self._in[block])
+
+    def scanned(self, slot: int) -> bool:
+        """Whether ``slot`` waits in the scan list."""
+        return slot < len(self._in) and self._in[slot] == 2
 
     def resident(self) -> np.ndarray:
         """The resident slots."""
@@ -155,14 +167,14 @@ class SlotS3FIFO(SlotPolicy):
         super().__init__()
         self.small_ratio, self.ghost_ratio = small_ratio, ghost_ratio
         self.stale_factor, self.max_freq = stale_factor, max_freq
-        self._where = np.zeros(0, np.uint8)  # _OUT, _IN_SMALL, _IN_MAIN
+        self._where = np.zeros(0, np.uint8)  # _OUT, _IN_SMALL, _IN_MAIN, _IN_SCAN
         self._freq = np.zeros(0, np.uint8)
         self._last = np.zeros(0, np.int64)
         self._ident = np.zeros(0, np.uint32)  # 32 bits of identity: enough for a lossy ghost
-        self._queues = Lists(2)  # SMALL and MAIN FIFOs
+        self._queues = Lists(3)  # SMALL, MAIN and SCAN FIFOs
         self._recency = Lists(1)  # main slots, least recently used first
         self._ghost = Ghost()
-        self._small_bytes = self._main_bytes = 0
+        self._small_bytes = self._main_bytes = self._scan_bytes = 0
         self._tick = 0
         self._reuse: float | None = None
 
@@ -176,20 +188,27 @@ class SlotS3FIFO(SlotPolicy):
             self._queues.reserve(need)
             self._recency.reserve(need)
 
-    def on_insert(self, block: int, size: int, ident: int | None = None) -> None:
-        """Into main if the ghost remembers its identity, else into the small queue."""
+    def on_insert(self, block: int, size: int, ident: int | None = None, scan: bool = False) -> None:
+        """Into main if the ghost remembers its identity, else into the small queue; a scan slot into the
+        scan FIFO (the ghost not asked, the clock not moved)."""
         slot = int(block)
         self._reserve(slot + 1)
         if self._where[slot]:
             self.on_remove(slot)
         ident = (int(ident if ident is not None else slot + 1) & 0xFFFFFFFF) or 1
-        self._tick += 1
-        self._last[slot] = self._tick
         self._freq[slot] = 0
         self._ident[slot] = ident
         self._size[slot] = size
         self._count += 1
         self._bytes += size
+        if scan:
+            self._last[slot] = self._tick
+            self._where[slot] = _IN_SCAN
+            self._queues.append(SCAN, slot)
+            self._scan_bytes += size
+            return
+        self._tick += 1
+        self._last[slot] = self._tick
         if ident in self._ghost:
             self._ghost.discard(ident)
             self._to_main(slot)
@@ -233,6 +252,13 @@ class SlotS3FIFO(SlotPolicy):
         slot = int(block)
         if slot >= len(self._where) or not self._where[slot]:
             return
+        if self._where[slot] == _IN_SCAN:  # a one-shot slot read again: a normal one, used twice
+            size = int(self._size[slot])
+            self._queues.remove(SCAN, slot)
+            self._scan_bytes -= size
+            self._where[slot] = _IN_SMALL
+            self._queues.append(SMALL, slot)
+            self._small_bytes += size
         self._tick += 1
         freq = int(self._freq[slot])
         if freq < self.max_freq:
@@ -252,6 +278,9 @@ class SlotS3FIFO(SlotPolicy):
         if self._where[slot] == _IN_SMALL:
             self._queues.remove(SMALL, slot)
             self._small_bytes -= int(self._size[slot])
+        elif self._where[slot] == _IN_SCAN:
+            self._queues.remove(SCAN, slot)
+            self._scan_bytes -= int(self._size[slot])
         else:
             self._drop_main(slot)
         self._forget(slot)
@@ -275,7 +304,25 @@ class SlotS3FIFO(SlotPolicy):
         self._bytes -= int(self._size[slot])
 
     def _remember(self, slot: int) -> None:
-        self._ghost.add(int(self._ident[slot]), max(16, int(self.ghost_ratio * self._count)))
+        normal = self._count - self._queues.size[SCAN]
+        self._ghost.add(int(self._ident[slot]), max(16, int(self.ghost_ratio * normal)))
+
+    def _scans(self, bytes_needed: int, protected: Protected, out: list[int]) -> int:
+        """Evict scan slots, oldest first (a protected one joins main instead)."""
+        freed = 0
+        queues = self._queues
+        while freed < bytes_needed and queues.size[SCAN]:
+            slot = queues.first(SCAN)
+            size = int(self._size[slot])
+            queues.remove(SCAN, slot)
+            self._scan_bytes -= size
+            if protected(slot):
+                self._to_main(slot)
+                continue
+            self._forget(slot)
+            out.append(slot)
+            freed += size
+        return freed
 
     def _stale(self, bytes_needed: int, protected: Protected, out: list[int]) -> int:
         """Evict main slots idle far longer than main slots are normally reused."""
@@ -298,10 +345,12 @@ class SlotS3FIFO(SlotPolicy):
         return freed
 
     def victims(self, bytes_needed: int, protected: Protected | None = None) -> list[int]:
-        """Stale main slots first; then from the small queue while it is over its share, else from main."""
+        """Scan slots first, stale main slots next; then from the small queue while it is over its share,
+        else from main."""
         protected = protected or never_protected
         out: list[int] = []
-        freed = self._stale(bytes_needed, protected, out)
+        freed = self._scans(bytes_needed, protected, out)
+        freed += self._stale(bytes_needed - freed, protected, out)
         after = max(0, self._small_bytes + self._main_bytes - (bytes_needed - freed))
         queues = self._queues
         while queues.size[SMALL]:  # main under its share: fill it from the small queue
@@ -356,6 +405,10 @@ class SlotS3FIFO(SlotPolicy):
     def resident(self) -> np.ndarray:
         """The resident slots."""
         return np.flatnonzero(self._where)
+
+    def scanned(self, slot: int) -> bool:
+        """Whether ``slot`` waits in the scan FIFO."""
+        return slot < len(self._where) and self._where[slot] == _IN_SCAN
 
     @property
     def nbytes(self) -> int:
