@@ -213,6 +213,28 @@ def test_a_stream_that_outruns_read_ahead_does_not_evict_the_small_files_working
     assert evictions >= 300, "the stream did pass through RAM"
 
 
+def test_a_stream_through_the_ssd_tier_does_not_evict_its_small_files_working_set(tmp_path):
+    """The same one-shot rule in the SSD tier (its slot policy): small files read three times (from the SSD
+    tier: RAM is too small to hold them), then a stream 4x the SSD tier: every small file stays on the SSD
+    tier (before the scan flag reached it: 53-60 of 64)."""
+    files = {f"small/{i:02d}": random.Random(i).randbytes(32 * KiB) for i in range(64)}
+    big = random.Random(99).randbytes(32 * MiB)
+    with _local_cache(tmp_path, {**files, "big.bin": big}, ram="1M", ssd_size="8M", block_size="64K") as cache:
+        assert cache.ssd.validated(30)
+        for _ in range(3):
+            for key, data in files.items():
+                assert cache.read(key) == data
+            cache.ssd.drain()
+            cache.evict("small", "ram")
+        for offset in range(0, len(big), 128 * KiB):
+            assert cache.read("big.bin", offset, 128 * KiB) == big[offset:offset + 128 * KiB]
+        _settle(cache)
+        cache.ssd.drain()
+        kept = sum(cache.resident(key, "ssd") == len(data) for key, data in files.items())
+        assert cache.stats()["ssd"]["evictions"] >= 200, "the stream did pass through the SSD tier"
+    assert kept == 64, f"{64 - kept} of 64 small files evicted from the SSD tier by one stream"
+
+
 def test_ssd_admission_is_dropped_under_pressure_never_written_on_the_read_path(tmp_path, monkeypatch):
     """SSD writes stalled: the reader goes on (no SSD write ever runs on its thread), what does not fit the
     write queue is dropped and counted, every byte read is right, and what did reach the SSD tier is the
@@ -223,12 +245,12 @@ def test_ssd_admission_is_dropped_under_pressure_never_written_on_the_read_path(
         writers: set[str] = set()
         real_put = cache.ssd.put
 
-        def slow_put(block, data, queued=False):
+        def slow_put(block, data, queued=False, scan=False):
             name = threading.current_thread().name
             writers.add(name)
             if name == "tiercache-ssd-writer":
                 stalled.wait(20)
-            return real_put(block, data, queued)
+            return real_put(block, data, queued, scan)
 
         monkeypatch.setattr(cache.ssd, "put", slow_put)
         reader = threading.current_thread().name
@@ -302,3 +324,33 @@ def test_every_policy_evicts_a_streams_one_shot_blocks_before_the_working_set(na
     assert all(block(i) in policy for i in range(10)), "the working set stayed"
     assert block(105) in policy, "a streamed block read again is a normal block"
     assert [str(v) for v in evicted] == [str(block(i)) for i in range(100, 400 - 9) if i != 105]
+
+
+def test_the_ssd_tier_writes_a_streams_blocks_as_one_shot_blocks(tmp_path):
+    """put/put_async with ``scan``: the SSD tier's slot policy evicts the stream's blocks first, oldest
+    first, and one read again after its stream stays like any block read twice."""
+    from tiercache.tiers.base import BlockId
+    from tiercache.tiers.meta import Meta
+    from tiercache.tiers.ssd import SsdTier
+
+    meta = Meta(tmp_path / "meta")
+    ssd = SsdTier(tmp_path / "regions", 2 * MiB, meta, region_size=64 * KiB)
+    try:
+        assert ssd.validated(30)
+        small = [BlockId(f"small/{i}", "e", 0) for i in range(8)]
+        for block in small:
+            assert ssd.put(block, bytes([len(block.key)]) * (32 * KiB))
+            assert ssd.get(block) is not None
+        stream = [BlockId("big.bin", "e", i) for i in range(100)]
+        for block in stream[:50]:
+            assert ssd.put_async(block, bytes([block.index]) * (32 * KiB), scan=True)
+            ssd.drain()
+        assert ssd.get(stream[45]) == bytes([45]) * (32 * KiB)  # read again, after its stream
+        for block in stream[50:]:
+            ssd.put(block, bytes([block.index]) * (32 * KiB), scan=True)
+        assert all(ssd.contains(block) for block in small), "the working set stayed"
+        assert ssd.contains(stream[45]) and ssd.contains(stream[-1]) and not ssd.contains(stream[0])
+        assert ssd.stats()["evictions"] >= 40
+    finally:
+        ssd.close()
+        meta.close()

@@ -74,13 +74,13 @@ class TierStack:
             return
         if into == "ssd":
             self.ssd.put(block, data)
-        elif not self._queue(block, data, charge=not in_ram):
+        elif not self._queue(block, data, charge=not in_ram, scan=scan):
             self.counters.add("ssd_admission_dropped")
 
-    def _queue(self, block: BlockId, data: bytes, charge: bool) -> bool:
+    def _queue(self, block: BlockId, data: bytes, charge: bool, scan: bool = False) -> bool:
         """Hand a block to the SSD write queue; ``charge``: RAM does not hold it, so the queue's copy counts
-        against the memory budget. False when it was dropped."""
-        if not self.ssd.put_async(block, data):
+        against the memory budget; ``scan``: a stream's. False when it was dropped."""
+        if not self.ssd.put_async(block, data, scan):
             return False
         return not charge or self.ssd.queue.charge(block)
 

@@ -85,7 +85,7 @@ class SsdTier(SsdReads):
         if budget is not None:
             limit = min(limit, budget.total // 2)
         self.queue = WriteQueue(
-            self._lock, limit, lambda block, data: self.put(block, data, queued=True), budget
+            self._lock, limit, lambda block, data, scan=False: self.put(block, data, queued=True, scan=scan), budget
         )
         self._writing: set[BlockId] = set()
         self._touched: OrderedDict[BlockId, tuple[int, int]] = OrderedDict()  # (last part's end, run)
@@ -139,8 +139,9 @@ class SsdTier(SsdReads):
 
     # ------------------------------------------------------------------ writes and space
 
-    def put(self, block: BlockId, data: bytes, queued: bool = False) -> bool:
-        """Append a block to the active region (making room first); False if it cannot fit."""
+    def put(self, block: BlockId, data: bytes, queued: bool = False, scan: bool = False) -> bool:
+        """Append a block to the active region (making room first); False if it cannot fit. ``scan``: a
+        stream's one-shot block (the policy evicts it first until it is read again)."""
         length = len(data)
         if length > self._quota:
             return False
@@ -170,7 +171,7 @@ class SsdTier(SsdReads):
                 region.inflight -= 1
                 self._writing.discard(block)
                 if ok:
-                    self.entries.link(block, region, Location(region.id, off, length, crcs, slot))
+                    self.entries.link(block, region, Location(region.id, off, length, crcs, slot), scan)
                 else:
                     self.write_errors += 1
                     self.slots.release(slot)
@@ -228,8 +229,9 @@ class SsdTier(SsdReads):
     def _make_room(self, need: int) -> bool:
         return self.entries.make_room(need, self.capacity(), self.high, self.low)
 
-    def put_async(self, block: BlockId, data: bytes) -> bool:
-        """Queue a block for a background ``put`` (readable meanwhile); False if the queue is full.
+    def put_async(self, block: BlockId, data: bytes, scan: bool = False) -> bool:
+        """Queue a block for a background ``put`` (readable meanwhile; ``scan`` as for ``put``); False if
+        the queue is full.
 
         For blocks another tier also holds (the cache writes RAM blocks through to SSD this way): a full
         queue costs nothing but the SSD copy, and RAM evictions still demote synchronously.
@@ -240,7 +242,7 @@ class SsdTier(SsdReads):
         if self.index.get(block.encode()) is not None:
             return True
         with self._lock:
-            return self.queue.add(block, data)
+            return self.queue.add(block, data, scan)
 
     def drain(self) -> None:
         """Wait until every queued block is written."""

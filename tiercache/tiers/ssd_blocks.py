@@ -62,12 +62,13 @@ class SsdBlocks:
 
         return protected
 
-    def track(self, slot: int, length: int, identity: int) -> None:
-        """Tell the policy about a resident block (``identity``: ``ident`` of its encoded id)."""
+    def track(self, slot: int, length: int, identity: int, scan: bool = False) -> None:
+        """Tell the policy about a resident block (``identity``: ``ident`` of its encoded id; ``scan``: a
+        stream's one-shot block)."""
         if self._ident_aware:
-            self.policy.on_insert(slot, length, identity)
+            self.policy.on_insert(slot, length, identity, scan=scan)
         else:
-            self.policy.on_insert(slot, length)
+            self.policy.on_insert(slot, length, scan=scan)
 
     def track_many(self, slots: np.ndarray, idents: np.ndarray) -> None:
         """``track`` the slots (validation found them) still held, with their ``idents[slot]``."""
@@ -80,8 +81,8 @@ class SsdBlocks:
             if slot not in self.policy:
                 self.policy.on_insert(slot, size)
 
-    def link(self, block: BlockId, region: Region, loc: Location) -> None:
-        """Make a block written at ``loc`` (its slot allocated) resident."""
+    def link(self, block: BlockId, region: Region, loc: Location, scan: bool = False) -> None:
+        """Make a block written at ``loc`` (its slot allocated) resident (``scan``: see ``track``)."""
         key = block.encode()
         self.index.next_slot = self.slots.next_slot
         self.index.set(key, loc.pack())
@@ -89,7 +90,7 @@ class SsdBlocks:
         self.slots.claim(loc.slot, region.id, loc.length)
         region.count += 1
         region.live += loc.length
-        self.track(loc.slot, loc.length, ident(key))
+        self.track(loc.slot, loc.length, ident(key), scan)
 
     def drop(self, key: bytes, raw: bytes, forget: bool = True) -> int:
         """Remove the index entry ``key`` (whose current value is ``raw``) and, unless another entry still

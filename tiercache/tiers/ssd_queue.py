@@ -23,7 +23,7 @@ class WriteQueue:
     """Queued blocks in arrival order. Every method but ``drain`` and ``close`` expects the caller to hold
     ``lock`` (the tier's lock, shared so that lookups see a block either queued or indexed)."""
 
-    def __init__(self, lock: threading.Lock, limit: int, write: Callable[[BlockId, bytes], object],
+    def __init__(self, lock: threading.Lock, limit: int, write: Callable[..., object],
                  budget: MemoryBudget | None = None):
         self.limit = limit
         self.budget = budget
@@ -31,6 +31,7 @@ class WriteQueue:
         self._cond = threading.Condition(lock)
         self._queue: OrderedDict[BlockId, bytes] = OrderedDict()
         self._charged: set[BlockId] = set()  # entries counted against the budget
+        self._scan: set[BlockId] = set()  # entries of a stream (one-shot blocks for the SSD tier's policy)
         self.bytes = 0
         self.dropped = 0  # charges that did not fit (the SSD copy was dropped)
         self._writer: threading.Thread | None = None
@@ -47,13 +48,15 @@ class WriteQueue:
         """Queued block ids, a snapshot."""
         return list(self._queue)
 
-    def add(self, block: BlockId, data: bytes) -> bool:
-        """Queue a block (uncharged: see the module docstring); False when closed or when it would pass
-        ``limit`` bytes."""
+    def add(self, block: BlockId, data: bytes, scan: bool = False) -> bool:
+        """Queue a block (uncharged: see the module docstring; ``scan``: written as a stream's one-shot
+        block); False when closed or when it would pass ``limit`` bytes."""
         if self._stop or self.bytes + len(data) > self.limit:
             return False
         self._queue[block] = data
         self.bytes += len(data)
+        if scan:
+            self._scan.add(block)
         if self._writer is None:
             self._writer = threading.Thread(target=self._loop, name="tiercache-ssd-writer", daemon=True)
             self._writer.start()
@@ -87,6 +90,7 @@ class WriteQueue:
         if data is None:
             return 0
         self.bytes -= len(data)
+        self._scan.discard(block)
         if block in self._charged:
             self._charged.discard(block)
             self.budget.release(len(data), "ssd_queue")
@@ -100,8 +104,9 @@ class WriteQueue:
                 if not self._queue:
                     return
                 block, data = next(iter(self._queue.items()))
+                scan = block in self._scan
             try:
-                self._write(block, data)
+                self._write(block, data, scan=scan)
             except Exception:  # noqa: BLE001 - a failed write only loses the SSD copy
                 log.exception("ssd tier: background write failed")
             with self._cond:
