@@ -97,11 +97,8 @@ class Namespace:
 
     def _start(self, top: str) -> ListingJob:
         """Start listing directory ``top`` in its own thread (caller holds the lock)."""
-        token = self.removals.start()
         job = ListingJob(self.store, self.meta, self.index, top, self.clock(), self._cond, self._overlay,
-                         lambda: self.hidden, self.threads, on_end=self._ended,
-                         removed=lambda key: self.removals.removed_since(key, token))
-        job.token = token
+                         lambda: self.hidden, self.threads, on_end=self._ended, removals=self.removals)
         self._jobs[top] = job
         job.thread = threading.Thread(target=job.run, name=f"tiercache-list:{top}", daemon=True)
         job.thread.start()

@@ -22,16 +22,20 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
+from itertools import repeat
+from operator import attrgetter, itemgetter
 
 from .namespace_index import MARK, NamespaceIndex, below
-from .namespace_records import INFO, TIME, encode, keep_metadata, key_problem, parent_of
+from .namespace_records import INFO, TIME, encode, encode_many, keep_metadata, key_problem, parent_of, plain_keys
+from .removals import Removals
 from .store.base import ObjectInfo, ObjectStore
 from .store.walk import Unit, Walk, complete, complete_below
-from .tiers.meta import RAW_KEY_MAX, Meta
+from .tiers.meta import RAW_KEY_MAX, Meta, Txn
 
 log = logging.getLogger("tiercache.namespace")
 
 BATCH = 5000
+_KEY = attrgetter("key")
 LISTED = struct.Struct("<dQQ")  # a listing's record: when it started, files and directories it found
 
 
@@ -45,16 +49,15 @@ class ListingJob:
     def __init__(self, store: ObjectStore, meta: Meta, index: NamespaceIndex, top: str, started: float,
                  cond: threading.Condition, overlay: dict[str, ObjectInfo],
                  hidden: Callable[[], Callable[[str], bool] | None], threads: int,
-                 on_end: Callable[[ListingJob], None] | None = None,
-                 removed: Callable[[str], bool] | None = None):
+                 on_end: Callable[[ListingJob], None] | None = None, removals: Removals | None = None):
         self.store, self.meta, self.index, self.top, self.started = store, meta, index, top, started
         self.cond = cond  # the namespace's lock: guards ``overlay``, ``units`` and the waiters
         self.overlay = overlay
         self.hidden = hidden  # the predicate of keys to leave out, asked for when the listing starts
         self._hidden: Callable[[str], bool] | None = None
         self.on_end = on_end  # called under ``cond`` when the job ends, before ``finished`` is set
-        self.removed = removed  # keys removed since the listing started (removals.py): never taken in
-        self.token = 0  # the namespace's removals token of this listing
+        self.removals = removals  # keys removed since the listing started (token ``token``): never taken in
+        self.token = removals.start() if removals is not None else 0
         self.walk = Walk(store, below(top).decode(), threads)
         self.units: list[Unit] = []
         self.finished = threading.Event()
@@ -66,6 +69,8 @@ class ListingJob:
         self.skipped = 0
         self._fresh = False
         self._batch: list[ObjectInfo] = []
+        self._keys: list[bytes] = []  # the batch's keys, encoded
+        self._long = False  # a key in the batch is longer than LMDB's own keys (stored as Meta maps it)
         self._markers: list[str] = []
         self._new_dirs: list[str] = []
         self._last: dict[int, tuple[Unit, str]] = {}
@@ -130,8 +135,32 @@ class ListingJob:
             path = parent_of(path)
 
     def _take(self, infos: list[ObjectInfo], unit: Unit | None) -> None:
-        """Take one chunk of a unit's infos into the batch (the rules in the module docstring)."""
-        hidden, dirs, batch, bad = self._hidden, self.dirs, self._batch, self.bad
+        """Take one chunk of a unit's infos into the batch (the rules in the module docstring): as a whole
+        when every key is a plain path that names no directory seen (the common case), else key by key."""
+        keys = list(map(_KEY, infos))
+        joined = "\0".join(keys)
+        if self._hidden is None and plain_keys(keys, joined) and self.dirs.isdisjoint(keys):
+            self._take_plain(keys, joined)
+            self._batch += infos
+            last = keys[-1] if keys else None
+        else:
+            last = self._take_each(infos)
+        if unit is not None and last is not None:
+            self._last[id(unit)] = (unit, last)
+
+    def _take_plain(self, keys: list[str], joined: str) -> None:
+        """The directories and encoded keys of plain ``keys`` (``joined`` by NULs, which they do not hold)."""
+        if not keys:
+            return
+        self._keys += joined.encode().split(b"\0")
+        floor = len(self.top)
+        for parent in _parents(keys, joined).difference(self.dirs):
+            if len(parent) > floor:
+                self._dir(parent)
+
+    def _take_each(self, infos: list[ObjectInfo]) -> str | None:
+        """``_take`` key by key: hidden keys, folder markers, keys that cannot be paths; the last key taken."""
+        hidden, dirs, batch, bad, keys = self._hidden, self.dirs, self._batch, self.bad, self._keys
         floor = len(self.top)
         last = None
         for info in infos:
@@ -157,37 +186,29 @@ class ListingJob:
             if len(parent) > floor and parent not in dirs:
                 self._dir(parent)
             batch.append(info)
+            raw = key.encode()
+            keys.append(raw)
+            self._long = self._long or len(raw) > RAW_KEY_MAX
             last = key
-        if unit is not None and last is not None:
-            self._last[id(unit)] = (unit, last)
+        return last
 
     def _commit(self, publish: bool = True) -> None:
         """Write the batch in one transaction, then (``publish``) tell the waiters how far each unit has got."""
-        batch, markers, new_dirs = self._batch, self._markers, self._new_dirs
-        self._batch, self._markers, self._new_dirs = [], [], []
+        batch, keys, markers, new_dirs = self._batch, self._keys, self._markers, self._new_dirs
+        self._batch, self._keys, self._markers, self._new_dirs = [], [], [], []
+        long_keys, self._long = self._long, False
         objects, listings = self.index.objects, self.index.listings
         stamp = TIME.pack(self.started)
         with self.cond:
             if batch or markers or new_dirs:
                 with self.meta.write() as txn:
-                    overlay, fresh, started, removed = self.overlay, self._fresh, self.started, self.removed
-                    put = txn.txn.put  # a plain LMDB put for keys short enough to be stored as themselves
-                    for info in batch:
-                        if removed is not None and removed(info.key):
-                            continue  # deleted while the listing was out: the listing predates it
-                        pending = overlay.get(info.key) if overlay else None
-                        if pending is not None:
-                            if pending.etag == info.etag:
-                                del overlay[info.key]
-                            else:
-                                info = pending
-                        key = info.key.encode()
-                        if not fresh:
-                            info = keep_metadata(txn.get(key, db=objects), info)
-                        if len(key) <= RAW_KEY_MAX:
-                            put(key, encode(info, started), db=objects)
-                        else:
-                            txn.put(key, encode(info, started), db=objects)
+                    overlay = self.overlay
+                    removed = self.removals is not None and self.removals.any_since(self.token)
+                    if not self._fresh or long_keys or removed or (
+                            overlay and not overlay.keys().isdisjoint([info.key for info in batch])):
+                        self._put_each(txn, batch, keys)
+                    elif batch:  # a fresh subtree, nothing to merge: one multi-put of the whole batch
+                        txn.txn.cursor(db=objects).putmulti(zip(keys, encode_many(batch, self.started), strict=True))
                     for path in markers:
                         txn.put(MARK + path.encode(), stamp, db=listings)
                     for path in new_dirs:  # a file where a directory now is: the directory wins
@@ -204,6 +225,28 @@ class ListingJob:
                     unit.done = True
                 self._ended.clear()
                 self.cond.notify_all()
+
+    def _put_each(self, txn: Txn, batch: list[ObjectInfo], keys: list[bytes]) -> None:
+        """Write the batch record by record: removals since the listing began, the overlay, metadata kept
+        from the records of a subtree listed before (caller holds ``cond``)."""
+        overlay, fresh, started, objects = self.overlay, self._fresh, self.started, self.index.objects
+        removals, token = self.removals, self.token
+        put = txn.txn.put  # a plain LMDB put for keys short enough to be stored as themselves
+        for info, key in zip(batch, keys, strict=True):
+            if removals is not None and removals.removed_since(info.key, token):
+                continue  # deleted while the listing was out: the listing predates it
+            pending = overlay.get(info.key) if overlay else None
+            if pending is not None:
+                if pending.etag == info.etag:
+                    del overlay[info.key]
+                else:
+                    info = pending
+            if not fresh:
+                info = keep_metadata(txn.get(key, db=objects), info)
+            if len(key) <= RAW_KEY_MAX:
+                put(key, encode(info, started), db=objects)
+            else:
+                txn.put(key, encode(info, started), db=objects)
 
     def _finish(self) -> None:
         """Sweep what this listing did not list, keep the overlay, record the listing, warn of skipped keys."""
@@ -233,6 +276,23 @@ class ListingJob:
             examples = "; ".join(f"{k!r} {why}" for k, why in self.bad[:3])
             log.warning("%s: skipped %d key(s) that cannot be paths, e.g. %s", self.store.url, len(self.bad),
                         examples)
+
+
+def _parents(keys: list[str], joined: str) -> set[str]:
+    """The directories that NUL-``joined`` plain ``keys`` are directly in. The common chunk (every key in the
+    first key's directory or the last's) is proved by counting over the joined string: as many keys start
+    with those directories as there are keys, and none holds a "/" more than its directory's key does."""
+    first, last = keys[0].rpartition("/")[0], keys[-1].rpartition("/")[0]
+    if first and last and (first == last or not (last.startswith(f"{first}/") or first.startswith(f"{last}/"))):
+        counted = slashes = 0
+        for parent in {first, last}:
+            head = f"{parent}/"
+            found = joined.count(f"\0{head}") + joined.startswith(head)
+            counted += found
+            slashes += found * head.count("/")
+        if counted == len(keys) and joined.count("/") == slashes:
+            return {first, last}
+    return set(map(itemgetter(0), map(str.rpartition, keys, repeat("/"))))
 
 
 def listed_time(raw: bytes) -> float:

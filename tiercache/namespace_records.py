@@ -3,7 +3,6 @@ one object's info (size, mtime, fetch time, mode, uid, gid, flags, etag)."""
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,13 +37,27 @@ def normalize(path: str) -> str:
     return path
 
 
-_SUSPECT = re.compile(r"(?:^|/)\.{0,2}(?:/|$)|\0")  # an empty, "." or ".." segment, or a NUL
+def _plain(joined: str, longest: int) -> bool:
+    """Whether "/"-joined keys, the longest ``longest`` characters, have no empty, "." or ".." segment, no
+    NUL and no segment that could reach 255 bytes (UTF-8: 4 bytes a character at most): a few C scans."""
+    if longest > 63 and (longest > 255 or not joined.isascii()):
+        return False
+    bracketed = f"/{joined}/"
+    return "//" not in bracketed and "/./" not in bracketed and "/../" not in bracketed and "\0" not in joined
+
+
+def plain_keys(keys: list[str], joined: str) -> bool:
+    """Whether every key of ``keys`` is a plain path (``key_problem`` None) and none is a folder marker,
+    checked on ``joined``, the keys joined by NULs, as one string (a segment "", "." or ".." lies inside
+    one key, and a key holds a NUL if the string holds more than the separators)."""
+    if not keys:
+        return True
+    return joined.count("\0") == len(keys) - 1 and _plain(joined.replace("\0", "/"), max(map(len, keys)))
 
 
 def key_problem(key: str) -> str | None:
     """Why ``key`` cannot be a POSIX path below the root, or None if it can."""
-    # the common case, in one regex scan: no segment can reach 255 bytes (UTF-8: 4 bytes a character at most)
-    if (len(key) <= 63 or (len(key) <= 255 and key.isascii())) and _SUSPECT.search(key) is None:
+    if _plain(key, len(key)):  # the common case
         return None
     if "\0" in key:
         return "contains NUL"
@@ -72,6 +85,12 @@ def ancestors(path: str) -> Iterator[str]:
 def encode(info: ObjectInfo, fetched: float) -> bytes:
     flags = _META_READ if info.meta else 0
     return INFO.pack(info.size, info.mtime, fetched, info.mode, info.uid, info.gid, flags) + info.etag.encode()
+
+
+def encode_many(infos: list[ObjectInfo], fetched: float) -> list[bytes]:
+    """``encode`` of each info, in one comprehension (a listing's batch)."""
+    pack = INFO.pack
+    return [pack(i.size, i.mtime, fetched, i.mode, i.uid, i.gid, i.meta) + i.etag.encode() for i in infos]
 
 
 def decode(path: str, raw: bytes) -> tuple[ObjectInfo, float]:

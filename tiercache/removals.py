@@ -60,6 +60,11 @@ class Removals:
             self._seq += 1
             self._removed[f"{path}/" if tree else path] = self._seq
 
+    def any_since(self, start: int) -> bool:
+        """Whether anything was removed after the lookup of token ``start`` began (no lock: a hint that
+        lets a batch skip ``removed_since`` per key; a removal racing it is met by the next batch)."""
+        return self._seq > start and bool(self._removed)
+
     def removed_since(self, key: str, start: int) -> bool:
         """Whether ``key`` (or a directory above it) was removed after the lookup of token ``start`` began."""
         removed = self._removed

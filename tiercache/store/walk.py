@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice, repeat
+from operator import attrgetter
 from typing import Protocol, runtime_checkable
 
 from .base import ObjectInfo, ObjectStore
 
-CHUNK = 500
-QUEUE = 64
+CHUNK = 1000  # one S3 page
+QUEUE = 32
 MAX_LEVELS = 3
 PAGE = 1000  # keys in one LIST page (S3's most)
 IDLE = 0.05  # seconds without a part after which the walk yields None
@@ -182,34 +185,32 @@ class Walk:
             except queue.Full:
                 continue
 
-    def _stream(self, unit: Unit, infos: Iterator[ObjectInfo], keep: Callable[[ObjectInfo], bool] | None
-                ) -> tuple[int, str | None]:
-        """Hand out ``infos`` (those ``keep`` keeps, up to ``unit.limit``); (how many, the last key)."""
-        chunk: list[ObjectInfo] = []
+    def _stream(self, unit: Unit, infos: Iterator[ObjectInfo], base: int | None = None) -> tuple[int, str | None]:
+        """Hand out ``infos`` in chunks (up to ``unit.limit``; with ``base``, only the keys in [unit.lo,
+        unit.hi) with a "/" past ``base``: a range's keys); (how many, the last key). Chunks are pulled
+        and cut as wholes (``islice``, bisection): no Python work per key here."""
         count, last = 0, None
-        for info in infos:
-            if self._stop.is_set():
+        while not self._stop.is_set():
+            want = CHUNK if not unit.limit else min(CHUNK, unit.limit - count)
+            chunk = list(islice(infos, want)) if want > 0 else []
+            if not chunk:
                 break
-            if keep is not None and not keep(info):
-                if unit.hi is not None and info.key >= unit.hi:
-                    break
-                continue
-            chunk.append(info)
-            count, last = count + 1, info.key
-            if len(chunk) >= CHUNK:
+            pulled = len(chunk)
+            past = False
+            if base is not None:
+                chunk, past = _in_range(unit, chunk, base)
+            if chunk:
+                count, last = count + len(chunk), chunk[-1].key
                 self._put(Part(unit, chunk))
-                chunk = []
-            if unit.limit and count >= unit.limit:
+            if past or pulled < want:
                 break
-        if chunk:
-            self._put(Part(unit, chunk))
         return count, last
 
     def _sequential(self, unit: Unit) -> None:
         try:
             self.requests += 1
             self._put(Part(unit, started=True))
-            self._stream(unit, iter(self.store.list(self.prefix)), None)
+            self._stream(unit, iter(self.store.list(self.prefix)))
             self._put(Part(unit, finished=True))
             self._put(Part(end=True))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
@@ -253,7 +254,7 @@ class Walk:
                 else:
                     yield item
 
-        self._stream(unit, files(), None)
+        self._stream(unit, files())
         subs = unit.children
         if not subs:
             return
@@ -294,12 +295,20 @@ class Walk:
     def _run_range(self, unit: Unit) -> tuple[int, str | None]:
         store = self.store
         assert isinstance(store, LevelLister)
-        base = len(unit.prefix)
         # resume after ``after``, or start just before lo: lo ends in "/", and "." sorts right before it
         start_after = unit.after if unit.after is not None else unit.lo[:-1] + "."
+        return self._stream(unit, iter(store.list_after(unit.prefix, start_after)), len(unit.prefix))
 
-        def keep(info: ObjectInfo) -> bool:
-            key = info.key
-            return key >= unit.lo and (unit.hi is None or key < unit.hi) and key.find("/", base) >= 0
 
-        return self._stream(unit, iter(store.list_after(unit.prefix, start_after)), keep)
+def _in_range(unit: Unit, chunk: list[ObjectInfo], base: int) -> tuple[list[ObjectInfo], bool]:
+    """The infos of a sorted chunk that belong to range ``unit`` (keys in [lo, hi) below a subprefix: a "/"
+    past ``base``), and whether the chunk ran past ``hi``."""
+    key, n = attrgetter("key"), len(chunk)
+    first = bisect_left(chunk, unit.lo, key=key) if chunk[0].key < unit.lo else 0
+    end = bisect_left(chunk, unit.hi, key=key) if unit.hi is not None and chunk[-1].key >= unit.hi else n
+    if first or end < n:
+        chunk = chunk[first:end]
+    keys = [info.key for info in chunk]
+    if keys and min(map(str.find, keys, repeat("/"), repeat(base))) < 0:  # files directly in the prefix
+        chunk = [info for info, k in zip(chunk, keys, strict=True) if k.find("/", base) >= 0]
+    return chunk, end < n
