@@ -284,3 +284,29 @@ def test_restart_reads_the_same_few_records_at_any_size(tmp_path, monkeypatch):
     as at 2 K (the old one read every record back into memory at its first use)."""
     small, large = _restart_reads(tmp_path, 2_000, monkeypatch), _restart_reads(tmp_path, 20_000, monkeypatch)
     assert small == large and small < 20, (small, large)  # 7 and 7 here
+
+
+def test_a_chunk_checked_as_one_string_agrees_with_the_rules_key_by_key():
+    """The listing's fast path (namespace_records.plain_keys, namespace_ingest's directory finder) gives
+    what the per-key rules give, over random chunks of awkward keys: a chunk it passes is plain key by key,
+    and it passes every plain chunk but those with a long non-ASCII key (which go key by key)."""
+    import random
+    from itertools import repeat
+    from operator import itemgetter
+
+    from tiercache.namespace_ingest import _parents
+    from tiercache.namespace_records import key_problem, plain_keys
+
+    segments = ["a", "b", "ab", ".", "..", "...", "", ".x", "é", "\0", "c" * 70, "d" * 256, "a.b"]
+    rng = random.Random(7)
+    for _ in range(20_000):
+        keys = ["/".join(rng.choice(segments) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 6))]
+        if rng.random() < 0.5:
+            keys.sort()
+        joined = "\0".join(keys)
+        expected = all(key_problem(k) is None and not k.endswith("/") for k in keys)
+        plain = plain_keys(keys, joined)
+        assert not plain or expected, keys
+        assert plain or not expected or max(map(len, keys)) > 63, keys
+        if plain:
+            assert _parents(keys, joined) == set(map(itemgetter(0), map(str.rpartition, keys, repeat("/")))), keys
