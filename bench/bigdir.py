@@ -7,9 +7,10 @@ Run by hand, not in CI. The source is the synthetic store (``store/synthetic.py`
 ``big/`` directory, nothing held); each ``--ttl`` gets its own read-only mount on a fresh cache dir:
 ``inf`` (immutable data, ReadOnlyOps) and a finite metadata TTL (records expire: the timed path). The local
 baseline is a directory of N empty files on the cache dir's filesystem. For each: ``ls`` (first after the
-mount: the namespace lists the store), ``ls -l`` (the kernel's dentries of that ``ls`` may be reused), and a
-second ``ls -l``; each time with the daemon's operation counts (``stats``: mount.fuse_ops) it took and its
-RSS after.
+mount: the namespace lists the store), ``ls`` again (the listing known), ``ls -l`` (the kernel's dentries of
+those may be reused), and a second ``ls -l``; each time with the daemon's CPU seconds (user + system: what
+the step cost it, whatever the load), the operation counts (``stats``: mount.fuse_ops) it took and its RSS
+after.
 ``--before REF`` mounts a git worktree of REF (e.g. an older commit) the same way, right after each of this
 tree's mounts, so both run under the same load. Writes bench/results/bigdir[_LABEL].json and prints a table
 with the ratio to the local directory.
@@ -34,9 +35,9 @@ from results_file import write_result  # noqa: E402
 
 os.environ["TIERCACHE_SYNTHETIC_STORE"] = "1"
 
-STEPS = ("ls", "ls_l", "ls_l_again")
-WIDTHS = (10, 10, 13)
-COMMANDS = {"ls": ["ls"], "ls_l": ["ls", "-l"], "ls_l_again": ["ls", "-l"]}
+STEPS = ("ls", "ls_again", "ls_l", "ls_l_again")
+WIDTHS = (10, 10, 10, 13)
+COMMANDS = {"ls": ["ls"], "ls_again": ["ls"], "ls_l": ["ls", "-l"], "ls_l_again": ["ls", "-l"]}
 
 
 def count(text: str) -> int:
@@ -77,6 +78,19 @@ def _rss(mountpoint: str) -> int | None:
         return None
 
 
+def _cpu(mountpoint: str) -> float | None:
+    """The daemon's CPU seconds so far (user + system): what a step cost it, whatever the load."""
+    from tiercache import mounts
+
+    found = mounts.find_mount(mountpoint)
+    try:
+        with open(f"/proc/{found.pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, IndexError, ValueError):
+        return None
+
+
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 
@@ -112,8 +126,10 @@ def mounted_dir(files: int, ttl: str, where: str, timeout: float, tree: str = RO
             big = os.path.join(mnt, "big")
             out["ops_counted"] = bool(_ops(mnt))  # an older tree may not count its FUSE calls
             for step in STEPS:
-                before = _ops(mnt)
+                before, cpu = _ops(mnt), _cpu(mnt)
                 out[f"{step}_s"], out[f"{step}_lines"] = _timed(COMMANDS[step], big, timeout)
+                spent = _cpu(mnt)
+                out[f"{step}_daemon_cpu_s"] = None if cpu is None or spent is None else spent - cpu
                 out[f"{step}_ops"] = _delta(_ops(mnt), before)
                 out[f"{step}_rss"] = _rss(mnt)
         finally:
@@ -130,7 +146,7 @@ def table(result: dict) -> str:
     """The human table: seconds per step, mount against local, and the daemon's getattr calls."""
     local = result["local"]
     lines = [f"{result['files']:,} files in one directory ({result['label']})",
-             f"{'':34}{'ls':>10}{'ls -l':>10}{'ls -l again':>13}{'getattr (ls -l)':>17}"]
+             f"{'':34}{'ls':>10}{'ls again':>10}{'ls -l':>10}{'ls -l again':>13}{'getattr (ls -l)':>17}"]
     lines.append(f"{'local dir':34}" + "".join(f"{local[f'{s}_s']:>{w}.2f}" for s, w in zip(STEPS, WIDTHS, strict=True))
                  + f"{'-':>17}")
     for run in [*result.get("before_mounts", []), *result["mounts"]]:
@@ -144,6 +160,8 @@ def table(result: dict) -> str:
         ratio = "".join(f"{run[f'{s}_s'] / max(local[f'{s}_s'], 1e-9):>{w - 1}.1f}x"
                         for s, w in zip(STEPS, WIDTHS, strict=True))
         lines.append(f"{'  / local':34}{ratio}")
+        cpu = "".join(f"{run.get(f'{s}_daemon_cpu_s') or 0:>{w}.2f}" for s, w in zip(STEPS, WIDTHS, strict=True))
+        lines.append(f"{'  daemon CPU seconds':34}{cpu}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
+
+from .dir_table import DIRECTORY, FILE, SYMLINK, DirTable
 from .errors import IsADirectory, NotADirectory, NotFound
 from .store.base import ObjectInfo
 
@@ -65,34 +68,46 @@ class MergedView:
 
     # ---------------------------------------------------------------- names and kinds (no store requests)
 
-    def listing(self, key: str, with_infos: bool = False) -> dict[str, Child]:
-        """The merged listing of directory ``key``, sorted by name (``with_infos``: each listed file's
-        ObjectInfo where the record scan found it); NotADirectory if it is a file, NotFound if neither."""
+    def listing(self, key: str) -> dict[str, Child]:
+        """The merged listing of directory ``key``, sorted by name (``table`` as one Child per name);
+        NotADirectory if it is a file, NotFound if neither."""
+        table = self.table(key)
+        return {name: Child(kind == DIRECTORY, kind == SYMLINK, pending=bool(pending))
+                for name, kind, pending in zip(table.names, table.kinds.tolist(), table.pending.tolist(), strict=True)}
+
+    def table(self, key: str) -> DirTable:
+        """The merged listing of directory ``key`` as columns (dir_table.py: each listed file's record
+        decoded with the whole directory, no object per entry but its name), sorted by name;
+        NotADirectory if it is a file, NotFound if neither."""
         if not self.is_dir(key):
             raise NotADirectory(f"{key}: not a directory")
         prefix = key + "/" if key else ""
         pending = self.writes.pending_paths(prefix) if self.writes is not None else []
-        children: dict[str, Child] = {}
-        for name, info in self._stored(key):
-            if self._deleted(prefix + name):
-                continue
-            if info is None:
-                children[name] = Child(True)
-            else:
-                children[name] = Child(False, stat.S_ISLNK(info.mode), info if with_infos else None)
+        deleted = self.writes.is_deleted if self.writes is not None else None
+        names: list[str] = []
+        raws: list[bytes] = []
+        try:
+            for name, raw in self.cache.namespace.records(key):
+                if deleted is None or not deleted(prefix + name):
+                    names.append(name)
+                    raws.append(raw)
+        except (NotFound, NotADirectory):
+            pass
+        table = DirTable.from_records(names, raws)
+        over: dict[str, int] = {}  # name -> kind, from the write tier
+        listed_dirs = {table.names[i] for i in numpy.flatnonzero(table.kinds == DIRECTORY)} if pending else set()
         for path in pending:
             name, sep, _ = path[len(prefix):].partition("/")
             if not name:
                 continue
-            known = children.get(name)
             if sep:
-                children[name] = Child(True, pending=True)
-            elif known is None or not known.is_dir:
+                over[name] = DIRECTORY
+            elif over.get(name, DIRECTORY if name in listed_dirs else FILE) != DIRECTORY:  # a directory stays one
                 entry = self.writes.pending_entry(path)
                 if entry is not None:
-                    children[name] = Child(bool(entry["is_dir"]), stat.S_ISLNK(int(entry.get("mode", 0))),
-                                           pending=True)
-        return {name: children[name] for name in sorted(children)}
+                    link = stat.S_ISLNK(int(entry.get("mode", 0)))
+                    over[name] = DIRECTORY if entry["is_dir"] else SYMLINK if link else FILE
+        return table.with_pending(over).sorted()
 
     def is_dir(self, key: str) -> bool:
         """Whether ``key`` is a directory (False: a file); NotFound if neither. Pending writes first."""
@@ -108,14 +123,6 @@ class MergedView:
 
     def _deleted(self, key: str) -> bool:
         return self.writes is not None and self.writes.is_deleted(key)
-
-    def _stored(self, key: str) -> list[tuple[str, ObjectInfo | None]]:
-        """(name, info; None for a directory) of what the cache lists in directory ``key``: one scan of the
-        namespace's records, no request per entry."""
-        try:
-            return list(self.cache.namespace.children(key))
-        except (NotFound, NotADirectory):
-            return []
 
     # ---------------------------------------------------------------- nodes (sizes and times, revalidated)
 

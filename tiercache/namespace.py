@@ -194,15 +194,17 @@ class Namespace:
         """(name, info) of each entry of directory ``path``, info None for a subdirectory: the whole
         record of each file (size, mtime, etag, mode, uid, gid), for readdirplus-style callers; as
         ``entries`` otherwise (freshness checked first, NotFound / NotADirectory when iterated)."""
+        path, records = normalize(path), self.records(path)
+        return ((name, decode(f"{path}/{name}" if path else name, raw)[0] if raw else None) for name, raw in records)
+
+    def records(self, path: str = "") -> Iterator[tuple[str, bytes]]:
+        """``children`` with each file's record undecoded (b"" for a subdirectory), for decoding a whole
+        directory at once (namespace_records.record_columns)."""
         path = normalize(path)
         self._ensure_loaded()
         if not self._dir_fresh(path):
             self._settle(path)
-        return self._children(path)
-
-    def _children(self, path: str) -> Iterator[tuple[str, ObjectInfo | None]]:
-        for name, raw in self.index.directory(path):
-            yield name, (decode(f"{path}/{name}" if path else name, raw)[0] if raw else None)
+        return self.index.directory(path)
 
     def _lookup(self, path: str) -> tuple[str | None, bytes | None]:
         """As ``index.kind``; for a path not found, after the first listing has passed its directory or its

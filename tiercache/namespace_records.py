@@ -7,6 +7,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy
+
 from .errors import NotFound
 from .store.base import ObjectInfo
 
@@ -15,6 +17,10 @@ INFO = struct.Struct("<QddIiiB")
 FORMAT = b"3"  # of the "objects" and "listings" records; others are dropped (relisted) at start
 _META_READ = 1
 TIME = struct.Struct("<d")
+# INFO's fields as one numpy record (packed, little-endian): a directory's records decoded at once
+RECORD = numpy.dtype([("size", "<u8"), ("mtime", "<f8"), ("fetched", "<f8"), ("mode", "<u4"), ("uid", "<i4"),
+                      ("gid", "<i4"), ("flags", "u1")])
+assert RECORD.itemsize == INFO.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +103,17 @@ def decode(path: str, raw: bytes) -> tuple[ObjectInfo, float]:
     size, mtime, fetched, mode, uid, gid, flags = INFO.unpack_from(raw)
     etag = bytes(raw[INFO.size:]).decode()
     return ObjectInfo(path, size, etag, mtime, mode, uid, gid, bool(flags & _META_READ)), fetched
+
+
+def record_columns(raws: list[bytes]) -> numpy.ndarray:
+    """The fixed part of each record (``RECORD``: size, mtime, fetched, mode, uid, gid, flags), decoded as one
+    array; ``meta_read(columns)`` is each one's "user metadata read" flag."""
+    return numpy.frombuffer(b"".join([raw[:INFO.size] for raw in raws]), RECORD)
+
+
+def meta_read(columns: numpy.ndarray) -> numpy.ndarray:
+    """Whether each record of ``record_columns`` holds the object's user metadata (mode, uid, gid)."""
+    return (columns["flags"] & _META_READ).astype(bool)
 
 
 def keep_metadata(old: bytes | None, listed: ObjectInfo) -> ObjectInfo:

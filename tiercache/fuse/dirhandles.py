@@ -3,7 +3,8 @@
 A directory is read in many requests (a few KiB of entries each, at the offset the kernel names), so the
 merged listing is made once, at offset 0 (the first request, or rewinddir), and later requests take the
 next entries from it: a listing that changes meanwhile never makes an entry appear twice or be skipped.
-The snapshot lives until releasedir (closedir), and holds one small record per name of that directory only.
+The snapshot (dirs.Listed: the directory's DirTable, a name and a few numbers per entry) lives until
+releasedir (closedir).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ DIR_HANDLE_BASE = 1  # 0 is "no handle" (libfuse's default opendir)
 
 
 class DirHandles:
-    """Handle -> the listing (a list of (name, child)) its reads page through; thread-safe."""
+    """Handle -> the listing (dirs.Listed) its reads page through; thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._listings: dict[int, list[tuple[str, Any]] | None] = {}
+        self._listings: dict[int, Any] = {}
         self._ids = itertools.count(DIR_HANDLE_BASE)
 
     def open(self) -> int:
@@ -30,11 +31,11 @@ class DirHandles:
             self._listings[fh] = None
         return fh
 
-    def listing(self, fh: int) -> list[tuple[str, Any]] | None:
+    def listing(self, fh: int) -> Any:
         """The listing kept for ``fh`` (None: none yet, or an unknown handle)."""
         return self._listings.get(fh)
 
-    def keep(self, fh: int, listing: list[tuple[str, Any]]) -> None:
+    def keep(self, fh: int, listing: Any) -> None:
         """Keep ``listing`` for ``fh`` (only while the handle is open)."""
         with self._lock:
             if fh in self._listings:

@@ -8,23 +8,28 @@ the entry's node and send name, inode and attributes together (``fuse_add_dirent
 keeps them for ``entry_timeout`` / ``attr_timeout``, so ``stat`` of each entry is answered by the kernel.
 
 ``ReaddirPlus`` is a mixin of the binding's FUSE class (opened.TiercacheFUSE). It asks the operations'
-``readdir_plus(path, fh, offset)`` for ``(name, attrs, next_offset)`` from entry ``offset`` on: ``attrs`` a
-complete getattr dict (the entry goes out with FUSE_FILL_DIR_PLUS) or a dict of ``st_mode``/``st_ino`` only
-(the entry goes out plain: the kernel looks it up itself, e.g. a file whose attributes would take a HEAD).
-Offsets are never 0: with libfuse 3.14 only the filler's offset mode sends the entries' node ids (the
+``readdir_plus(path, fh, offset)`` for a reply whose ``chunk(start)`` gives the entries from ``start`` on, a
+chunk at a time: their encoded names, their attributes as columns (``STAT``: one numpy row per entry) and
+whether each is complete (the entry goes out with FUSE_FILL_DIR_PLUS) or carries only its type and inode
+number (the entry goes out plain: the kernel looks it up itself, e.g. a file whose attributes would take a
+HEAD). A chunk's columns become ``struct stat`` rows of the binding's layout at once (``stat_rows``), and
+each entry is one call of libfuse's filler with a pointer to its row: nothing per entry in Python but that
+call. Offsets are never 0: with libfuse 3.14 only the filler's offset mode sends the entries' node ids (the
 buffered mode, offset 0, drops them, and the kernel then ignores the attributes); so each READDIRPLUS request
-(a few KiB of entries) is one call, resuming at the offset the kernel names. ``want_readdirplus`` turns off the
-kernel's adaptive mode (READDIRPLUS_AUTO), which would send plain READDIRs after the first buffer whenever
-no LOOKUP happened in between, which is exactly what a readdir that carried the attributes brings about.
+(up to the reader's getdents buffer, 128 KiB for ls) is one call, resuming at the offset the kernel names.
+``want_readdirplus`` turns off the kernel's adaptive mode (READDIRPLUS_AUTO), which would send plain
+READDIRs after the first buffer whenever no LOOKUP happened in between, which is exactly what a readdir that
+carried the attributes brings about.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import struct
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy
 
 from . import binding
 
@@ -35,7 +40,14 @@ FUSE_FILL_DIR_PLUS = 1 << 1  # the filler's flags: this entry's stat is complete
 CAP_READDIRPLUS = 1 << 13  # fuse_conn_info.want / capable
 CAP_READDIRPLUS_AUTO = 1 << 14
 
-COMPLETE = "st_nlink"  # a getattr dict has it; a type-and-inode-only dict does not
+# libfuse's filler with the stat pointer as a plain address (a row of a numpy buffer)
+RAW_FILLER = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int64,
+                              ctypes.c_int)
+
+# an entry's attributes as columns, one row per entry (times in ns); ``stat_rows`` lays them out for the binding
+STAT = numpy.dtype([("st_ino", "<u8"), ("st_nlink", "<u8"), ("st_mode", "<u4"), ("st_uid", "<u4"),
+                    ("st_gid", "<u4"), ("st_rdev", "<u8"), ("st_size", "<i8"), ("st_blksize", "<i8"),
+                    ("st_blocks", "<i8"), ("st_atime", "<i8"), ("st_mtime", "<i8"), ("st_ctime", "<i8")])
 
 
 def want_readdirplus(conn: Any) -> None:
@@ -53,43 +65,58 @@ _TIMES = ("st_atime", "st_mtime", "st_ctime")
 _NS = 1_000_000_000
 
 
-def stat_packer(c_stat: Any) -> Callable[[Any, dict], None]:
-    """``fill(buffer, attrs)``: a getattr dict (integer times in ns) written over a whole ``struct stat`` of
-    the binding's layout, every other byte zeroed, in one ``struct.pack_into``. The layouts of Linux (x86_64,
-    aarch64 and the like) keep the integer fields before atime, mtime and ctime; another raises."""
-    slots = []  # (offset, size, signed, field)
+def put_attrs(columns: numpy.ndarray, row: int, attrs: dict) -> None:
+    """Row ``row`` of ``STAT`` columns from a getattr dict (a missing field is 0)."""
+    get = attrs.get
+    columns[row] = tuple(get(name, 0) for name in STAT.names)
+
+
+def stat_dtype(c_stat: Any) -> numpy.dtype:
+    """The binding's ``struct stat`` as a numpy dtype: the ``STAT`` fields at their offsets (each time as
+    ``_sec`` and ``_nsec``), every other byte padding. A field of another size than 4 or 8 bytes, or fields
+    that overlap, raise (a layout this does not know)."""
+    names, formats, offsets = [], [], []
     for name in _INTS:
         field = getattr(c_stat, name)
-        slots.append((field.offset, field.size, name in _SIGNED, name))
+        names.append(name)
+        formats.append(("<i" if name in _SIGNED else "<u") + str(field.size))
+        offsets.append(field.offset)
     for name in _TIMES:
         spec = getattr(c_stat, name + "spec")
         half = spec.size // 2
-        slots += [(spec.offset, half, True, name + ".sec"), (spec.offset + half, half, True, name + ".nsec")]
-    slots.sort()
-    order = [name for _offset, _size, _signed, name in slots]
-    ints = order[:len(_INTS)]
-    if sorted(ints) != sorted(_INTS) or order[len(_INTS):] != [f"{t}.{p}" for t in _TIMES for p in ("sec", "nsec")]:
-        raise RuntimeError(f"unexpected struct stat layout: {order}")
-    fmt, at = "=", 0
-    for offset, size, signed, _name in slots:
-        if offset < at or size not in (4, 8):
-            raise RuntimeError(f"unexpected struct stat layout at offset {offset}")
-        code = {4: "I", 8: "Q"}[size]
-        fmt += (f"{offset - at}x" if offset > at else "") + (code.lower() if signed else code)
-        at = offset + size
-    pack_into = struct.Struct(fmt + f"{ctypes.sizeof(c_stat) - at}x").pack_into
+        names += [name + "_sec", name + "_nsec"]
+        formats += [f"<i{half}", f"<i{half}"]
+        offsets += [spec.offset, spec.offset + half]
+    spans = sorted((offset, int(fmt[2:])) for offset, fmt in zip(offsets, formats, strict=True))
+    if any(size not in (4, 8) for _offset, size in spans) or any(
+            a + size > b for (a, size), (b, _) in zip(spans, spans[1:], strict=False)):
+        raise RuntimeError(f"unexpected struct stat layout: {list(zip(names, offsets, formats, strict=True))}")
+    return numpy.dtype({"names": names, "formats": formats, "offsets": offsets,
+                        "itemsize": ctypes.sizeof(c_stat)})
 
-    def fill(buffer: Any, attrs: dict) -> None:
-        get = attrs.get
-        atime, mtime, ctime = (divmod(get(name, 0), _NS) for name in _TIMES)
-        pack_into(buffer, 0, *[get(name, 0) for name in ints], *atime, *mtime, *ctime)
 
-    return fill
+def stat_rows(columns: numpy.ndarray, layout: numpy.dtype) -> numpy.ndarray:
+    """``STAT`` columns as ``struct stat`` rows of ``layout`` (``stat_dtype``), every other byte zeroed."""
+    rows = numpy.zeros(len(columns), layout)
+    for name in _INTS:
+        rows[name] = columns[name]
+    for name in _TIMES:
+        sec, nsec = numpy.divmod(columns[name], _NS)
+        rows[name + "_sec"], rows[name + "_nsec"] = sec, nsec
+    return rows
 
 
 @functools.cache
-def _packer() -> Callable[[Any, dict], None]:
-    return stat_packer(fuse.c_stat)
+def _layout() -> numpy.dtype:
+    return stat_dtype(fuse.c_stat)
+
+
+class DirReply(Protocol):
+    """What ``readdir_plus`` answers: the entries of one open directory, a chunk at a time."""
+
+    def chunk(self, start: int) -> tuple[list[str], numpy.ndarray, list[bool]] | None:
+        """(names, ``STAT`` columns, complete flags) of entries ``start``, ``start + 1``, ...; None
+        past the end. Entry ``i``'s offset (where the next request resumes) is ``i + 1``."""
 
 
 class ReaddirPlus:
@@ -105,15 +132,23 @@ class ReaddirPlus:
         if not flags & FUSE_READDIR_PLUS or entries is None:
             return fuse.FUSE.readdir_fuse_3(self, path, buf, filler, offset, fip, flags)  # type: ignore[arg-type]
         decoded = None if path is None else path.decode(self.encoding, self.errors)
-        self._fill(entries(decoded, fip.contents.fh, offset), buf, filler)
+        reply = entries(decoded, fip.contents.fh, offset)
+        fill_reply(reply, offset, buf, ctypes.cast(filler, RAW_FILLER), self.encoding, self.errors)
         return 0
 
-    def _fill(self, entries: Iterable[tuple[str, dict, int]], buf: Any, filler: Any) -> None:
-        st = fuse.c_stat()
-        fill = _packer()
-        encoding, errors = self.encoding, self.errors
-        for name, attrs, next_offset in entries:
-            fill(st, attrs)
-            flag = FUSE_FILL_DIR_PLUS if COMPLETE in attrs else 0
-            if filler(buf, name.encode(encoding, errors), st, next_offset, flag) != 0:
-                break
+
+def fill_reply(reply: DirReply, offset: int, buf: Any, filler: Callable[..., int], encoding: str = "utf-8",
+               errors: str = "surrogateescape") -> None:
+    """Hand libfuse's ``filler`` the entries of ``reply`` from ``offset`` on until its buffer is full: one
+    call per entry, with the address of the entry's ``struct stat`` row."""
+    layout = _layout()
+    start = offset
+    while (chunk := reply.chunk(start)) is not None:
+        names, columns, complete = chunk
+        rows = stat_rows(columns, layout)
+        base, size = rows.ctypes.data, layout.itemsize
+        for i, name in enumerate([name.encode(encoding, errors) for name in names]):
+            if filler(buf, name, base + i * size, start + i + 1,
+                      FUSE_FILL_DIR_PLUS if complete[i] else 0) != 0:
+                return
+        start += len(names)

@@ -17,6 +17,8 @@ import hashlib
 import itertools
 import threading
 
+import numpy
+
 from .u64map import U64Map
 
 ROOT_INO = 1
@@ -47,6 +49,20 @@ class InodeTable:
             return ROOT_INO
         with self._lock:
             return self._ino(path)
+
+    def children(self, parent: str, names: list[str]) -> numpy.ndarray:
+        """The inode numbers of ``names`` in directory ``parent`` (a listing's), as ``ino`` gives each."""
+        with self._lock:
+            if len(self._carried):
+                prefix = parent + "/" if parent else ""
+                return numpy.array([self._ino(prefix + name) for name in names], numpy.uint64)
+            base = self._dir(parent).to_bytes(8, "little")
+        digest = hashlib.blake2b
+        raw = b"".join([digest(base + name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+                        for name in names])
+        numbers = numpy.frombuffer(raw, "<u8").astype(numpy.uint64)
+        numbers[numbers <= ROOT_INO] += 2  # as _child: never 0 or the root's
+        return numbers
 
     def renamed(self, old: str, new: str) -> None:
         """``old`` (a file, or a directory with everything below it) is now ``new``: keep their numbers."""

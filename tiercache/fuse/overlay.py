@@ -69,6 +69,16 @@ class AttrOverlay:
         """The recorded attributes of ``path`` ({} if none)."""
         return dict(self.table.get(path) or {})
 
+    def children(self, directory: str) -> set[str]:
+        """Names in ``directory`` ("" the root) that have recorded attributes."""
+        prefix = directory + "/" if directory else ""
+        names = set()
+        for path in self.table.below(directory):
+            name, sep, _ = path[len(prefix):].partition("/")
+            if name and not sep and path.startswith(prefix):
+                names.add(name)
+        return names
+
     def renamed(self, old: str, new: str) -> None:
         """``old`` (and everything below it) is now ``new``; the moved entry's ctime becomes now."""
         self.table.renamed(old, new)

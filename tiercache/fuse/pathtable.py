@@ -69,6 +69,13 @@ class PathTable:
             txn.put(b"m:" + name, value)
         self._empty = False
 
+    def below(self, top: str) -> list[str]:
+        """The paths with a record at or below ``top`` ("" the root: all of them)."""
+        if self._empty:
+            return []
+        with self.env.begin() as txn:
+            return [path for path, _ in _entries(txn, top)]
+
     def renamed(self, old: str, new: str) -> None:
         """``old`` (and everything below it) is now ``new``; what ``new`` had is dropped."""
         if self._empty:
@@ -109,7 +116,7 @@ def _put(txn: lmdb.Transaction, path: str, value: dict[str, Any]) -> None:
 
 
 def _entries(txn: lmdb.Transaction, top: str) -> list[tuple[str, dict[str, Any]]]:
-    """(path, record) of ``top`` and of everything below it."""
+    """(path, record) of ``top`` and of everything below it ("" the root: every path)."""
     out = []
     cursor = txn.cursor()
     for prefix in (b"p:" + top.encode("utf-8", "surrogateescape"), b"h:"):
@@ -120,6 +127,6 @@ def _entries(txn: lmdb.Transaction, top: str) -> list[tuple[str, dict[str, Any]]
                 break
             record = json.loads(bytes(raw))
             path = record["path"]
-            if path == top or path.startswith(top + "/"):
+            if not top or path == top or path.startswith(top + "/"):
                 out.append((path, record["value"]))
     return out
