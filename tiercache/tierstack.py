@@ -33,6 +33,13 @@ class TierStack:
     def attach(self, ram: RamTier) -> None:
         """The RAM tier, built with ``on_evict=stack.demote``."""
         self.ram = ram
+        if self.ssd is not None:  # blocks the full write queue refused are written from RAM when it frees
+            self.ssd.queue.refill = self._requeue
+
+    def _requeue(self, block: BlockId, scan: bool) -> bool:
+        """Queue RAM's copy of a block the SSD write queue once refused; False when RAM let go of it."""
+        data = self.ram.get(block, count=False, touch=False)
+        return data is not None and not self.ssd.contains(block) and self.ssd.put_async(block, data, scan)
 
     def get(self, block: BlockId, count: bool = True) -> bytes | None:
         """RAM, then SSD (promoting a hit to RAM); None on a miss."""
@@ -75,7 +82,11 @@ class TierStack:
         if into == "ssd":
             self.ssd.put(block, data)
         elif not self._queue(block, data, charge=not in_ram, scan=scan):
-            self.counters.add("ssd_admission_dropped")
+            if in_ram:  # not lost yet: written from RAM once the queue has room (dropped if RAM lets go first)
+                with self.ssd.queue.lock:
+                    self.ssd.queue.owe(block, scan)
+            else:
+                self.counters.add("ssd_admission_dropped")
 
     def _queue(self, block: BlockId, data: bytes, charge: bool, scan: bool = False) -> bool:
         """Hand a block to the SSD write queue; ``charge``: RAM does not hold it, so the queue's copy counts

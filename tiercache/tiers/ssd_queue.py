@@ -4,7 +4,14 @@ readable while they wait; bounded in bytes (a full queue refuses, it never block
 Memory: a queued block's bytes are, by ``put_async``'s contract, the same object another tier (RAM) holds,
 so they are not counted against the memory budget twice: an entry is uncharged until ``charge(block)``
 moves it onto the budget (the cache does so when RAM lets go of the block while it is still queued, or
-queues a block RAM does not hold); a charge that does not fit drops the entry."""
+queues a block RAM does not hold); a charge that does not fit drops the entry.
+
+Under pressure (a reader faster than the writer) a full queue refuses, but a block RAM still holds is not
+lost yet: ``owe`` remembers its id (a bounded FIFO of ids, no bytes), and whenever the writer has room it
+asks ``refill`` (the cache: RAM's copy, queued again) for the owed blocks, oldest first, so the writer
+never idles while RAM holds blocks the SSD tier lacks. A stream's blocks (``scan``) yield to other blocks:
+a full queue makes room for a normal block by unqueuing the newest uncharged stream block (owed in turn).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ from .budget import MemoryBudget
 
 log = logging.getLogger(__name__)
 
+MAX_OWED = 4096  # ids of refused blocks remembered for a later write (oldest forgotten first)
+
 
 class WriteQueue:
     """Queued blocks in arrival order. Every method but ``drain`` and ``close`` expects the caller to hold
@@ -28,12 +37,16 @@ class WriteQueue:
         self.limit = limit
         self.budget = budget
         self._write = write
+        self.lock = lock
         self._cond = threading.Condition(lock)
         self._queue: OrderedDict[BlockId, bytes] = OrderedDict()
         self._charged: set[BlockId] = set()  # entries counted against the budget
         self._scan: set[BlockId] = set()  # entries of a stream (one-shot blocks for the SSD tier's policy)
         self.bytes = 0
         self.dropped = 0  # charges that did not fit (the SSD copy was dropped)
+        self._owed: OrderedDict[BlockId, bool] = OrderedDict()  # refused while RAM holds them → scan
+        self.refill: Callable[[BlockId, bool], bool] | None = None  # queue an owed block again (no lock held)
+        self.owed_written = 0  # owed blocks queued again
         self._writer: threading.Thread | None = None
         self._stop = False
 
@@ -51,8 +64,13 @@ class WriteQueue:
     def add(self, block: BlockId, data: bytes, scan: bool = False) -> bool:
         """Queue a block (uncharged: see the module docstring; ``scan``: written as a stream's one-shot
         block); False when closed or when it would pass ``limit`` bytes."""
-        if self._stop or self.bytes + len(data) > self.limit:
+        if self._stop:
             return False
+        if self.bytes + len(data) > self.limit and not scan:
+            self._yield_scan(len(data))
+        if self.bytes + len(data) > self.limit:
+            return False
+        self._owed.pop(block, None)
         self._queue[block] = data
         self.bytes += len(data)
         if scan:
@@ -62,6 +80,46 @@ class WriteQueue:
             self._writer.start()
         self._cond.notify()
         return True
+
+    def _yield_scan(self, nbytes: int) -> None:
+        """Unqueue the newest uncharged stream blocks (RAM holds them: owed) until ``nbytes`` fit."""
+        for block in reversed(list(self._queue)):
+            if self.bytes + nbytes <= self.limit:
+                return
+            if block in self._scan and block not in self._charged:
+                self.remove(block)
+                self.owe(block, True)
+
+    def owe(self, block: BlockId, scan: bool = False) -> None:
+        """Remember a refused block another tier still holds, for a write once the queue has room (caller
+        holds ``lock``)."""
+        if self._stop or block in self._queue:
+            return
+        self._owed[block] = scan
+        self._owed.move_to_end(block)
+        while len(self._owed) > MAX_OWED:
+            self._owed.popitem(last=False)
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._loop, name="tiercache-ssd-writer", daemon=True)
+            self._writer.start()
+        self._cond.notify()
+
+    @property
+    def owed(self) -> int:
+        """Refused blocks remembered for a later write."""
+        return len(self._owed)
+
+    def _refill(self) -> None:
+        """Offer owed blocks to ``refill`` while the queue has room for another block (no lock held)."""
+        while self.refill is not None:
+            with self._cond:
+                if not self._owed or self._stop or self.bytes >= self.limit // 2:
+                    return
+                block, scan = self._owed.popitem(last=False)
+            queued = self.refill(block, scan)
+            with self._cond:
+                self.owed_written += queued
+                self._cond.notify_all()
 
     def charge(self, block: BlockId) -> bool:
         """Count a queued block against the budget (no other tier holds its bytes now); takes the lock
@@ -98,11 +156,16 @@ class WriteQueue:
 
     def _loop(self) -> None:
         while True:
+            self._refill()
             with self._cond:
                 while not self._queue and not self._stop:
+                    if self._owed and self.refill is not None:
+                        break
                     self._cond.wait()
                 if not self._queue:
-                    return
+                    if self._stop:
+                        return
+                    continue
                 block, data = next(iter(self._queue.items()))
                 scan = block in self._scan
             try:
@@ -115,9 +178,9 @@ class WriteQueue:
                 self._cond.notify_all()
 
     def drain(self) -> None:
-        """Wait until every queued block is written."""
+        """Wait until every queued block is written (and every owed one written or gone)."""
         with self._cond:
-            while self._queue:
+            while self._queue or (self._owed and self.refill is not None and not self._stop):
                 self._cond.wait()
 
     def close(self) -> bool:
