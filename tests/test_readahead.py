@@ -237,8 +237,8 @@ def test_a_stream_through_the_ssd_tier_does_not_evict_its_small_files_working_se
 
 def test_ssd_admission_is_dropped_under_pressure_never_written_on_the_read_path(tmp_path, monkeypatch):
     """SSD writes stalled: the reader goes on (no SSD write ever runs on its thread), what does not fit the
-    write queue is dropped and counted, every byte read is right, and what did reach the SSD tier is the
-    right bytes once the writes resume."""
+    write queue is dropped and counted (or, while RAM holds it, owed and written once the queue frees),
+    every byte read is right, and what did reach the SSD tier is the right bytes once the writes resume."""
     big = random.Random(7).randbytes(48 * MiB)
     with _local_cache(tmp_path, {"big.bin": big}, ram="16M", block_size="1M", ssd_size="256M") as cache:
         stalled = threading.Event()
@@ -271,6 +271,9 @@ def test_ssd_admission_is_dropped_under_pressure_never_written_on_the_read_path(
                 start = cache.blocks.start(block)
                 assert data == big[start:start + len(data)]
         assert 0 < on_ssd < 48
+        in_ram = [block for block in cache.blocks.ids(info) if cache.tiers.contains(block, "ram")]
+        assert in_ram and all(cache.ssd.contains(block) for block in in_ram), \
+            "what the full queue refused while RAM held it was written once the writes resumed"
         cache.evict("", "ram")
         for offset in range(0, len(big), 4 * MiB):  # dropped or not, reads stay right
             assert cache.read("big.bin", offset, 64 * KiB) == big[offset:offset + 64 * KiB]
@@ -354,3 +357,45 @@ def test_the_ssd_tier_writes_a_streams_blocks_as_one_shot_blocks(tmp_path):
     finally:
         ssd.close()
         meta.close()
+
+
+def test_the_ssd_write_queue_owes_what_it_refused_and_stream_blocks_yield_to_others():
+    """A full write queue: a normal block takes the place of the newest (uncharged) stream block, which is
+    owed; owed blocks are offered again to ``refill`` (RAM's copy) once the writer has room, oldest first;
+    drain waits for them too."""
+    from tiercache.tiers.base import BlockId
+    from tiercache.tiers.ssd_queue import WriteQueue
+
+    lock = threading.Lock()
+    go = threading.Event()
+    written: list[tuple[BlockId, bool]] = []
+
+    def write(block, data, scan=False):
+        go.wait(30)
+        written.append((block, scan))
+
+    queue = WriteQueue(lock, limit=3 * KiB, write=write)
+    stream = [BlockId("big.bin", "e", i) for i in range(4)]
+    with lock:
+        assert queue.add(stream[0], b"s" * KiB, scan=True)  # the writer takes it and waits on ``go``
+        assert queue.add(stream[1], b"s" * KiB, scan=True) and queue.add(stream[2], b"s" * KiB, scan=True)
+        assert not queue.add(stream[3], b"s" * KiB, scan=True)  # full: refused (the cache owes it)
+        queue.owe(stream[3], True)
+        small = BlockId("small/a", "e", 0)
+        assert queue.add(small, b"n" * KiB), "a normal block makes room by unqueuing a stream block"
+        assert stream[2] not in queue and queue.owed == 2
+    offered = []
+
+    def refill(block, scan):
+        offered.append(block)
+        with lock:
+            return queue.add(block, b"s" * KiB, scan)
+
+    queue.refill = refill
+    go.set()
+    queue.drain()
+    assert offered == [stream[3], stream[2]], "owed blocks offered again, oldest first"
+    assert [b for b, _ in written] == [stream[0], stream[1], small, stream[3], stream[2]]
+    assert all(scan == (b.key == "big.bin") for b, scan in written)
+    assert queue.owed == 0 and queue.owed_written == 2
+    queue.close()
