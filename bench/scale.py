@@ -179,18 +179,21 @@ def phase_plan(args: argparse.Namespace, probe: Probe) -> dict:
 
     cache = _open(args)
     cache.listdir("")
+    cache.ssd.validated(args.phase_timeout)  # the background walk's mapped pages are not the plan's
     probe.mark("listed")
     keys = [synthetic_store_from_url(source_url(args.objects, args.size)).key(i) for i in range(args.objects)]
     probe.mark("keys")
     t0 = time.perf_counter()
     entries = cache.set_plan(keys, client="scale")
     planned = time.perf_counter()
+    probe.mark("planned")  # the caller's key list is still held: planned - keys is what the plan adds
     del keys
-    probe.mark("planned")
     plan_bytes = cache.stats()["plan_bytes"]
     cache.close()
+    points = probe.points
     return {"plan_entries": entries, "set_plan_s": planned - t0, "plan_bytes_reported": plan_bytes,
-            "bytes_per_plan_entry": (probe.points["planned"]["rss"] - probe.points["listed"]["rss"]) / args.objects,
+            "bytes_per_plan_entry": (points["planned"]["rss"] - points["keys"]["rss"]) / args.objects,
+            "key_list_bytes_per_entry": (points["keys"]["rss"] - points["listed"]["rss"]) / args.objects,
             "top": probe.top("keys", "planned")}
 
 
