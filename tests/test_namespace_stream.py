@@ -62,11 +62,11 @@ class GatedStore:
 class LevelStore(GatedStore):
     """A GatedStore that can list one level by delimiter and resume after a key."""
 
-    def list_level(self, prefix: str):
+    def list_level(self, prefix: str, start_after: str = ""):
         self.calls.append(("level", prefix))
         subs: list[str] = []
         for key in self.keys:
-            if key.startswith(prefix):
+            if key.startswith(prefix) and key > start_after:
                 rest = key[len(prefix):]
                 if "/" in rest:
                     sub = prefix + rest.split("/", 1)[0] + "/"
@@ -310,3 +310,80 @@ def test_a_chunk_checked_as_one_string_agrees_with_the_rules_key_by_key():
         assert plain or not expected or max(map(len, keys)) > 63, keys
         if plain:
             assert _parents(keys, joined) == set(map(itemgetter(0), map(str.rpartition, keys, repeat("/")))), keys
+
+
+class CountingStore(LevelStore):
+    """A LevelStore that records every key it hands out (a LIST answer)."""
+
+    def __init__(self, keys: list[str], gate_at: str | None = None):
+        super().__init__(keys, gate_at)
+        self.listed: list[str] = []
+
+    def _info(self, key: str) -> ObjectInfo:
+        self.listed.append(key)
+        return super()._info(key)
+
+
+def test_a_first_listing_stopped_by_close_resumes_at_the_next_open(tmp_path, monkeypatch):
+    """The first listing is held inside d010/ and the namespace closed (a real close, the index closed too);
+    the next open resumes it: the root is not listed again, each range resumes after the last key the first
+    run had taken in (or at its start if it had none), no key taken in then is listed again, and the listing
+    ends equal to the store's."""
+    from tiercache import namespace_progress
+    from tiercache.store import walk
+
+    monkeypatch.setattr(walk, "CHUNK", 100)  # chunks of a small store's pages: they reach the index before the gate
+    keys = tree(16, 400)
+    first = CountingStore(keys, gate_at="d010/f0200")
+    meta = Meta(tmp_path / "meta")
+    ns = Namespace(first, meta, ttl=600, threads=4)
+    assert ns.listdir("d002") == [f"f{f:04d}" for f in range(400)]
+    assert first.reached.wait(10)
+    for _ in range(200):  # until the walk has published what it holds (it does when its parts pause)
+        saved = namespace_progress.load(meta, "")
+        if saved is not None and any(u.last and u.last.startswith("d010/") for u in saved.units):
+            break
+        threading.Event().wait(0.05)
+    ns.close(grace=0)
+    first.gate.set()
+    taken = {path for path, _raw in NamespaceIndex(meta).files("")}
+    assert 0 < len(taken) < len(keys) and ns.stats()["lists"] == 1 and ns.stats()["listing"] == []
+    meta.close()
+
+    meta = Meta(tmp_path / "meta")
+    second = CountingStore(keys)
+    ns = Namespace(second, meta, ttl=600, threads=4)
+    assert sorted(info.key for info in ns.files("")) == sorted(keys)
+    assert ns.listdir("") == [f"d{d:03d}" for d in range(16)] + ["top.txt"]
+    assert ns.listdir("d012") == [f"f{f:04d}" for f in range(400)]
+    assert ("level", "") not in second.calls  # the root's level was done: not listed again
+    resumed_after = [start for kind, start in second.calls if kind == "after"]
+    assert "d010/f0199" in resumed_after  # the range held inside d010/ resumed after its last key
+    assert all(start in taken or start.endswith(".") for start in resumed_after)  # "d012.": from its start
+    # nothing taken in then is listed again (but "top.txt": a range's LIST answer holds the root's own files,
+    # which the root's level took in, and the range skips)
+    again = sorted(key for key in set(second.listed) & taken if "/" in key)
+    assert not again, (len(again), again[:5], second.calls)
+    assert len(second.listed) < len(keys) - len(taken) + 4 * 100  # at most a chunk past each range's end
+    assert namespace_progress.load(meta, "") is None and ns.stats()["files"] == len(keys)
+    ns.close()
+    meta.close()
+
+
+def test_a_level_resumes_after_a_key_on_s3_and_local_stores(bucket, tmp_path):
+    """``list_level(prefix, start_after)``, which a resumed level lists with: the files and subprefixes after
+    the key (S3's StartAfter with a delimiter; a local directory), the same on both stores."""
+    from tiercache.store.local import LocalStore
+    from tiercache.store.s3 import S3Store
+
+    keys = ["a/x1", "a/x2", "a/y/z", "a/y2/w", "a/zz", "b"]
+    root = tmp_path / "local"
+    for key in keys:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(b"1")
+        bucket.put(key, b"1")
+    for store in (S3Store(bucket.url, endpoint_url=bucket.server.endpoint), LocalStore(root)):
+        listed = [i if isinstance(i, str) else i.key for i in store.list_level("a/", "a/x2")]
+        assert sorted(listed) == ["a/y/", "a/y2/", "a/zz"], (store, listed)
+        assert sorted(i if isinstance(i, str) else i.key for i in store.list_level("a/")) == [
+            "a/x1", "a/x2", "a/y/", "a/y2/", "a/zz"]

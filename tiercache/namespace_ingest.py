@@ -25,11 +25,12 @@ from collections.abc import Callable
 from itertools import repeat
 from operator import attrgetter, itemgetter
 
+from . import namespace_progress as progress
 from .namespace_index import MARK, NamespaceIndex, below
 from .namespace_records import INFO, TIME, encode, encode_many, keep_metadata, key_problem, parent_of, plain_keys
 from .removals import Removals
 from .store.base import ObjectInfo, ObjectStore
-from .store.walk import Unit, Walk, complete, complete_below
+from .store.walk import LevelLister, Unit, Walk, complete, complete_below
 from .tiers.meta import RAW_KEY_MAX, Meta, Txn
 
 log = logging.getLogger("tiercache.namespace")
@@ -58,16 +59,20 @@ class ListingJob:
         self.on_end = on_end  # called under ``cond`` when the job ends, before ``finished`` is set
         self.removals = removals  # keys removed since the listing started (token ``token``): never taken in
         self.token = removals.start() if removals is not None else 0
-        self.walk = Walk(store, below(top).decode(), threads)
-        self.units: list[Unit] = []
+        resume = progress.load(meta, top) if threads > 1 and isinstance(store, LevelLister) else None
+        self.resumed = resume is not None  # from the progress of a listing stopped early (namespace_progress)
+        self.walk = Walk(store, below(top).decode(), threads, resume=resume.pending if resume else None)
+        self.units: list[Unit] = resume.units if resume else []
         self.finished = threading.Event()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self.files = 0
-        self.dirs: set[str] = set()
+        self.files = resume.files if resume else 0
+        self.dirs: set[str] = resume.dirs if resume else set()
+        if resume is not None:
+            self.started = resume.started  # its generation: the records it wrote before count as this listing's
         self.bad: list[tuple[str, str]] = []
         self.skipped = 0
-        self._fresh = False
+        self._fresh = resume.fresh if resume else False
         self._batch: list[ObjectInfo] = []
         self._keys: list[bytes] = []  # the batch's keys, encoded
         self._long = False  # a key in the batch is longer than LMDB's own keys (stored as Meta maps it)
@@ -94,7 +99,8 @@ class ListingJob:
         try:
             top = self.top
             self._hidden = self.hidden()
-            self._fresh = self.index.count_below(top, 1) == 0 and not any(self.index.markers(top))
+            if not self.resumed:  # a resumed listing keeps what it found when it started
+                self._fresh = self.index.count_below(top, 1) == 0 and not any(self.index.markers(top))
             for part in self.walk:
                 if part is None:
                     self._commit()
@@ -216,7 +222,11 @@ class ListingJob:
                         if raw is not None:
                             txn.delete(path.encode(), db=objects)
                             self.bad.append((path, "is also a directory (the directory wins)"))
-                self.files += len(batch)
+                    self.files += len(batch)
+                    if self.walk.parallel and publish:  # how far it has got, should it be stopped
+                        progress.save(txn, listings, self.top, self.started, self._fresh, self.files, self.units,
+                                      {id(unit): key for unit, key in self._last.values()},
+                                      {id(unit) for unit in self._ended}, new_dirs)
             if publish:
                 for unit, key in self._last.values():
                     unit.last = key
@@ -271,6 +281,7 @@ class ListingJob:
                     txn.put(path.encode(), encode(info, started), db=objects)
             # LMDB keys cannot be empty: a listing is stored under "/" + its directory
             txn.put(f"/{top}".encode(), LISTED.pack(started, self.files, len(self.dirs)), db=listings)
+            progress.clear(txn, listings, top)
         if self.bad:
             self.skipped = len(self.bad)
             examples = "; ".join(f"{k!r} {why}" for k, why in self.bad[:3])

@@ -90,10 +90,12 @@ class LocalStore:
             if info.key.startswith(prefix):
                 yield info
 
-    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+    def list_level(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo | str]:
         """The files directly in directory ``prefix`` ("" or ending in "/") and its subdirectories (as
-        prefixes ending in "/"), in key order."""
+        prefixes ending in "/"), in key order (those after ``start_after``: a level resumed)."""
         for key, is_dir, path in self._level(prefix.rstrip("/")):
+            if key <= start_after:
+                continue
             if is_dir:
                 yield key
                 continue

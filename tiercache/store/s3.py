@@ -159,11 +159,12 @@ class S3Store:
         for page in self._pages(prefix, **extra):
             yield from self._infos(page)
 
-    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+    def list_level(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo | str]:
         """One level by delimiter "/": the objects directly under ``prefix``, then its subprefixes (str,
-        relative, ending in "/"), page by page."""
+        relative, ending in "/"), page by page (those after ``start_after``: a level resumed)."""
         skip = len(self.prefix)
-        for page in self._pages(prefix, Delimiter="/"):
+        extra = {"StartAfter": self._full(start_after)} if start_after else {}
+        for page in self._pages(prefix, Delimiter="/", **extra):
             yield from self._infos(page)
             for common in page.get("CommonPrefixes", ()):
                 yield common["Prefix"][skip:]

@@ -117,16 +117,16 @@ class SyntheticStore:
             if key.startswith(prefix):
                 yield self.info(key)
 
-    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
+    def list_level(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo | str]:
         """One level by delimiter "/": the root holds ``big/`` and ``train/``, ``train/`` the class
-        directories, and these and ``big/`` the objects."""
+        directories, and these and ``big/`` the objects (those after ``start_after``: a level resumed)."""
         if prefix == "":
-            yield from [p for p, n in (("big/", self.big), ("train/", self.train)) if n]
+            yield from [p for p, n in (("big/", self.big), ("train/", self.train)) if n and p > start_after]
         elif prefix == "train/":
-            yield from sorted({self.key(i).rpartition("/")[0] + "/"
-                               for i in range(self.big, self.objects, self.per_class)})
+            yield from sorted(p for p in {self.key(i).rpartition("/")[0] + "/"
+                                          for i in range(self.big, self.objects, self.per_class)} if p > start_after)
         elif prefix.count("/") == 1 and prefix.startswith("big/") or prefix.count("/") == 2:
-            yield from self.list(prefix)
+            yield from self.list_after(prefix, start_after)
 
     def _range(self, prefix: str) -> range:
         """Indexes that can match ``prefix`` (all of them unless it names one top directory)."""

@@ -38,8 +38,9 @@ IDLE = 0.05  # seconds without a part after which the walk yields None
 class LevelLister(Protocol):
     """The optional listing calls that let a walk go in parallel (S3 by delimiter, a local directory)."""
 
-    def list_level(self, prefix: str) -> Iterator[ObjectInfo | str]:
-        """The objects directly under ``prefix`` and its subprefixes (str, ending in "/"), in key order."""
+    def list_level(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo | str]:
+        """The objects directly under ``prefix`` and its subprefixes (str, ending in "/"), in key order;
+        those after ``start_after`` (a level resumed)."""
         ...
 
     def list_after(self, prefix: str, start_after: str) -> Iterator[ObjectInfo]:
@@ -62,8 +63,17 @@ class Unit:
     children: list[str] = field(default_factory=list)  # a level's subprefixes
     parent: Unit | None = None  # the level unit that started this one
     needed: str = ""  # the last subprefix this unit lists (see ``named``)
-    after: str | None = None  # a range resumed after this key (then keys > after, not >= lo)
+    after: str | None = None  # a range (or a level) resumed after this key (then keys > after, not >= lo)
     limit: int = 0  # a range that stops after this many keys (0: none)
+    depth: int = 0  # levels below the walk's top
+
+    def resumed(self) -> Unit:
+        """This unit, to run again in a walk resumed from where its consumer had got (``last``): a level
+        lists after its last file (the subprefixes it had are kept), a range after its last key."""
+        if self.last is not None:
+            self.after = self.last
+        self.limit = 0  # a first page resumed: its range was set when it ended (else it lists to the end)
+        return self
 
     def covers(self, key_prefix: str) -> bool:
         """Whether a whole (not level) unit lists some of the keys starting with ``key_prefix``."""
@@ -136,11 +146,12 @@ class Part:
 class Walk:
     """The parallel listing of one prefix (see the module docstring); iterate to get its ``Part``s."""
 
-    def __init__(self, store: ObjectStore, prefix: str = "", threads: int = 8):
+    def __init__(self, store: ObjectStore, prefix: str = "", threads: int = 8, resume: list[Unit] | None = None):
         self.store = store
         self.prefix = prefix
         self.threads = max(1, threads)
         self.parallel = self.threads > 1 and isinstance(store, LevelLister)
+        self.resume = resume if self.parallel else None  # units left by a walk stopped early (``Unit.resumed``)
         self.requests = 0  # listing calls started (units)
         self._queue: queue.Queue[Part] = queue.Queue(QUEUE)
         self._stop = threading.Event()
@@ -154,7 +165,15 @@ class Walk:
             threading.Thread(target=self._sequential, args=(unit,), name="tiercache-list", daemon=True).start()
         else:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="tiercache-list")
-            self._submit(Unit(self.prefix, level=True, lo=self.prefix), depth=0)
+            if self.resume is None:
+                self._submit(Unit(self.prefix, level=True, lo=self.prefix), depth=0)
+            elif not self.resume:
+                self._put(Part(end=True))  # it had listed everything
+            else:
+                with self._lock:  # counted all at once: the first to end must not end the walk
+                    self._outstanding += len(self.resume)
+                for unit in self.resume:  # the consumer knows them already: no ``started`` part
+                    self._pool.submit(self._run, unit)
         try:
             while not self._stop.is_set():
                 try:
@@ -217,20 +236,21 @@ class Walk:
             self._put(Part(error=exc))
 
     def _submit(self, unit: Unit, depth: int) -> None:
+        unit.depth = depth
         with self._lock:
             self._outstanding += 1
         self._put(Part(unit, started=True))
         assert self._pool is not None
         try:
-            self._pool.submit(self._run, unit, depth)
+            self._pool.submit(self._run, unit)
         except RuntimeError:  # the pool is shut down: the walk was stopped
             pass
 
-    def _run(self, unit: Unit, depth: int) -> None:
+    def _run(self, unit: Unit) -> None:
         try:
             self.requests += 1
             if unit.level:
-                self._run_level(unit, depth)
+                self._run_level(unit, unit.depth)
             else:
                 self._run_range(unit)
             self._put(Part(unit, finished=True))
@@ -239,18 +259,22 @@ class Walk:
                 last = self._outstanding == 0
             if last:
                 self._put(Part(end=True))
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer (before the walk stops, so
+            self._put(Part(error=exc))  # that it is not taken for a stop)
             self._stop.set()
-            self._queue.put(Part(error=exc))
 
     def _run_level(self, unit: Unit, depth: int) -> None:
         store = self.store
         assert isinstance(store, LevelLister)
 
+        known = set(unit.children)  # a level resumed: the subprefixes it had found before
+
         def files() -> Iterator[ObjectInfo]:
-            for item in store.list_level(unit.prefix):
+            items = store.list_level(unit.prefix, unit.after) if unit.after else store.list_level(unit.prefix)
+            for item in items:
                 if isinstance(item, str):
-                    unit.children.append(item)
+                    if item not in known:
+                        unit.children.append(item)
                 else:
                     yield item
 
