@@ -183,20 +183,21 @@ class TieredCache:
             self.on_read(info.key, offset)
         return data
 
-    def read_version(self, info: ObjectInfo, offset: int, size: int, view: bool = False) -> bytes | memoryview:
-        """Bytes of exactly the version ``info`` names (an open file's): from the tiers, or a GET that
-        matches its etag; StaleVersion if the store holds another version now (its info is then distrusted,
-        so the next open sees the new one). Never bytes of another version. ``view`` as for ``read``."""
+    def read_version(self, info: ObjectInfo, offset: int, size: int, view: bool = False,
+                     into: memoryview | None = None) -> bytes | memoryview | int:
+        """Bytes of exactly the version ``info`` names (an open file's), from the tiers or a GET matching its etag;
+        StaleVersion if the store holds another version now (its info is then distrusted). Never another version's
+        bytes. ``view`` as for ``read``; ``into`` (a writable byte view): the bytes go there, their count returns."""
         if offset < 0 or size < 0:
             raise ConfigError(f"read {info.key!r}: offset and size must not be negative")
         try:
-            data = self.reader.read(info, offset, size, view)
+            data = self.reader.read(info, offset, size, view, into)
         except Stale:
             self.counters.add("stale_reads")
             self.namespace.forget(info.key)
             raise StaleVersion(f"{info.key}: changed in the store since it was opened") from None
         self.counters.add("reads")
-        self.counters.add("bytes_read", len(data))
+        self.counters.add("bytes_read", data if into is not None else len(data))
         if self.on_read is not None:
             self.on_read(info.key, offset)
         return data
@@ -209,7 +210,6 @@ class TieredCache:
             if self.plans.observe(info.key, hit):
                 self.prefetcher.wake()
         return self.readahead.observe(info, offset, end)
-
 
     # ------------------------------------------------------------------ residency, pins, eviction
 

@@ -3,7 +3,9 @@ single-flight fetch; ranges.
 
 :class:`BlockReader` turns a byte range of an object into blocks, loads the RAM misses in parallel (on the
 fetch pool, the first on the calling thread), fetches each missing block once however many threads want
-it (read-ahead's fetches included: ``stage``), and copies a multi-block range once into one buffer. It
+it (read-ahead's fetches included: ``stage``), and copies a multi-block range once into one buffer.
+``read_into`` fills a caller's buffer (a FUSE reply's): a block RAM lacks and the SSD tier holds goes from
+its region file straight into it, only the pages read checked, none promoted for a stream. It
 raises :class:`~tiercache.fetcher.Stale` when the object changed; the caller retries through
 ``Fetcher.fresh``.
 """
@@ -49,10 +51,14 @@ class BlockReader:
         self.on_served = on_served
         self.staging = staging
 
-    def read(self, info: ObjectInfo, offset: int, size: int | None, view: bool = False) -> bytes | memoryview:
+    def read(self, info: ObjectInfo, offset: int, size: int | None, view: bool = False,
+             into: memoryview | None = None) -> bytes | memoryview | int:
         """Bytes [offset, offset+size) of ``info`` (short at EOF). One block: the cached bytes object
         itself (no copy), a part of it sliced (``view``: a read-only memoryview of that part, no copy);
-        several: a memoryview of one buffer filled with a single copy."""
+        several: a memoryview of one buffer filled with a single copy. ``into``: ``read_into`` that buffer
+        (its first ``size`` bytes), the count returned."""
+        if into is not None:
+            return self.read_into(info, offset, into[:size])
         ids = self.blocks.ids(info, offset, size)
         if not ids:
             return b""
@@ -63,7 +69,7 @@ class BlockReader:
             out = self._assemble(ids, info, offset, end, touch)
         else:
             start = offset - self.blocks.start(ids[0])
-            out = self._ssd_part(ids[0], info, start, end - offset)
+            out = self._ssd_part(ids[0], info, start, end - offset, self._passing(info, ids[0], not touch))
             if out is None:
                 data = self.get_blocks(ids, info, "ram", touch=touch)[0]
                 if start == 0 and len(data) == end - offset:
@@ -75,16 +81,59 @@ class BlockReader:
                 self.on_served(block)
         return out
 
-    def _ssd_part(self, block: BlockId, info: ObjectInfo, start: int, length: int) -> bytes | None:
+    def _ssd_part(self, block: BlockId, info: ObjectInfo, start: int, length: int, stream: bool) -> bytes | None:
         """Part of a block RAM lacks, from just the SSD pages it needs, while the block has not earned a
         whole read and a place in RAM (``SsdTier.read_part``); None: take the whole-block path."""
         ssd, ram = self.tiers.ssd, self.tiers.ram
         if ssd is None or ram.contains(block) or (self.staging is not None and self.staging.holds(block)):
             return None
-        part = ssd.read_part(block, start, start + length, self.blocks.length(info, block))
+        part = ssd.read_part(block, start, start + length, self.blocks.length(info, block), stream)
         if part is not None:
             ram.count_miss()
         return part
+
+    def read_into(self, info: ObjectInfo, offset: int, out: memoryview) -> int:
+        """Bytes [offset, offset + len(out)) of ``info`` written into ``out`` (a writable byte view); returns
+        how many (short at EOF). RAM hits are copied; a block RAM lacks and the SSD tier holds is read from
+        its region file into ``out`` itself, checking only the pages read (``SsdTier.read_part_into``: not
+        promoted while a stream or scattered reads use it); the rest is loaded as ``read`` loads it."""
+        ids = self.blocks.ids(info, offset, len(out))
+        if not ids:
+            return 0
+        end = min(info.size, offset + len(out))
+        stream = self.on_read is not None and self.on_read(info, ids, offset, end)
+        rest = []
+        for block in ids:
+            first = self.blocks.start(block)
+            lo, hi = max(offset, first), min(end, first + self.blocks.block_size)
+            dest = out[lo - offset:hi - offset]
+            if not self._into(block, info, lo - first, dest, stream, self._passing(info, block, stream)):
+                rest.append((block, lo - first, dest))
+        if rest:
+            loaded = self.parallel(lambda item: self._load(item[0], info, "ram"), rest)
+            for (_block, start, dest), data in zip(rest, loaded, strict=True):
+                dest[:] = memoryview(data)[start:start + len(dest)]
+        if self.on_served is not None:
+            for block in ids:
+                self.on_served(block)
+        return end - offset
+
+    def _into(self, block: BlockId, info: ObjectInfo, start: int, dest: memoryview, stream: bool,
+              passing: bool) -> bool:
+        """``dest`` filled from RAM or straight from the SSD tier; False: load the block (nothing served)."""
+        data = self.tiers.ram.get(block, touch=not stream)
+        if data is not None:
+            dest[:] = memoryview(data)[start:start + len(dest)]
+            return True
+        ssd = self.tiers.ssd
+        if ssd is None or (self.staging is not None and self.staging.holds(block)):
+            return False
+        return ssd.read_part_into(block, start, dest, self.blocks.length(info, block), passing)
+
+    def _passing(self, info: ObjectInfo, block: BlockId, stream: bool) -> bool:
+        """A stream passing through: RAM has no room for its block without evicting, so reading on does not
+        earn the block a whole read and a place in RAM (it is read once; its SSD pages serve it)."""
+        return stream and not self.tiers.ram.has_room(self.blocks.length(info, block))
 
     def _assemble(self, ids: list[BlockId], info: ObjectInfo, offset: int, end: int, touch: bool) -> memoryview:
         """A multi-block range copied once into one buffer. Without a RAM tier to promote into, whole
@@ -161,9 +210,15 @@ class BlockReader:
         return data if data is not None else self.fetch(block, info, into, scan)
 
     def stage(self, block: BlockId, info: ObjectInfo, keep: Callable[[BlockId, bytes], None]) -> None:
-        """For read-ahead: the block's bytes from the SSD tier or one single-flight GET, admitted to no tier
-        but handed to ``keep`` (the staging area) before any reader waiting on the same fetch wakes up;
-        nothing when a reader's own fetch of the block was already under way (that reader admits it)."""
+        """For read-ahead: a block in an SSD region file is only advised into the kernel's page cache (its
+        readers read it from there, nothing staged); otherwise its bytes from the SSD write queue or one
+        single-flight GET, admitted to no tier but handed to ``keep`` (the staging area) before any reader
+        waiting on the same fetch wakes up; nothing when a reader's own fetch of the block was already under
+        way (that reader admits it)."""
+
+        ssd = self.tiers.ssd
+        if ssd is not None and ssd.advise(block):
+            return  # in a region file: the kernel reads it ahead, readers read it from there (read_into)
 
         def once() -> bytes:
             data = self.tiers.peek_below_ram(block)

@@ -20,6 +20,7 @@ from typing import Any
 from ..store.base import ObjectInfo
 from . import binding
 from .dirplus import ReaddirPlus
+from .readinto import ReadInto
 
 fuse = binding()
 
@@ -83,10 +84,11 @@ class OpenFiles:
         return keep
 
 
-class TiercacheFUSE(ReaddirPlus, fuse.FUSE):
+class TiercacheFUSE(ReaddirPlus, ReadInto, fuse.FUSE):
     """The binding's FUSE class, with an ``open`` that also sets keep_cache from the operations'
-    ``keep_cache(fh)`` (the binding alone offers that only with raw_fi, which changes every handle op), and
-    READDIRPLUS answered with each entry's attributes (dirplus.py)."""
+    ``keep_cache(fh)`` (the binding alone offers that only with raw_fi, which changes every handle op),
+    READDIRPLUS answered with each entry's attributes (dirplus.py), and READ replies written into libfuse's
+    buffer (readinto.py)."""
 
     def open(self, path: bytes, fip: Any) -> int:
         """libfuse's open: the operations' open gives the handle, then ``keep_cache`` decides the pages."""

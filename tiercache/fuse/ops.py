@@ -32,6 +32,7 @@ from .dirplus import want_readdirplus
 from .dirs import DirectoryOps
 from .opened import OpenFiles
 from .posix_ops import PosixOps
+from .readinto import copy_into
 
 fuse = binding()
 
@@ -204,17 +205,28 @@ class TiercacheOps(PosixOps, AttributeOps, DirectoryOps, fuse.Operations):
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | _Reply:
         """pread(2): short at end of file. A read handle reads its version; otherwise written-but-not-uploaded
         bytes first, then the cache."""
+        return _handoff(self._read(path, size, offset, fh))
+
+    @_errno_op
+    def read_into(self, path: str | None, out: memoryview, offset: int, fh: int) -> int:
+        """``read`` with the reply written into ``out`` (libfuse's buffer: fuse/readinto.py); its length. Blocks
+        the SSD tier serves go from their region file straight into it; other replies are copied in."""
+        got = self._read(path, len(out), offset, fh, out)
+        return got if isinstance(got, int) else copy_into(out, got)
+
+    def _read(self, path: str | None, size: int, offset: int, fh: int, into: memoryview | None = None) -> Any:
+        """The bytes of ``read``, or with ``into`` possibly their count (written there)."""
         if self._is_write(fh):
-            return _handoff(self.writes.read(fh, offset, size))
+            return self.writes.read(fh, offset, size)
         version = self.opened.version(fh) if fh else None
         key = _key(path)
         if version is not None:
-            return _handoff(self._read_version(key, version, offset, size))
+            return self._read_version(key, version, offset, size, into)
         if self.writes is not None:
             data = self.writes.read_pending(key, offset, size)
             if data is not None:
-                return _handoff(data)
-        return _handoff(self.cache.read(key, offset, size, view=True))
+                return data
+        return self.cache.read(key, offset, size, view=True)
 
     @_errno_op
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
@@ -300,15 +312,14 @@ class ReadOnlyOps(TiercacheOps):
         """ENOSYS: the kernel then opens files without asking again (no OPEN, no RELEASE requests)."""
         raise fuse.FuseOSError(errno.ENOSYS)
 
-    @_errno_op
-    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes | _Reply:
+    def _read(self, path: str | None, size: int, offset: int, fh: int, into: memoryview | None = None) -> Any:
         """pread(2) of immutable data: the object's info is looked up once (not per READ); a version the
         store no longer holds is forgotten and the read goes through the namespace again."""
         key = _key(path)
         if self.writes is not None:
             data = self.writes.read_pending(key, offset, size)
             if data is not None:
-                return _handoff(data)
+                return data
         namespace = getattr(self.cache, "namespace", None)
         info = self._infos.get(key)
         if info is None and namespace is not None:
@@ -318,10 +329,10 @@ class ReadOnlyOps(TiercacheOps):
             self._infos[key] = info
         if info is not None:
             try:
-                return _handoff(self.cache.read_version(info, offset, size, view=True))
+                return self.cache.read_version(info, offset, size, view=True, into=into)
             except StaleVersion:
                 self._infos.pop(key, None)
-        return _handoff(self.cache.read(key, offset, size, view=True))
+        return self.cache.read(key, offset, size, view=True)
 
 
 def make_ops(cache: Any, writes: Any | None, *, readonly: bool, immutable: bool = True,

@@ -149,12 +149,13 @@ class PosixOps:
         for parent in {key.rpartition("/")[0] for key in keys}:
             self.overlay.record(parent, mtime=now)
 
-    def _read_version(self, key: str, version: Any, offset: int, size: int) -> Any:
-        """A read handle's bytes: its version's. If that version's object is gone because the open file was
-        renamed — unlinked while open is a rename to libfuse's .fuse_hidden name — its bytes are at its
-        new name (the rename's copy ran before the old name's delete): read them there."""
+    def _read_version(self, key: str, version: Any, offset: int, size: int, into: Any = None) -> Any:
+        """A read handle's bytes: its version's (``into``: possibly their count, written there). If that
+        version's object is gone because the open file was renamed — unlinked while open is a rename to
+        libfuse's .fuse_hidden name — its bytes are at its new name (the rename's copy ran before the old
+        name's delete): read them there."""
         try:
-            return self.cache.read_version(version, offset, size, view=True)
+            return self.cache.read_version(version, offset, size, view=True, into=into)
         except (StaleVersion, NotFound):
             if not key or key == version.key:
                 raise

@@ -62,6 +62,10 @@ class RamTier:
                 self.policy.on_access(block)
             return data
 
+    def has_room(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more would fit under the low watermark, evicting nothing (a hint: not locked)."""
+        return self._used + nbytes <= self.low * self._capacity
+
     def count_miss(self) -> None:
         """Count a lookup that another tier answered without asking this one."""
         with self._lock:

@@ -1,6 +1,10 @@
 """The SSD tier's read path (``SsdTier`` is an ``SsdReads``): look the block up in the LMDB index, check the
 entry against its region, read just the pages asked for and check them against their checksums; a queued
-block is served from the write queue. A failed check drops the entry and reads as a miss."""
+block is served from the write queue. A failed check drops the entry and reads as a miss.
+
+``read_into`` is the direct path: the bytes of a range go from the region file straight into the caller's
+buffer (a FUSE reply's), with only the pages they lie in read and checked; ``advise`` asks the kernel to read
+a block into its page cache ahead of a stream (read-ahead of SSD-resident blocks, no copy in Python)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from .base import BlockId
 from .ssd_format import PAGE_SIZE, Location, page_count, page_span, verify
 
 log = logging.getLogger(__name__)
+_AGAIN = object()  # a region freed under a read: look the block up again
 
 
 class SsdReads:
@@ -36,24 +41,132 @@ class SsdReads:
         skip = start - page_span(start, end)[0] * PAGE_SIZE
         return data[skip:skip + end - start]
 
-    def read_part(self, block: BlockId, start: int, end: int, block_len: int) -> bytes | None:
+    def read_part(self, block: BlockId, start: int, end: int, block_len: int, stream: bool = False) -> bytes | None:
         """Bytes [start, end) of a resident block for a reader, from just the pages they need, until the
         block earns a whole read (and so a place in RAM) by being read on twice in a row from where its
         last part ended (a sequential reader). Scattered reads do not pull whole blocks. None then, for
-        blocks of up to two pages, or on a miss: the caller takes the whole-block path."""
+        blocks of up to two pages, or on a miss: the caller takes the whole-block path. A ``stream`` passing
+        through (each block read once, with no room in RAM for it) never earns whole blocks."""
         if page_count(block_len) <= 2:
             return None
         if block not in self.queue and self.index.get(block.encode()) is None:
             return None
+        if not stream and self._earns_whole(block, start, end):
+            return None
+        return self.get_range(block, start, end)
+
+    def read_part_into(self, block: BlockId, start: int, out: memoryview, block_len: int, stream: bool) -> bool:
+        """``read_part`` into ``out`` (bytes [start, start + len(out)) of the block) with ``read_into``; False
+        where ``read_part`` gives None (``out`` then holds garbage)."""
+        if page_count(block_len) <= 2 or (not stream and self._earns_whole(block, start, start + len(out))):
+            return False
+        return self.read_into(block, start, out)
+
+    def _earns_whole(self, block: BlockId, start: int, end: int) -> bool:
+        """Whether this part read continues the block's last two (a sequential reader: the block earns a whole
+        read and a place in RAM); remembers where it ended."""
         with self._lock:
             last_end, run = self._touched.pop(block, (-1, 0))
             run = run + 1 if start == last_end else 0
             if run >= 2:
-                return None
+                return True
             self._touched[block] = (end, run)
             while len(self._touched) > self.TOUCHED_MAX:
                 self._touched.popitem(last=False)
-        return self.get_range(block, start, end)
+        return False
+
+    def read_into(self, block: BlockId, start: int, out: memoryview) -> bool:
+        """Bytes [start, start + len(out)) of the block into ``out`` (a writable byte view), reading and
+        checking only the pages they lie in: straight from the region file into ``out`` when the range is
+        whole pages, else through a scratch buffer. A hit is counted, a miss is not (the caller's fallback
+        counts it). False on a miss, a failed check (the entry is dropped) or a range past the block's end;
+        ``out`` may then hold anything: never serve it."""
+        end = start + len(out)
+        key = block.encode()
+        for _attempt in (0, 1):
+            if block in self.queue:
+                with self._lock:
+                    queued = self.queue.get(block)
+                    if queued is not None:
+                        if end > len(queued):
+                            return False
+                        out[:] = memoryview(queued)[start:end]
+                        self.hits += 1
+                        self.bytes_served += end - start
+                        return True
+            raw = self.index.get(key)
+            if raw is None:
+                return False
+            loc = Location.unpack(raw)
+            if start >= end or end > loc.length:
+                return False
+            first, last = page_span(start, end)
+            lo, hi = first * PAGE_SIZE, min(loc.length, last * PAGE_SIZE)
+            region = self._reading(key, raw, loc)
+            if region is None:
+                return False
+            if region is _AGAIN:
+                continue
+            direct = lo == start and hi == end
+            buf = out if direct else memoryview(bytearray(hi - lo))
+            try:
+                got = os.preadv(region.fd, [buf], loc.offset + lo)
+            except OSError as exc:
+                log.warning("ssd tier: read of %s failed: %s", region.path, exc)
+                got = -1
+            finally:
+                self._done_reading(region)
+            if got != hi - lo or not verify(block, loc, buf, first):
+                self._corrupt(block, raw)
+                return False
+            if not direct:
+                out[:] = buf[start - lo:end - lo]
+            with self._lock:
+                self.policy.on_access(loc.slot)
+                self.hits += 1
+                self.bytes_served += end - start
+            return True
+        return False
+
+    def advise(self, block: BlockId) -> bool:
+        """Whether the block lies in a region file (not just queued); if so the kernel is asked to read it into
+        its page cache now (POSIX_FADV_WILLNEED), so that a stream's reads of it do not wait for the device."""
+        key = block.encode()
+        raw = self.index.get(key)
+        if raw is None:
+            return False
+        loc = Location.unpack(raw)
+        region = self._reading(key, raw, loc)
+        if region is None or region is _AGAIN:
+            return False
+        try:
+            os.posix_fadvise(region.fd, loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # advice only
+        finally:
+            self._done_reading(region)
+        return True
+
+    def _reading(self, key: bytes, raw: bytes, loc: Location):
+        """The entry's region, held open for a read (``_done_reading`` lets go); None when the entry is not
+        valid (dropped), ``_AGAIN`` when its region was freed meanwhile (look the block up again)."""
+        with self._lock:
+            region = self._regions.get(loc.region)
+            if region is not None and region.dead:
+                return _AGAIN
+            if not self.entries.valid(loc):
+                if self.index.get(key) == raw:
+                    self.entries.drop(key, raw)
+                    self.entries.dropped += 1
+                return None
+            region.readers += 1
+            return region
+
+    def _done_reading(self, region) -> None:
+        with self._lock:
+            region.readers -= 1
+            if region.dead and region.readers == 0:
+                os.close(region.fd)
 
     def _read(self, block: BlockId, count: bool, out: memoryview | None, start: int, end: int | None):
         key = block.encode()
