@@ -6,8 +6,9 @@ its own so that ``PYTHONPATH`` can pick the tree (bench/fs.py runs it for this t
 Prints one JSON object: large_cold (1 MiB reads start to end on a fresh cache with ``--cold-ram``, the RAM
 of the mount whose cold phase it stands beside: read-ahead may have a quarter of it in flight, 64 MiB at
 1G, as many bytes as raw boto3's 8 × 8 MiB ranged GETs), then on a fresh cache with ``--ram``:
-large_cold_small_ram (the same read, 16 MiB in flight at 64M), large_warm (the same again: RAM or SSD tier,
-as ``--ram`` allows), random_64k_ssd (THREADS threads of 64 KiB reads at random aligned offsets for
+large_cold_small_ram (the same read, 16 MiB in flight at 64M), large_warm_after_cold (the same again: RAM or
+SSD tier, as ``--ram`` allows; blocks the SSD admission dropped are fetched again), large_warm (the same once
+``warm`` has made the SSD copy whole), random_64k_ssd (THREADS threads of 64 KiB reads at random aligned offsets for
 SECONDS), random_64k_cold (64 KiB reads of RANDOM_KEY, never read before).
 """
 
@@ -99,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         out["random_64k_cold"] = random_count(cache, args.random_key, rsize, args.threads, args.cold_random_reads)
         out["large_cold_small_ram"] = sequential(cache, args.large_key, size)
         time.sleep(2)  # the SSD write queue drains
+        out["ssd_admission_dropped"] = cache.stats().get("ssd_admission_dropped")
+        out["large_warm_after_cold"] = sequential(cache, args.large_key, size)  # dropped blocks fetched again
+        start = time.perf_counter()
+        out["ssd_completed"] = {"complete": cache.warm(args.large_key, "ssd")["complete"],
+                                "seconds": time.perf_counter() - start}  # the SSD copy made whole
         out["large_warm"] = sequential(cache, args.large_key, size)
         out["random_64k_ssd"] = random_for(cache, args.large_key, size, args.threads, args.seconds)
     finally:
