@@ -18,6 +18,8 @@ from . import binding
 
 fuse = binding()
 
+READ_BUFFER_MAX = 1 << 20  # the largest READ the kernel sends a FUSE daemon (max_pages 256 x 4 KiB)
+
 
 @functools.lru_cache(maxsize=64)
 def _bytes_type(size: int) -> type:

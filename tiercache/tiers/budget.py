@@ -97,15 +97,19 @@ class MemoryBudget:
                     "waits": self.waits, "overdrafts": self.overdrafts}
 
 
-def return_freed_memory_to_the_os(threshold: int = 1 << 20) -> bool:
+def return_freed_memory_to_the_os(threshold: int = 1 << 20, keep: int | None = None) -> bool:
     """Serve allocations of ``threshold`` bytes and more (blocks, read buffers) straight from mmap, so freed
-    ones go back to the OS at once instead of staying in malloc's arenas (glibc only; False elsewhere)."""
+    ones go back to the OS at once instead of staying in malloc's arenas; ``keep``: free bytes an arena may
+    keep on top before giving them back (M_TRIM_THRESHOLD), so buffers allocated and freed over and over
+    below the threshold are reused, not faulted in again (glibc only; False elsewhere)."""
     name = ctypes.util.find_library("c")
     if not name:
         return False
     try:
         libc = ctypes.CDLL(name)
-        m_mmap_threshold, m_arena_max = -3, -8
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+        if keep is not None and not libc.mallopt(m_trim_threshold, keep):
+            return False
         return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_arena_max, 4))
     except (OSError, AttributeError):
         return False
