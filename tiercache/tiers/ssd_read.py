@@ -109,22 +109,25 @@ class SsdReads:
                 continue
             direct = lo == start and hi == end
             buf = out if direct else memoryview(bytearray(hi - lo))
+            ok = False
             try:
-                got = os.preadv(region.fd, [buf], loc.offset + lo)
+                ok = os.preadv(region.fd, [buf], loc.offset + lo) == hi - lo and verify(block, loc, buf, first)
             except OSError as exc:
                 log.warning("ssd tier: read of %s failed: %s", region.path, exc)
-                got = -1
             finally:
-                self._done_reading(region)
-            if got != hi - lo or not verify(block, loc, buf, first):
+                with self._lock:  # one hold: let go of the region, count the hit
+                    region.readers -= 1
+                    if region.dead and region.readers == 0:
+                        os.close(region.fd)
+                    if ok:
+                        self.policy.on_access(loc.slot)
+                        self.hits += 1
+                        self.bytes_served += end - start
+            if not ok:
                 self._corrupt(block, raw)
                 return False
             if not direct:
                 out[:] = buf[start - lo:end - lo]
-            with self._lock:
-                self.policy.on_access(loc.slot)
-                self.hits += 1
-                self.bytes_served += end - start
             return True
         return False
 
