@@ -110,7 +110,7 @@ class BlockReader:
             if not self._into(block, info, lo - first, dest, stream, self._passing(info, block, stream)):
                 rest.append((block, lo - first, dest))
         if rest:
-            loaded = self.parallel(lambda item: self._load(item[0], info, "ram"), rest)
+            loaded = self.parallel(lambda item: self._load(item[0], info, "ram", stream), rest)
             for (_block, start, dest), data in zip(rest, loaded, strict=True):
                 dest[:] = memoryview(data)[start:start + len(dest)]
         if self.on_served is not None:
@@ -128,7 +128,7 @@ class BlockReader:
         ssd = self.tiers.ssd
         if ssd is None or (self.staging is not None and self.staging.holds(block)):
             return False
-        return ssd.read_part_into(block, start, dest, self.blocks.length(info, block), passing)
+        return ssd.read_part_into(block, start, dest, self.blocks.length(info, block), passing, touch=not stream)
 
     def _passing(self, info: ObjectInfo, block: BlockId, stream: bool) -> bool:
         """A stream passing through: RAM has no room for its block without evicting, so reading on does not

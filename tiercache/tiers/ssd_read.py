@@ -55,12 +55,13 @@ class SsdReads:
             return None
         return self.get_range(block, start, end)
 
-    def read_part_into(self, block: BlockId, start: int, out: memoryview, block_len: int, stream: bool) -> bool:
+    def read_part_into(self, block: BlockId, start: int, out: memoryview, block_len: int, stream: bool,
+                       touch: bool = True) -> bool:
         """``read_part`` into ``out`` (bytes [start, start + len(out)) of the block) with ``read_into``; False
         where ``read_part`` gives None (``out`` then holds garbage)."""
         if page_count(block_len) <= 2 or (not stream and self._earns_whole(block, start, start + len(out))):
             return False
-        return self.read_into(block, start, out)
+        return self.read_into(block, start, out, touch)
 
     def _earns_whole(self, block: BlockId, start: int, end: int) -> bool:
         """Whether this part read continues the block's last two (a sequential reader: the block earns a whole
@@ -75,12 +76,13 @@ class SsdReads:
                 self._touched.popitem(last=False)
         return False
 
-    def read_into(self, block: BlockId, start: int, out: memoryview) -> bool:
+    def read_into(self, block: BlockId, start: int, out: memoryview, touch: bool = True) -> bool:
         """Bytes [start, start + len(out)) of the block into ``out`` (a writable byte view), reading and
         checking only the pages they lie in: straight from the region file into ``out`` when the range is
         whole pages, else through a scratch buffer. A hit is counted, a miss is not (the caller's fallback
-        counts it). False on a miss, a failed check (the entry is dropped) or a range past the block's end;
-        ``out`` may then hold anything: never serve it."""
+        counts it); ``touch=False`` (a stream's reads: one use) leaves the eviction policy alone. False on a
+        miss, a failed check (the entry is dropped) or a range past the block's end; ``out`` may then hold
+        anything: never serve it."""
         end = start + len(out)
         key = block.encode()
         for _attempt in (0, 1):
@@ -120,7 +122,8 @@ class SsdReads:
                     if region.dead and region.readers == 0:
                         os.close(region.fd)
                     if ok:
-                        self.policy.on_access(loc.slot)
+                        if touch:
+                            self.policy.on_access(loc.slot)
                         self.hits += 1
                         self.bytes_served += end - start
             if not ok:
