@@ -19,15 +19,15 @@ holds more than ``BACKGROUND_FILES`` files) and a file's info is revalidated wit
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 from .errors import IsADirectory, NotADirectory, NotFound
-from .namespace_index import MARK, NamespaceIndex, below
-from .namespace_ingest import ListingJob, ListingStopped, listed_counts, listed_time
+from .namespace_index import MARK, NamespaceIndex
+from .namespace_ingest import listed_counts
+from .namespace_listings import Listings
 from .namespace_records import FORMAT, TIME, Entry, ancestors, decode, encode, key_problem, normalize, parent_of
 from .removals import Removals
 from .store.base import ObjectInfo, ObjectStore
@@ -35,7 +35,6 @@ from .tiers.meta import Meta
 
 __all__ = ["Entry", "Namespace", "key_problem", "normalize"]
 
-log = logging.getLogger(__name__)
 
 BACKGROUND_FILES = 10_000
 LIST_THREADS = 8
@@ -56,21 +55,18 @@ class Namespace:
         self.index = NamespaceIndex(meta)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._listed: dict[str, float] = {}  # directory -> when it was last listed (one entry per listing)
         self._overlay: dict[str, ObjectInfo] = {}  # added by the write tier; wins until a listing agrees
         self._confirmed: dict[str, float] = {}  # path -> when a conditional GET last confirmed its etag
-        self._jobs: dict[str, ListingJob] = {}  # listings running, by directory
         self.removals = Removals()  # a LIST or HEAD answered before a removal does not undo it
+        self.listings = Listings(store, meta, self.index, self._cond, self._overlay, lambda: self.hidden,
+                                 self.removals, threads, lambda: self.clock(), self._forget_confirmed)
         self._loaded = False
         if self.meta.get("misc", b"objects_format") != FORMAT:
             with self.meta.write() as txn:
                 for name in ("objects", "listings"):
                     txn.drop(self.meta.db(name), delete=False)
                 txn.put(b"objects_format", FORMAT, db=self.meta.db("misc"))
-        self.skipped = 0
-        self.lists = 0
         self.heads = 0
-        self.list_requests = 0
 
     # ------------------------------------------------------------------ listings
 
@@ -87,75 +83,37 @@ class Namespace:
         with self._lock:
             if self._loaded:
                 return
-            self._listed = {k.decode()[1:]: listed_time(v) for k, v in self.meta.scan("listings", b"/")}
+            self.listings.load()
             self._loaded = True
-            if "" not in self._listed:
-                self._start("")
+            if "" not in self.listings.listed:
+                self.listings.start("")
                 return
-        if self._expired(self._listed[""]):
+        if self._expired(self.listings.listed[""]):
             self._refresh_dir("")
 
-    def _start(self, top: str) -> ListingJob:
-        """Start listing directory ``top`` in its own thread (caller holds the lock)."""
-        job = ListingJob(self.store, self.meta, self.index, top, self.clock(), self._cond, self._overlay,
-                         lambda: self.hidden, self.threads, on_end=self._ended, removals=self.removals)
-        self._jobs[top] = job
-        job.thread = threading.Thread(target=job.run, name=f"tiercache-list:{top}", daemon=True)
-        job.thread.start()
-        return job
-
     def close(self, grace: float = 2.0, timeout: float = 10.0) -> None:
-        """Let running listings end within ``grace`` seconds, stop the others, join their threads."""
-        with self._lock:
-            jobs = list(self._jobs.values())
-        deadline = time.monotonic() + grace
-        for job in jobs:
-            if not job.finished.wait(max(0.0, deadline - time.monotonic())):
-                job.walk.close()
-        for job in jobs:
-            if job.thread is not None:
-                job.thread.join(timeout)
+        """Let running listings end within ``grace`` seconds, stop the others (they resume at the next start)."""
+        self.listings.close(grace, timeout)
 
-    def _ended(self, job: ListingJob) -> None:  # with the lock held, before the job's waiters wake
-        prefix = below(job.top).decode()
-        self._jobs.pop(job.top, None)
-        self.removals.end(job.token)
-        self.lists += 1
-        self.list_requests += job.walk.requests
-        self.skipped += job.skipped
-        if job.error is None:
-            self._listed[job.top] = job.started
-            for path in [p for p in self._confirmed if p.startswith(prefix)]:
-                del self._confirmed[path]
-        elif not isinstance(job.error, ListingStopped):
-            log.warning("%s: listing %r failed: %s", self.store.url, job.top, job.error)
+    @property
+    def lists(self) -> int:
+        """Listings ended (well or not)."""
+        return self.listings.lists
 
-    def _wait(self, job: ListingJob, path: str | None, subtree: bool = False, exact: bool = False) -> None:
-        """Until what ``job.names_known(path, subtree, exact)`` names is in the index (None: until ``job``
-        ends); raises the listing's error if it failed first."""
-        with self._cond:
-            while not job.finished.is_set() and (path is None or not job.names_known(path, subtree, exact)):
-                self._cond.wait(0.5)
-        if job.error is not None and (path is None or not job.names_known(path, subtree, exact)):
-            raise job.error
-
-    def _cold(self) -> ListingJob | None:
-        """The first listing of the store while it runs (nothing listed to serve meanwhile), else None."""
-        with self._lock:
-            if "" in self._listed:
-                return None
-            return self._jobs.get("") or self._start("")
+    def _forget_confirmed(self, prefix: str) -> None:  # a listing below ``prefix`` ended: its times count
+        for path in [p for p in self._confirmed if p.startswith(prefix)]:
+            del self._confirmed[path]
 
     def _dir_fresh(self, path: str) -> bool:
-        newest = max((self._listed.get(d, -math.inf) for d in (path, *ancestors(path))), default=-math.inf)
+        newest = max((self.listings.listed.get(d, -math.inf) for d in (path, *ancestors(path))), default=-math.inf)
         return newest > -math.inf and not self._expired(newest)
 
     def _settle(self, path: str) -> None:
         """Make the names in directory ``path`` current: wait for the first listing to pass it, or list
         its nearest existing directory again (see ``_refresh_dir``)."""
-        cold = self._cold()
+        cold = self.listings.first()
         if cold is not None:
-            self._wait(cold, path)
+            self.listings.wait(cold, path)
         else:
             self._refresh_dir(self._nearest_dir(path))
 
@@ -163,12 +121,12 @@ class Namespace:
         """List ``path`` again: in the foreground, or in the background for big subtrees (serving stale)."""
         background = self.index.count_below(path, BACKGROUND_FILES + 1) > BACKGROUND_FILES
         with self._lock:
-            job = self._jobs.get(path)
-            if job is None and background and any(path.startswith(below(top).decode()) for top in self._jobs):
+            job = self.listings.jobs.get(path)
+            if job is None and background and self.listings.running_above(path):
                 return  # a listing above it is running already: the old listing serves meanwhile
-            job = job or self._start(path)
+            job = job or self.listings.start(path)
         if not background:
-            self._wait(job, None)
+            self.listings.wait(job, None)
 
     def _nearest_dir(self, path: str) -> str:
         return next((d for d in (path, *ancestors(path)) if self.index.is_dir(d)), "")
@@ -186,7 +144,7 @@ class Namespace:
         for name, info in self.children(path):
             child = f"{path.strip('/')}/{name}" if path.strip("/") else name
             if info is None:
-                yield Entry(child, name, True, 0, self._listed.get("", 0.0), None)
+                yield Entry(child, name, True, 0, self.listings.listed.get("", 0.0), None)
             else:
                 yield Entry(child, name, False, info.size, info.mtime, info.etag)
 
@@ -249,7 +207,7 @@ class Namespace:
         kind, _raw = self._lookup(path)
         name = path.rpartition("/")[2]
         if kind == "dir":
-            return Entry(path, name, True, 0, self._listed.get("", 0.0), None)
+            return Entry(path, name, True, 0, self.listings.listed.get("", 0.0), None)
         if kind is None:
             raise NotFound(f"no such file or directory {path!r}")
         info = self.info(path)
@@ -267,9 +225,9 @@ class Namespace:
         from the index in key order (once the first listing, if it is still running, has passed it)."""
         prefix = normalize(prefix)
         self._ensure_loaded()
-        cold = self._cold()
+        cold = self.listings.first()
         if cold is not None:  # the first listing: until it has passed the file or the subtree
-            self._wait(cold, prefix, exact=True)
+            self.listings.wait(cold, prefix, exact=True)
         raw = self.index.get(prefix) if prefix else None
         if raw is not None:
             yield decode(prefix, raw)[0]
@@ -363,7 +321,7 @@ class Namespace:
         stale: list[bytes] = []
         self.removals.removed(path, tree=True)
         with self._lock:
-            for table in (self._listed, self._overlay, self._confirmed):
+            for table in (self.listings.listed, self._overlay, self._confirmed):
                 for key in [k for k in table if k == path or k.startswith(prefix)]:
                     del table[key]
             for key, _raw in self.index.walk(self.index.objects, prefix.encode()):
@@ -394,7 +352,7 @@ class Namespace:
             return {
                 "files": self.meta.count("objects"),
                 "dirs": listed_counts(self.meta.get("listings", b"/"))[1],
-                "skipped_keys": self.skipped, "lists": self.lists, "heads": self.heads,
-                "list_requests": self.list_requests, "listing": sorted(self._jobs),
+                "skipped_keys": self.listings.skipped, "lists": self.lists, "heads": self.heads,
+                "list_requests": self.listings.list_requests, "listing": sorted(self.listings.jobs),
                 "loaded": self._loaded,
             }
