@@ -1,4 +1,4 @@
-"""The SSD tier's write queue: blocks handed over with ``put_async``, written by one background thread,
+"""The SSD tier's write queue: blocks handed over with ``put_async``, written by ``WRITERS`` background thread(s),
 readable while they wait; bounded in bytes (a full queue refuses, it never blocks the reader).
 
 Memory: a queued block's bytes are, by ``put_async``'s contract, the same object another tier (RAM) holds,
@@ -26,6 +26,7 @@ from .budget import MemoryBudget
 log = logging.getLogger(__name__)
 
 MAX_OWED = 4096  # ids of refused blocks remembered for a later write (oldest forgotten first)
+WRITERS = 1  # writer threads (2 and 4 measured no faster: under pressure the writes wait on the disk)
 
 
 class WriteQueue:
@@ -47,7 +48,8 @@ class WriteQueue:
         self._owed: OrderedDict[BlockId, bool] = OrderedDict()  # refused while RAM holds them → scan
         self.refill: Callable[[BlockId, bool], bool] | None = None  # queue an owed block again (no lock held)
         self.owed_written = 0  # owed blocks queued again
-        self._writer: threading.Thread | None = None
+        self._writers: list[threading.Thread] = []
+        self._busy: set[BlockId] = set()  # entries a writer is writing now
         self._stop = False
 
     def __contains__(self, block: BlockId) -> bool:
@@ -75,18 +77,30 @@ class WriteQueue:
         self.bytes += len(data)
         if scan:
             self._scan.add(block)
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._loop, name="tiercache-ssd-writer", daemon=True)
-            self._writer.start()
+        self._start()
         self._cond.notify()
         return True
+
+    def _start(self) -> None:
+        """Start the writers on first use (caller holds ``lock``)."""
+        while len(self._writers) < WRITERS:
+            writer = threading.Thread(target=self._loop, name="tiercache-ssd-writer", daemon=True)
+            self._writers.append(writer)
+            writer.start()
+
+    def _next(self) -> BlockId | None:
+        """The oldest entry no writer has taken (caller holds ``lock``)."""
+        for block in self._queue:
+            if block not in self._busy:
+                return block
+        return None
 
     def _yield_scan(self, nbytes: int) -> None:
         """Unqueue the newest uncharged stream blocks (RAM holds them: owed) until ``nbytes`` fit."""
         for block in reversed(list(self._queue)):
             if self.bytes + nbytes <= self.limit:
                 return
-            if block in self._scan and block not in self._charged:
+            if block in self._scan and block not in self._charged and block not in self._busy:
                 self.remove(block)
                 self.owe(block, True)
 
@@ -99,9 +113,7 @@ class WriteQueue:
         self._owed.move_to_end(block)
         while len(self._owed) > MAX_OWED:
             self._owed.popitem(last=False)
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._loop, name="tiercache-ssd-writer", daemon=True)
-            self._writer.start()
+        self._start()
         self._cond.notify()
 
     @property
@@ -109,11 +121,15 @@ class WriteQueue:
         """Refused blocks remembered for a later write."""
         return len(self._owed)
 
+    def _may_refill(self) -> bool:
+        """Whether owed blocks can be offered now (caller holds ``lock``)."""
+        return bool(self._owed) and self.refill is not None and not self._stop and self.bytes < self.limit // 2
+
     def _refill(self) -> None:
         """Offer owed blocks to ``refill`` while the queue has room for another block (no lock held)."""
-        while self.refill is not None:
+        while True:
             with self._cond:
-                if not self._owed or self._stop or self.bytes >= self.limit // 2:
+                if not self._may_refill():
                     return
                 block, scan = self._owed.popitem(last=False)
             queued = self.refill(block, scan)
@@ -158,21 +174,25 @@ class WriteQueue:
         while True:
             self._refill()
             with self._cond:
-                while not self._queue and not self._stop:
-                    if self._owed and self.refill is not None:
-                        break
-                    self._cond.wait()
-                if not self._queue:
+                block = self._next()
+                while block is None:
                     if self._stop:
                         return
+                    if self._may_refill():
+                        break
+                    self._cond.wait()
+                    block = self._next()
+                if block is None:
                     continue
-                block, data = next(iter(self._queue.items()))
+                data = self._queue[block]
                 scan = block in self._scan
+                self._busy.add(block)
             try:
                 self._write(block, data, scan=scan)
             except Exception:  # noqa: BLE001 - a failed write only loses the SSD copy
                 log.exception("ssd tier: background write failed")
             with self._cond:
+                self._busy.discard(block)
                 if self._queue.get(block) is data:
                     self.remove(block)
                 self._cond.notify_all()
@@ -184,13 +204,13 @@ class WriteQueue:
                 self._cond.wait()
 
     def close(self) -> bool:
-        """Write what is queued and stop the writer; False if already closed."""
+        """Write what is queued and stop the writers; False if already closed."""
         if self._stop:
             return False
         self.drain()
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._writer is not None:
-            self._writer.join()
+        for writer in self._writers:
+            writer.join()
         return True
