@@ -156,13 +156,14 @@ def phase_warm(args: argparse.Namespace, probe: Probe) -> dict:
     warmed = time.perf_counter()
     probe.mark("warmed")
     stats = cache.stats()
+    pages = {db: cache.meta.page_bytes(db) for db in ("ssd_index", "objects")}
     sample = [store.key(i) for i in range(0, args.objects, max(1, args.objects // 100_000))]
     raw_rate = raw_store_rate(store, sample, cache.config.threads)
     cache.close()
     blocks = stats["ssd"].get("blocks") or args.objects
     files = sum(len(f) for _, _, f in os.walk(args.cache))
     rate = report["files"] / max(1e-9, warmed - reloaded)
-    return {"reload_listing_s": reloaded - t0, "warm_s": warmed - reloaded, "seeded": bool(args.seed),
+    out = {"reload_listing_s": reloaded - t0, "warm_s": warmed - reloaded, "seeded": bool(args.seed),
             "files_per_s": rate, "warm": report, "store_get_files_per_s": raw_rate,
             "warm_over_store_get": rate / raw_rate, "threads": cache.config.threads,
             "ssd_state_bytes_per_block": stats["ssd"].get("state_bytes", 0) / max(1, blocks),
@@ -171,7 +172,14 @@ def phase_warm(args: argparse.Namespace, probe: Probe) -> dict:
             "bytes_per_cached_block": (probe.points["warmed"]["rss"] - probe.points["listed"]["rss"]) / blocks,
             "anon_bytes_per_cached_block":
                 (probe.points["warmed"]["rss_anon"] - probe.points["listed"]["rss_anon"]) / blocks,
+            "file_bytes_per_cached_block":
+                (probe.points["warmed"]["rss_file"] - probe.points["listed"]["rss_file"]) / blocks,
+            "cache_dir_bytes_per_block": None, "ssd_index_page_bytes_per_block": pages["ssd_index"] / blocks,
+            "objects_page_bytes_per_object": pages["objects"] / args.objects,
+            "meta_file_bytes": os.path.getsize(os.path.join(args.cache, "meta", "data.mdb")),
             "top": probe.top("listed", "warmed")}
+    out["cache_dir_bytes_per_block"] = out["cache_dir_bytes"] / blocks
+    return out
 
 
 def phase_plan(args: argparse.Namespace, probe: Probe) -> dict:
@@ -210,7 +218,7 @@ def phase_restart(args: argparse.Namespace, probe: Probe) -> dict:
     data = cache.read(key)
     read = time.perf_counter()
     probe.mark("read")
-    index_reads = {db: cache.meta.reads[db] for db in ("ssd_index", "ssd_slots", "regions")}
+    index_reads = {db: cache.meta.reads[db] for db in ("ssd_index", "regions")}
     names = cache.listdir("big")
     listed = time.perf_counter()
     backend_gets = cache.stats()["backend"]["gets"]
@@ -228,6 +236,7 @@ def phase_restart(args: argparse.Namespace, probe: Probe) -> dict:
             "allocated_blocks_at_open": p["opened"]["allocated_blocks"] - p["start"]["allocated_blocks"],
             "allocated_blocks_at_first_read": p["read"]["allocated_blocks"] - p["opened"]["allocated_blocks"],
             "rss_growth_open_plus_read": p["read"]["rss"] - p["start"]["rss"],
+            "rss_after_validation": p["validated"]["rss"], "rss_anon_after_validation": p["validated"]["rss_anon"],
             "top": probe.top("start", "read")}
 
 

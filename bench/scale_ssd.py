@@ -82,7 +82,7 @@ def restart(cache: str, n: int, size: int) -> dict:
     i = n // 2
     data = tier.get(BlockId(key(i), ETAG, 0))
     read = time.perf_counter()
-    reads = {db: meta.reads[db] for db in ("ssd_index", "ssd_slots", "regions")}
+    reads = {db: meta.reads[db] for db in ("ssd_index", "regions")}
     validated = tier.validated(3000)
     done = time.perf_counter()
     stats = tier.stats()

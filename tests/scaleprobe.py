@@ -27,11 +27,11 @@ SIZE = 512
 
 
 def checkpoint() -> dict:
-    """RssAnon and Python allocations now."""
+    """RssAnon, RssFile (mapped file pages: LMDB's) and Python allocations now."""
     gc.collect()
     with open("/proc/self/status") as fh:
-        anon = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:"))
-    return {"rss_anon": anon, "allocations": sys.getallocatedblocks()}
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if line.startswith("Rss")}
+    return {"rss_anon": fields["RssAnon"], "rss_file": fields["RssFile"], "allocations": sys.getallocatedblocks()}
 
 
 def open_cache(cache_dir: str, n: int):
@@ -51,10 +51,11 @@ def warm(cache_dir: str, n: int) -> dict:
     report = cache.warm("", tier="ssd")
     warmed = checkpoint()
     ssd = cache.stats()["ssd"]
+    index_bytes = cache.meta.page_bytes("ssd_index")
     cache.close()
     return {"top": names, "warm": {k: report[k] for k in ("files", "complete", "errors")},
             "opened": opened, "listed": listed, "warmed": warmed,
-            "ssd_state_bytes": ssd["state_bytes"], "ssd_blocks": ssd["blocks"]}
+            "ssd_state_bytes": ssd["state_bytes"], "ssd_blocks": ssd["blocks"], "ssd_index_bytes": index_bytes}
 
 
 def restart(cache_dir: str, n: int) -> dict:
@@ -65,12 +66,14 @@ def restart(cache_dir: str, n: int) -> dict:
     opened = checkpoint()
     data = bytes(cache.read(key))
     read = checkpoint()
-    index_reads = {db: cache.meta.reads[db] for db in ("ssd_index", "ssd_slots", "regions")}
+    index_reads = {db: cache.meta.reads[db] for db in ("ssd_index", "regions")}
     gets = cache.stats()["backend"]["gets"]
     validated = cache.ssd.validated(300)
+    after = checkpoint()
     ssd = cache.stats()["ssd"]
     cache.close()
-    return {"start": start, "opened": opened, "read": read, "backend_gets": gets, "index_reads": index_reads,
+    return {"start": start, "opened": opened, "read": read, "validated_at": after, "backend_gets": gets,
+            "index_reads": index_reads,
             "read_ok": data == SyntheticStore(n, SIZE).content(key), "validated": validated,
             "blocks_after_validation": ssd["blocks"]}
 

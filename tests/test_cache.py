@@ -42,7 +42,7 @@ def open_s3(bucket, tmp_path, **options):
 
 def region_files(cache_dir) -> list[str]:
     regions = os.path.join(cache_dir, "regions")
-    return sorted(os.path.join(regions, n) for n in os.listdir(regions))
+    return sorted(os.path.join(regions, n) for n in os.listdir(regions) if n.endswith(".region"))
 
 
 @pytest.fixture
@@ -191,10 +191,10 @@ def test_ssd_only_multi_block_reads_land_in_one_buffer_and_survive_corruption(bu
     with open_s3(bucket, tmp_path, ram=0) as cache:
         assert cache.warm("m.bin", tier="ssd")["complete"]
     [region] = region_files(tmp_path / "cache")
-    with open(region, "r+b") as f:  # flip a byte inside one whole block of the object
-        f.seek(3 * BS + 10)
+    with open(region, "r+b") as f:  # flip a byte inside one whole block of the object (records lead with ids)
+        f.seek(3 * BS + BS // 2)
         byte = f.read(1)
-        f.seek(3 * BS + 10)
+        f.seek(3 * BS + BS // 2)
         f.write(bytes([byte[0] ^ 0xFF]))
     bucket.server.reset_log()
     with open_s3(bucket, tmp_path, ram=0) as cache:

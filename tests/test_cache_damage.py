@@ -13,7 +13,8 @@ import pytest
 from tiercache.tiers.base import BlockId
 from tiercache.tiers.meta import Meta
 from tiercache.tiers.ssd import SsdTier
-from tiercache.tiers.ssd_format import PAGE_SIZE
+from tiercache.tiers.ssd_format import PAGE_SIZE, Location, id_length, record_size
+from tiercache.tiers.ssd_index import block_key, key_part
 
 from .fusehelpers import needs_fuse
 
@@ -23,19 +24,24 @@ MiB = 1 << 20
 
 
 def swap_index_entries(cache_dir, key_a: str, key_b: str) -> int:
-    """Swap the SSD index entries of equal-length blocks of two objects (what a damaged index can do)."""
+    """Swap the SSD index entries of equal-size blocks of two objects (what a damaged index can do)."""
     meta = Meta(cache_dir / "meta")
     try:
-        entries = {bytes(k): v for k, v in meta.scan("ssd_index")}
-        blocks = {BlockId.decode(k): v for k, v in entries.items()}
+        blocks = {}
+        for key in (key_a, key_b):
+            for digest, raw in meta.scan("ssd_index", key_part(key)):
+                loc = Location.unpack(raw)
+                with open(cache_dir / "regions" / f"{loc.region:08d}.region", "rb") as fh:
+                    record = os.pread(fh.fileno(), loc.size, loc.offset)
+                blocks[BlockId.decode(record[2:2 + id_length(record)])] = (digest, raw)
         swapped = 0
-        for a, raw_a in blocks.items():
+        for a, (key_of_a, raw_a) in blocks.items():
             if a.key != key_a:
                 continue
-            for b, raw_b in blocks.items():
-                if b.key == key_b and b.index == a.index and raw_b[12:16] == raw_a[12:16]:  # same length
-                    meta.put("ssd_index", a.encode(), raw_b)
-                    meta.put("ssd_index", b.encode(), raw_a)
+            for b, (key_of_b, raw_b) in blocks.items():
+                if b.key == key_b and b.index == a.index and raw_b[8:12] == raw_a[8:12]:  # same size
+                    meta.put("ssd_index", key_of_a, raw_b)
+                    meta.put("ssd_index", key_of_b, raw_a)
                     swapped += 1
         return swapped
     finally:
@@ -65,11 +71,11 @@ def test_an_entry_pointing_at_another_blocks_bytes_is_a_miss(tmp_path, meta):
     ssd.put(b, b"B" * 5000)
     ssd.put(same_bytes, b"A" * 5000)
     ssd.flush()
-    raw_a, raw_b = meta.get("ssd_index", a.encode()), meta.get("ssd_index", b.encode())
+    raw_a, raw_b = meta.get("ssd_index", block_key(a)), meta.get("ssd_index", block_key(b))
     ssd.close()
-    meta.put("ssd_index", a.encode(), raw_b)
-    meta.put("ssd_index", b.encode(), raw_a)
-    meta.put("ssd_index", same_bytes.encode(), raw_a)
+    meta.put("ssd_index", block_key(a), raw_b)
+    meta.put("ssd_index", block_key(b), raw_a)
+    meta.put("ssd_index", block_key(same_bytes), raw_a)
     again = SsdTier(tmp_path / "regions", 10 << 20, meta)
     assert again.get(a) is None and again.get(b) is None and again.get(same_bytes) is None
     assert again.stats()["crc_errors"] == 3 and not again.contains(a)
@@ -87,7 +93,7 @@ def test_range_reads_check_only_their_pages_and_a_bad_page_is_a_miss(tmp_path, m
     ssd.drain()
     [name] = [n for n in os.listdir(tmp_path / "regions") if n.endswith(".region")]
     with open(tmp_path / "regions" / name, "r+b") as fh:  # damage page 4 only
-        fh.seek(4 * PAGE_SIZE + 10)
+        fh.seek(record_size(block, 0) + 4 * PAGE_SIZE + 10)  # past the record's id
         fh.write(b"\xff")
     assert ssd.get_range(block, 0, 2 * PAGE_SIZE) == data[:2 * PAGE_SIZE]  # pages 0-1 are intact
     assert ssd.get_range(block, 4 * PAGE_SIZE, 4 * PAGE_SIZE + 1) is None  # never served

@@ -142,9 +142,9 @@ def test_a_bad_page_on_the_direct_path_is_refetched_not_served(bucket, mounter, 
     blob, cache_dir = warmed
     for path in region_paths(cache_dir / "regions"):  # one flipped byte in page 5 of every block
         size = os.path.getsize(path)
-        for base in range(0, size, BS):
+        for base in range(0, size, BS):  # each record leads with its block's id (well under 1 KiB)
             if base + 5 * PAGE_SIZE < size:
-                flip(path, base + 5 * PAGE_SIZE + 7)
+                flip(path, base + 5 * PAGE_SIZE + PAGE_SIZE // 2)
     m = mount_warmed(mounter, bucket, cache_dir, "inf")
     fd = os.open(m.path / "big.bin", os.O_RDONLY)
     try:

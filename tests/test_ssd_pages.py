@@ -51,14 +51,14 @@ def test_scattered_reads_read_their_pages_not_whole_blocks(bucket, warm_cache_di
 def test_a_bad_page_is_refetched_and_never_served(bucket, warm_cache_dir):
     blob, opts = warm_cache_dir
     regions = os.path.join(opts["ssd"], "regions")
-    for name in os.listdir(regions):  # flip one byte in every page 5 of every block
+    for name in [n for n in os.listdir(regions) if n.endswith(".region")]:  # flip a byte in each block's page 5
         with open(os.path.join(regions, name), "r+b") as fh:
             size = fh.seek(0, 2)
-            for base in range(0, size, BS):
+            for base in range(0, size, BS):  # each record leads with its block's id (well under 1 KiB)
                 if base + 5 * PAGE_SIZE < size:
-                    fh.seek(base + 5 * PAGE_SIZE + 7)
+                    fh.seek(base + 5 * PAGE_SIZE + PAGE_SIZE // 2)
                     byte = fh.read(1)
-                    fh.seek(base + 5 * PAGE_SIZE + 7)
+                    fh.seek(base + 5 * PAGE_SIZE + PAGE_SIZE // 2)
                     fh.write(bytes([byte[0] ^ 0xFF]))
     with tiercache.open(bucket.url, **opts) as cache:
         assert bytes(cache.read("big.bin", 2 * PAGE_SIZE, PAGE_SIZE)) == blob[2 * PAGE_SIZE:3 * PAGE_SIZE]

@@ -16,6 +16,7 @@ from tiercache.tiers.meta import Meta
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy, make_policy
 from tiercache.tiers.ram import RamTier
 from tiercache.tiers.ssd import SsdTier
+from tiercache.tiers.ssd_format import record_size
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
 from traces import simulate  # noqa: E402
@@ -158,7 +159,7 @@ def test_ssd_round_trip_and_restart(tmp_path, meta):
     ssd.close()
     again = SsdTier(tmp_path / "regions", 10 << 20, meta)
     assert all(again.get(b) == d for b, d in blobs.items())
-    assert again.used() == sum(len(d) for d in blobs.values())
+    assert again.used() == sum(record_size(b, len(d)) for b, d in blobs.items())  # each block's id, its bytes
     assert again.get(BlockId("f0", "other-etag", 0)) is None
     again.close()
 

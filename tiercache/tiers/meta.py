@@ -22,6 +22,8 @@ empty one is created. The journal's is not disposable: its errors propagate.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -40,7 +42,7 @@ from ..private import private_dir
 
 log = logging.getLogger(__name__)
 
-DATABASES = ("objects", "listings", "ssd_index", "ssd_slots", "regions", "journal", "pins", "misc")
+DATABASES = ("objects", "listings", "ssd_index", "regions", "journal", "pins", "misc")
 
 RAW_KEY_MAX = 400
 LONG_MARK = b"\0\xffL"
@@ -99,6 +101,45 @@ def _scan(txn: lmdb.Transaction, db: Any, prefix: bytes) -> list[tuple[bytes, by
     if long_keys:  # long keys sharing their first RAW_KEY_MAX bytes are stored in digest order
         out.sort()
     return out
+
+
+_MADV_DONTNEED = 4  # Linux
+_libc = None
+
+
+def _mapping_of(path: str) -> tuple[int, int] | None:
+    """(start, end) of this process's mapping of the file ``path`` (LMDB's map), from /proc/self/maps."""
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == path:
+                    start, _, end = fields[0].partition("-")
+                    return int(start, 16), int(end, 16)
+    except OSError:
+        pass
+    return None
+
+
+def _c_library():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return _libc
+
+
+def _madvise_dontneed(address: int, length: int) -> bool:
+    if length <= 0:
+        return False
+    return _c_library().madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), _MADV_DONTNEED) == 0
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``): what numpy arrays that
+    grew, and LMDB's write buffers, left behind stays resident otherwise. False where there is none."""
+    trim = getattr(_c_library(), "malloc_trim", None)
+    return bool(trim is not None and trim(0))
 
 
 class Txn:
@@ -266,6 +307,33 @@ class Meta:
             yield out
             if not more:
                 return
+
+    def delete_legacy(self, name: str) -> bool:
+        """Delete the sub-database ``name`` of an older format if the environment has one."""
+        try:
+            with self._write_lock, self.env.begin(write=True) as txn:
+                txn.drop(self.env.open_db(name.encode(), txn=txn, create=False), delete=True)
+        except lmdb.NotFoundError:
+            return False
+        return True
+
+    def release_pages(self) -> bool:
+        """Let go of the environment's mapped pages (``madvise(MADV_DONTNEED)`` over LMDB's read-only shared
+        map): they leave this process's RSS and stay in the page cache, so the next read of one is a minor
+        fault. For walks that touch every page once (the SSD tier's background validation). False where
+        the platform has no ``madvise``."""
+        mapped = _mapping_of(os.path.realpath(self.path / "data.mdb"))
+        if mapped is None:
+            return False
+        start, end = mapped
+        length = (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+        return _madvise_dontneed(start, min(length, end - start))
+
+    def page_bytes(self, db: str) -> int:
+        """Bytes of the pages a sub-database's B-tree takes (its share of the file and of mapped pages)."""
+        with self.env.begin(db=self._dbs[db]) as txn:
+            st = txn.stat(self._dbs[db])
+        return (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
 
     def count(self, db: str) -> int:
         """Number of entries in a sub-database."""

@@ -77,6 +77,15 @@ class RegionFiles:
         self.unlist([r for r in known if r not in self.regions])
         self._next_id = max([*known, *files, 0]) + 1
 
+    def remove_files(self) -> int:
+        """Delete every region file of the directory (before ``load``: an index of another format); the
+        number deleted."""
+        removed = 0
+        for path in self.dir.glob(f"*{SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
     def unlist(self, rids: list[int]) -> None:
         """Remove ids from the LMDB list."""
         self.meta.delete_many("regions", [_RID.pack(r) for r in rids])

@@ -68,6 +68,66 @@ class SlotPolicy(Policy):
         """Bytes held by the policy's arrays."""
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything the policy holds, as named numpy arrays (its own, not copies: the SSD tier writes them
+        to a file at close to keep its eviction order across restarts, ``ssd_order.py``); ``load_state``
+        puts it back."""
+        out = {"class": np.array(type(self).__name__)}
+        _flatten(self, "", out)
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Become the policy ``state`` (from ``state()`` of the same class and fields) describes, taking its
+        arrays over (no copy); ValueError (and no change) when it does not fit."""
+        mine = {name[2:]: (name[:2], value) for name, value in self.state().items() if name != "class"}
+        theirs = {name[2:]: (name[:2], value) for name, value in state.items() if name != "class"}
+        if str(state.get("class")) != type(self).__name__ or set(theirs) != set(mine):
+            raise ValueError("policy state of another class or version")
+        for path, (kind, value) in theirs.items():
+            own_kind, own = mine[path]
+            if kind == "a:" and (own_kind != "a:" or value.dtype != own.dtype or value.ndim != own.ndim):
+                raise ValueError(f"policy state field {path} does not fit")
+        for path, (kind, value) in theirs.items():
+            _assign(self, kind + path, value)
+
+
+def _flatten(obj: object, prefix: str, out: dict[str, np.ndarray]) -> None:
+    """``obj``'s fields into ``out``: arrays as they are, numbers as 0-d arrays, int lists as arrays, None as
+    an empty float array, and the links and ghost objects (``slot_lists``) field by field."""
+    for name, value in vars(obj).items():
+        key = prefix + name
+        if isinstance(value, np.ndarray):
+            out["a:" + key] = value
+        elif value is None:
+            out["n:" + key] = np.zeros(0)
+        elif isinstance(value, bool | int | float):
+            out["s:" + key] = np.asarray(value)
+        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
+            out["l:" + key] = np.asarray(value, np.int64)
+        elif isinstance(value, tuple) and not value:
+            out["t:" + key] = np.zeros(0)
+        elif isinstance(value, (Lists, Ghost)):
+            _flatten(value, key + ".", out)
+        else:
+            raise TypeError(f"policy field {key} ({type(value).__name__}) is not persistable")
+
+
+def _assign(obj: object, name: str, value: np.ndarray) -> None:
+    kind, path = name[:2], name[2:].split(".")
+    for part in path[:-1]:
+        obj = getattr(obj, part)
+    if kind == "a:":
+        item: object = value
+    elif kind == "n:":
+        item = None
+    elif kind == "s:":
+        item = value.item()
+    elif kind == "l:":
+        item = [int(v) for v in value]
+    else:
+        item = ()
+    setattr(obj, path[-1], item)
+
 
 class SlotLRU(SlotPolicy):
     """Least recently used over slots."""

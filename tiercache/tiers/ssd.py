@@ -2,11 +2,14 @@
 restarts.
 
 Layout under ``directory``: region files (``regions.py``), append-only, about ``region_size`` each, so
-millions of small blocks need few inodes. The index (``ssd_index.py``, LMDB, the index of record) maps
-``BlockId.encode()`` → a ``Location``: region, offset, length, slot and one crc32 per 64 KiB page
-(``ssd_format.py``). In memory a block is only its slot: a dense integer with its region in a numpy
-``SlotTable`` (``ssd_slots.py``) and its eviction state in a slot policy (``slot_policy.py``), no Python
-object per block (issue 12). ``ssd_blocks.py`` keeps index, slots, regions and policy in step.
+millions of small blocks need few inodes; each block is a record there, its encoded id then its bytes. The
+index (``ssd_index.py``, LMDB, the index of record) maps a 12-byte digest of the block's id → a
+``Location``: region, offset, record size, slot and one crc32 per 64 KiB page (``ssd_format.py``): about
+34 bytes per small block. In memory a block is only its slot: a dense integer with its region, size and
+digest in a numpy ``SlotTable`` (``ssd_slots.py``) and its eviction state in a slot policy
+(``slot_policy.py``), no Python object per block (issue 12). ``ssd_blocks.py`` keeps index, slots, regions
+and policy in step. ``contains`` asks the index only (a digest collision, 2^-64 for two keys, reports a
+block resident that then reads as a miss).
 
 Space: ``used()`` is the bytes of all region files and never exceeds ``capacity()``: the configured quota,
 bounded by what the filesystem holds (``statvfs``: the region files plus the free space, less a little
@@ -16,13 +19,16 @@ watermark; then whole regions are freed, most garbage first, after copying their
 ones the policy kept — hot or pinned) into the active region. A region is deleted as soon as nothing live
 remains in it.
 
-Integrity: every page checksum is bound to the block's identity (key, etag, block index), so a read whose
-bytes do not match — corrupt, or another block's bytes under a damaged index — drops the entry and reports
-a miss, and the cache refetches; such bytes are never returned. ``get_range`` reads and checks only the
+Integrity: a read checks the record's id against the block it looks for, and every page checksum is bound
+to the block's identity (key, etag, block index), so a read whose bytes do not match — corrupt, or another
+block's bytes under a damaged index — drops the entry and reports a miss, and the cache refetches; such
+bytes are never returned. A record whose id has the same digest (a collision) is a miss that keeps the
+entry: it is that other block's. ``get_range`` reads and checks only the
 pages a read needs. Open takes constant time: region files the index does not know are deleted, and the
 index is opened, not loaded; entries pointing at missing regions or past a region's end are dropped when
 read, and by the background validation (``ssd_validate.py``) that rebuilds the slot table and the
-policy without blocking readers. Until it is done, blocks are admitted only while they fit unevicted.
+policy without blocking readers. Until it is done, blocks are admitted only while they fit unevicted. The
+eviction order survives a clean restart (``ssd_order.py``: the policy's arrays saved at close).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from . import ssd_order
 from .base import BlockId
 from .budget import MemoryBudget
 from .meta import Meta
@@ -40,8 +47,8 @@ from .policy import Policy, Protected
 from .regions import RegionFiles
 from .slot_plans import SlotPlanPolicy, make_slot_policy
 from .ssd_blocks import SsdBlocks
-from .ssd_format import FORMAT, Location, checksums
-from .ssd_index import SsdIndex
+from .ssd_format import FORMAT, Location, checksums, header, header_size
+from .ssd_index import SsdIndex, block_key
 from .ssd_queue import WriteQueue
 from .ssd_read import SsdReads
 from .ssd_slots import SlotTable
@@ -71,7 +78,7 @@ class SsdTier(SsdReads):
         budget: MemoryBudget | None = None,
     ):
         self._quota = int(capacity)
-        self.region_size = min(region_size, max(self._quota // 32, 64 << 10))
+        self.region_size = min(region_size, max(self._quota // 32, 64 << 10), 1 << 31)  # u32 offsets
         self.files = RegionFiles(directory, meta, self.region_size)
         self.dir = Path(self.files.dir)
         self.meta = meta
@@ -89,6 +96,7 @@ class SsdTier(SsdReads):
         )
         self._writing: set[BlockId] = set()
         self._touched: OrderedDict[BlockId, tuple[int, int]] = OrderedDict()  # (last part's end, run)
+        self._checked: OrderedDict[bytes, bytes] = OrderedDict()  # index key → value whose record id passed
         self._regions = self.files.regions
         self.hits = self.misses = self.bytes_served = self.rejected = self.write_errors = 0
         self._open()
@@ -101,11 +109,15 @@ class SsdTier(SsdReads):
     def _open(self) -> None:
         """Constant work: the format mark, the region files, the slot high-water mark; the rest in the
         background (``ssd_validate.py``)."""
-        if self.meta.get("misc", b"ssd_format") != FORMAT:
+        found = self.meta.get("misc", b"ssd_format")
+        if found != FORMAT:
             if self.meta.count("ssd_index") or self.files.listed():
-                log.info("ssd tier: index of an older format; starting the SSD tier over")
+                log.warning("ssd tier: the index in %s is of format %s, not %s; dropping the SSD tier's blocks",
+                            self.dir, (found or b"unmarked").decode(errors="replace"), FORMAT.decode())
             self.index.clear()
             self.files.unlist(sorted(self.files.listed()))
+            self.files.remove_files()
+            ssd_order.discard(self.dir)
             self.meta.put("misc", b"ssd_format", FORMAT)
         self.files.load()
         self.slots = SlotTable(self.index.committed_next_slot())
@@ -114,7 +126,7 @@ class SsdTier(SsdReads):
                                 self.region_size)
         if isinstance(self.policy, SlotPlanPolicy):
             self.policy.key_of = self._key_of
-        self.validator = Validator(self.entries, self._lock)
+        self.validator = Validator(self.entries, self._lock, order=(self.dir, ssd_order.claim(self.meta)))
         self.validator.start()
 
     def _key_of(self, slot: int) -> str | None:
@@ -128,25 +140,27 @@ class SsdTier(SsdReads):
     def contains(self, block: BlockId) -> bool:
         """Whether the block is resident (in this tier's own index) or queued (it may still fail its check
         on read); the eviction policy's bookkeeping is not asked."""
-        return block in self.queue or self.index.get(block.encode()) is not None
+        return block in self.queue or self.index.get(block_key(block)) is not None
 
     def blocks(self, prefix: bytes = b"") -> list[BlockId]:
-        """Resident block ids whose encoded id starts with ``prefix`` (see ``base.key_prefix``)."""
+        """Resident block ids whose encoded id starts with ``prefix``: one index prefix scan for a key's
+        blocks (``base.key_prefix``), else a walk of the whole index (each record's id is read)."""
         with self._lock:
-            queued = {k for k in (b.encode() for b in self.queue.blocks()) if k.startswith(prefix)}
-        keys = {k for k, _ in self.index.scan(prefix)} | queued
-        return [BlockId.decode(k) for k in sorted(keys)]
+            queued = {b for b in self.queue.blocks() if b.encode().startswith(prefix)}
+        return sorted(queued | set(self.entries.resident_ids(prefix, self._lock)))
 
     # ------------------------------------------------------------------ writes and space
 
     def put(self, block: BlockId, data: bytes, queued: bool = False, scan: bool = False) -> bool:
         """Append a block to the active region (making room first); False if it cannot fit. ``scan``: a
         stream's one-shot block (the policy evicts it first until it is read again)."""
-        length = len(data)
+        ident = block.encode()
+        head = header(ident)
+        length = len(head) + len(data)
         if length > self._quota:
             return False
-        key = block.encode()
-        crcs = checksums(block, data)
+        key = block_key(block, ident)
+        crcs = checksums(block, data, ident)
         with self._lock:
             if block in self._writing or (block in self.queue and not queued) or self.index.get(key) is not None:
                 return True
@@ -163,7 +177,7 @@ class SsdTier(SsdReads):
             slot = self.slots.allocate()
         ok = False
         try:
-            ok = os.pwrite(region.fd, data, off) == length
+            ok = os.pwritev(region.fd, [head, data], off) == length
         except OSError as exc:
             log.warning("ssd tier: write to %s failed: %s", region.path, exc)
         finally:
@@ -171,7 +185,7 @@ class SsdTier(SsdReads):
                 region.inflight -= 1
                 self._writing.discard(block)
                 if ok:
-                    self.entries.link(block, region, Location(region.id, off, length, crcs, slot), scan)
+                    self.entries.link(block, region, Location(region.id, off, length, crcs, slot), key, scan)
                 else:
                     self.write_errors += 1
                     self.slots.release(slot)
@@ -181,13 +195,16 @@ class SsdTier(SsdReads):
     def put_many(self, items: list[tuple[BlockId, bytes]]) -> int:
         """``put`` of many blocks (a bulk load: a warm's result, written faster): one lock hold to reserve,
         one write per run of blocks in the same region, one to link; returns how many were admitted."""
-        todo = [(block, data, checksums(block, data)) for block, data in items]
+        todo = []
+        for block, data in items:
+            ident = block.encode()
+            todo.append((block, header(ident), data, checksums(block, data, ident)))
         placed = []
         with self._lock:
             validated = self.validator.done.is_set()
-            for block, data, crcs in todo:
-                length = len(data)
-                if block in self._writing or block in self.queue or self.index.get(block.encode()) is not None:
+            for block, head, data, crcs in todo:
+                length = len(head) + len(data)
+                if block in self._writing or block in self.queue or self.index.get(block_key(block)) is not None:
                     continue
                 if length > self._quota or not (self._make_room(length) if validated else
                                                  self._fits_unevicted(length)):
@@ -196,31 +213,31 @@ class SsdTier(SsdReads):
                 region, off = self.files.reserve(length, "new")
                 region.inflight += 1
                 self._writing.add(block)
-                placed.append((block, data, crcs, region, off, self.slots.allocate()))
+                placed.append((block, (head, data), length, crcs, region, off, self.slots.allocate()))
         written = set()
         run: list = []
-        for item in [*placed, None]:  # coalesce adjacent blocks of one region into one write
-            if run and (item is None or item[3] is not run[-1][3] or item[4] != run[-1][4] + len(run[-1][1])
-                        or len(run) >= self.IOV_MAX):
+        for item in [*placed, None]:  # coalesce adjacent records of one region into one write
+            if run and (item is None or item[4] is not run[-1][4] or item[5] != run[-1][5] + run[-1][2]
+                        or 2 * len(run) >= self.IOV_MAX):
                 try:
-                    if os.pwritev(run[0][3].fd, [i[1] for i in run], run[0][4]) == sum(len(i[1]) for i in run):
+                    if os.pwritev(run[0][4].fd, [b for i in run for b in i[1]], run[0][5]) == sum(i[2] for i in run):
                         written.update(id(i) for i in run)
                 except OSError as exc:
-                    log.warning("ssd tier: write to %s failed: %s", run[0][3].path, exc)
+                    log.warning("ssd tier: write to %s failed: %s", run[0][4].path, exc)
                 run = []
             if item is not None:
                 run.append(item)
         with self._lock:
             for item in placed:
-                block, data, crcs, region, off, slot = item
+                block, _parts, length, crcs, region, off, slot = item
                 region.inflight -= 1
                 self._writing.discard(block)
                 if id(item) in written:
-                    self.entries.link(block, region, Location(region.id, off, len(data), crcs, slot))
+                    self.entries.link(block, region, Location(region.id, off, length, crcs, slot))
                 else:
                     self.write_errors += 1
                     self.slots.release(slot)
-                    self.files.unreserve(region, off, len(data))
+                    self.files.unreserve(region, off, length)
         return len(written)
 
     def _fits_unevicted(self, length: int) -> bool:
@@ -239,7 +256,7 @@ class SsdTier(SsdReads):
         with self._lock:
             if block in self.queue or block in self._writing:
                 return True
-        if self.index.get(block.encode()) is not None:
+        if self.index.get(block_key(block)) is not None:
             return True
         with self._lock:
             return self.queue.add(block, data, scan)
@@ -250,13 +267,15 @@ class SsdTier(SsdReads):
 
     def discard(self, block: BlockId) -> int:
         """Drop a block; returns its size (0 if absent)."""
-        key = block.encode()
+        key = block_key(block)
         with self._lock:
             queued = self.queue.remove(block)
             if queued:
                 return queued
             raw = self.index.get(key)
-            return 0 if raw is None else self.entries.drop(key, raw)
+            if raw is None:
+                return 0
+            return max(0, self.entries.drop(key, raw) - header_size(block.encode()))
 
     def flush(self) -> None:
         """Commit buffered index changes to LMDB in one transaction."""
@@ -273,7 +292,7 @@ class SsdTier(SsdReads):
         return max(0, min(self._quota, self.files.physical + self.files.disk_free() - headroom))
 
     def live_bytes(self) -> int:
-        """Bytes of resident blocks (``used()`` minus garbage awaiting compaction)."""
+        """Bytes of resident blocks' records (``used()`` minus garbage awaiting compaction)."""
         return self.policy.tracked_bytes
 
     def stats(self) -> dict:
@@ -303,5 +322,8 @@ class SsdTier(SsdReads):
         if not self.queue.close():
             return
         self.index.close()
+        if self.validator.done.is_set():
+            with self._lock:
+                ssd_order.save(self.dir, self.meta, self.policy)
         with self._lock:
             self.files.close()

@@ -1,36 +1,73 @@
-"""The SSD tier's index of record, in LMDB: ``ssd_index`` maps ``BlockId.encode()`` → ``Location.pack()``
-and ``ssd_slots`` maps each slot (the block's dense integer id) back to its encoded block id. Both sit behind
-one in-memory write buffer that a background thread commits every few milliseconds in one transaction,
-with the tier's slot high-water mark (``misc/ssd_next_slot``), so the two maps and the mark always agree
-on disk. Buffered changes are read before LMDB, so a change is visible the moment it is made.
+"""The SSD tier's index of record, in LMDB: ``ssd_index`` maps a block's 12-byte digest (``block_key``)
+→ ``Location.pack()`` (20 bytes for a block of one page). The full identity is not repeated here: it lives
+once, in the block's record in its region file, and every read checks it (``ssd_format.py``), so a digest
+collision is a miss, never another block's bytes. The digest is 8 bytes of the object key's hash then 4 of
+the whole block id's, so one prefix scan finds every block of a key (any etag). Changes sit in one
+in-memory write buffer that a background thread commits every few milliseconds, the tier's slot high-water
+mark (``misc/ssd_next_slot``) with the first transaction of each flush. Buffered changes are read before
+LMDB, so a change is visible the moment it is made. Every ``RELEASE_EVERY`` committed changes (a bulk load:
+a warm), the environment's mapped pages are let go (``Meta.release_pages``: they stay in the page cache,
+not in the process's RSS) and the C heap's free pages given back (``trim_heap``: the arrays' growth).
+Slot → digest is not stored: it is rebuilt in memory by the background validation (``ssd_slots.py``).
+
+Why digests (issue 12): the old index held the encoded id twice (block → entry, slot → block), ~300 bytes
+per block on disk and in mapped pages; CacheLib navy's BlockCache keeps a key hash and a small entry per
+item and the key with the data, verified on read; Mountpoint-S3's disk cache names a block by a hash of
+(key, etag, block) and checks the full key stored in the block's header. This is the same, with LMDB
+(opened, not loaded) as the index so that a restart is constant work.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 import threading
 import time
 from collections.abc import Iterator
 
-from .meta import Meta
+from .meta import Meta, trim_heap
 
 log = logging.getLogger(__name__)
 
 DB = "ssd_index"
-SLOTS = "ssd_slots"
+LEGACY = ("ssd_slots",)  # sub-databases of older formats, deleted when the index is cleared
 NEXT_SLOT = b"ssd_next_slot"
-_SLOT = struct.Struct(">I")  # big-endian: slots scan in numeric order
+KEY_PART, BLOCK_PART = 8, 4
+KEY_LEN = KEY_PART + BLOCK_PART
+TXN_CHANGES = 512  # changes per write transaction: LMDB keeps the most pages one dirtied, for good
+RELEASE_EVERY = 1 << 16  # changes (about 4 MiB of index pages) between letting go of the mapped pages
+_IDENT = struct.Struct("<q")
 _UNSET = object()
 
 
-def slot_key(slot: int) -> bytes:
-    """The ``ssd_slots`` key of a slot."""
-    return _SLOT.pack(slot)
+def _first(item: tuple[bytes, bytes | None]) -> bytes:
+    return item[0]
+
+
+def digest(data: bytes, size: int) -> bytes:
+    """``size`` bytes of a hash of ``data`` (blake2b)."""
+    return hashlib.blake2b(data, digest_size=size).digest()
+
+
+def key_part(key: str) -> bytes:
+    """The prefix every index key of object ``key``'s blocks starts with."""
+    return digest(key.encode(), KEY_PART)
+
+
+def block_key(block, ident: bytes | None = None) -> bytes:
+    """The index key of a block (a ``BlockId``; ``ident``: its ``encode()``, when the caller has it)."""
+    return digest(block.key.encode(), KEY_PART) + digest(block.encode() if ident is None else ident, BLOCK_PART)
+
+
+def ident(key: bytes) -> int:
+    """The 64-bit identity of an index key that the policy's ghost remembers (the low 32 bits are the
+    block's own part; stable across processes; never 0)."""
+    return _IDENT.unpack(key[KEY_PART:KEY_LEN] + key[:BLOCK_PART])[0] or 1
 
 
 class SsdIndex:
-    """Buffered, thread-safe access to the SSD index and its slot map (see the module docstring)."""
+    """Buffered, thread-safe access to the SSD index (see the module docstring)."""
 
     def __init__(self, meta: Meta, flush_interval: float = 0.005):
         self.meta = meta
@@ -39,7 +76,7 @@ class SsdIndex:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: dict[bytes, bytes | None] = {}  # changes not yet committed (None: deleted)
-        self._pending_slots: dict[int, bytes | None] = {}
+        self._committed = self._released = 0  # changes committed; and when mapped pages were last let go
         self._stop = False
         self._wake = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="tiercache-ssd-index", daemon=True)
@@ -51,34 +88,17 @@ class SsdIndex:
         return 0 if raw is None else int(raw)
 
     def get(self, key: bytes) -> bytes | None:
-        """The current value of ``key`` (buffered or committed), or None."""
+        """The current value of ``key`` (a ``block_key``: buffered or committed), or None."""
+        if len(key) != KEY_LEN:
+            raise ValueError(f"an SSD index key is a {KEY_LEN}-byte block_key(block), not {len(key)} bytes")
         with self._lock:
             value = self._pending.get(key, _UNSET)
         return self.meta.get(DB, key) if value is _UNSET else value
-
-    def key_of(self, slot: int) -> bytes | None:
-        """The encoded block id slot ``slot`` holds (buffered or committed), or None."""
-        with self._lock:
-            value = self._pending_slots.get(slot, _UNSET)
-        return self.meta.get(SLOTS, slot_key(slot)) if value is _UNSET else value
-
-    def keys_of(self, slots: list[int]) -> list[bytes | None]:
-        """``key_of`` for many slots in one read transaction (background validation)."""
-        keys = self.meta.get_many(SLOTS, [slot_key(s) for s in slots])
-        with self._lock:
-            return [self._pending_slots.get(s, k) for s, k in zip(slots, keys, strict=True)]
 
     def set(self, key: bytes, value: bytes | None) -> None:
         """Buffer a change (None deletes)."""
         with self._lock:
             self._pending[key] = value
-        if not self._wake.is_set():
-            self._wake.set()
-
-    def set_slot(self, slot: int, key: bytes | None) -> None:
-        """Buffer a change of the slot map (None frees the slot)."""
-        with self._lock:
-            self._pending_slots[slot] = key
         if not self._wake.is_set():
             self._wake.set()
 
@@ -103,14 +123,14 @@ class SsdIndex:
         return self.meta.batches(DB, size)
 
     def clear(self) -> None:
-        """Forget every entry (at open, for an index of another format)."""
+        """Forget every entry (at open, for an index of another format; older formats' sub-databases go)."""
         with self._lock:
             self._pending.clear()
-            self._pending_slots.clear()
         with self.meta.write() as txn:
             txn.drop(self.meta.db(DB), delete=False)
-            txn.drop(self.meta.db(SLOTS), delete=False)
             txn.put(NEXT_SLOT, b"0", self.meta.db("misc"))
+        for name in LEGACY:
+            self.meta.delete_legacy(name)
 
     def _flush_loop(self) -> None:
         while True:
@@ -126,34 +146,36 @@ class SsdIndex:
                 return
 
     def flush(self) -> None:
-        """Commit buffered changes (and the slot high-water mark) to LMDB in one transaction."""
+        """Commit buffered changes to LMDB, ``TXN_CHANGES`` a transaction (random digests dirty a page each),
+        the slot high-water mark with the first."""
         with self._flush_lock:
             with self._lock:
                 items = list(self._pending.items())
-                slots = list(self._pending_slots.items())
                 next_slot = self.next_slot
-            if not items and not slots:
+            if not items:
                 return
-            db, slot_db = self.meta.db(DB), self.meta.db(SLOTS)
-            with self.meta.write() as txn:
-                for key, value in items:
-                    if value is None:
-                        txn.delete(key, db=db)
-                    else:
-                        txn.put(key, value, db=db)
-                for slot, key in slots:
-                    if key is None:
-                        txn.delete(slot_key(slot), db=slot_db)
-                    else:
-                        txn.put(slot_key(slot), key, db=slot_db)
-                txn.put(NEXT_SLOT, str(next_slot).encode(), self.meta.db("misc"))
+            items.sort(key=_first)  # in key order: each leaf page is visited once
+            db = self.meta.db(DB)
+            for start in range(0, len(items), TXN_CHANGES):
+                with self.meta.write() as txn:
+                    for key, value in items[start:start + TXN_CHANGES]:
+                        if value is None:
+                            txn.delete(key, db=db)
+                        else:
+                            txn.put(key, value, db=db)
+                    if start == 0:  # first: the mark on disk is never below a committed entry's slot
+                        txn.put(NEXT_SLOT, str(next_slot).encode(), self.meta.db("misc"))
             with self._lock:
                 for key, value in items:
                     if key in self._pending and self._pending[key] is value:
                         del self._pending[key]
-                for slot, key in slots:
-                    if slot in self._pending_slots and self._pending_slots[slot] is key:
-                        del self._pending_slots[slot]
+                if not self._pending:
+                    self._pending = {}  # a dict keeps its largest table: let a backlog's go
+            self._committed += len(items)
+            if self._committed - self._released >= RELEASE_EVERY:
+                self.meta.release_pages()
+                trim_heap()
+                self._released = self._committed
 
     def close(self) -> None:
         """Stop the flusher and commit what is buffered."""

@@ -1,6 +1,9 @@
 """The SSD tier's read path (``SsdTier`` is an ``SsdReads``): look the block up in the LMDB index, check the
-entry against its region, read just the pages asked for and check them against their checksums; a queued
-block is served from the write queue. A failed check drops the entry and reads as a miss.
+entry against its region, read the record's id and just the pages asked for and check them against the
+block and its checksums; a queued block is served from the write queue. A failed check drops the entry and
+reads as a miss; a record of another block with the same digest (a collision) is a miss. A record whose id
+was checked is remembered (``CHECKED_MAX`` entries, by index value), so a stream's later parts of a block
+read only its pages.
 
 ``read_into`` is the direct path: the bytes of a range go from the region file straight into the caller's
 buffer (a FUSE reply's), with only the pages they lie in read and checked; ``advise`` asks the kernel to read
@@ -13,16 +16,20 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 
 from .base import BlockId
-from .ssd_format import PAGE_SIZE, Location, page_count, page_span, verify
+from .ssd_format import PAGE_SIZE, Location, header, page_count, page_span, verify
+from .ssd_index import block_key
 
 log = logging.getLogger(__name__)
 _AGAIN = object()  # a region freed under a read: look the block up again
+
+ONE_READ = 64 << 10  # up to this many bytes from a block's start, its record's id comes in the same read
 
 
 class SsdReads:
     """The read half of ``SsdTier``: uses its lock, index, regions, queue, entries, policy and counters."""
 
     TOUCHED_MAX = 8192  # blocks whose last part read is remembered (read_part)
+    CHECKED_MAX = 4096  # index values whose record's id was checked (a stream's later parts skip the check)
 
     def get(self, block: BlockId, count: bool = True) -> bytes | None:
         """The block's bytes, or None on a miss or a failed check (the entry is then dropped)."""
@@ -49,7 +56,7 @@ class SsdReads:
         through (each block read once, with no room in RAM for it) never earns whole blocks."""
         if page_count(block_len) <= 2:
             return None
-        if block not in self.queue and self.index.get(block.encode()) is None:
+        if block not in self.queue and self.index.get(block_key(block)) is None:
             return None
         if not stream and self._earns_whole(block, start, end):
             return None
@@ -84,7 +91,8 @@ class SsdReads:
         miss, a failed check (the entry is dropped) or a range past the block's end; ``out`` may then hold
         anything: never serve it."""
         end = start + len(out)
-        key = block.encode()
+        ident = block.encode()
+        key, head = block_key(block, ident), header(ident)
         for _attempt in (0, 1):
             if block in self.queue:
                 with self._lock:
@@ -100,10 +108,14 @@ class SsdReads:
             if raw is None:
                 return False
             loc = Location.unpack(raw)
-            if start >= end or end > loc.length:
+            length = loc.length(ident)
+            if length < 0:
+                self._foreign(block, key, raw, loc)
+                return False
+            if start >= end or end > length:
                 return False
             first, last = page_span(start, end)
-            lo, hi = first * PAGE_SIZE, min(loc.length, last * PAGE_SIZE)
+            lo, hi = first * PAGE_SIZE, min(length, last * PAGE_SIZE)
             region = self._reading(key, raw, loc)
             if region is None:
                 return False
@@ -111,9 +123,16 @@ class SsdReads:
                 continue
             direct = lo == start and hi == end
             buf = out if direct else memoryview(bytearray(hi - lo))
-            ok = False
+            ok, foreign = False, False
             try:
-                ok = os.preadv(region.fd, [buf], loc.offset + lo) == hi - lo and verify(block, loc, buf, first)
+                if lo == 0:  # the record's id and the first pages in one read
+                    found = bytearray(len(head))
+                    got = os.preadv(region.fd, [found, buf], loc.offset) - len(head)
+                    foreign = found != head
+                else:
+                    foreign = not self._id_checked(region, key, raw, loc, head)
+                    got = -1 if foreign else os.preadv(region.fd, [buf], loc.offset + len(head) + lo)
+                ok = not foreign and got == hi - lo and verify(block, loc, buf, first, ident)
             except OSError as exc:
                 log.warning("ssd tier: read of %s failed: %s", region.path, exc)
             finally:
@@ -126,9 +145,13 @@ class SsdReads:
                             self.policy.on_access(loc.slot)
                         self.hits += 1
                         self.bytes_served += end - start
+            if foreign:
+                self._foreign(block, key, raw, loc)
+                return False
             if not ok:
                 self._corrupt(block, raw)
                 return False
+            self._checked_ok(key, raw)
             if not direct:
                 out[:] = buf[start - lo:end - lo]
             return True
@@ -137,7 +160,7 @@ class SsdReads:
     def advise(self, block: BlockId) -> bool:
         """Whether the block lies in a region file (not just queued); if so the kernel is asked to read it into
         its page cache now (POSIX_FADV_WILLNEED), so that a stream's reads of it do not wait for the device."""
-        key = block.encode()
+        key = block_key(block)
         raw = self.index.get(key)
         if raw is None:
             return False
@@ -146,12 +169,28 @@ class SsdReads:
         if region is None or region is _AGAIN:
             return False
         try:
-            os.posix_fadvise(region.fd, loc.offset, loc.length, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(region.fd, loc.offset, loc.size, os.POSIX_FADV_WILLNEED)
         except OSError:
             pass  # advice only
         finally:
             self._done_reading(region)
         return True
+
+    def _id_checked(self, region, key: bytes, raw: bytes, loc: Location, head: bytes) -> bool:
+        """Whether the record at ``loc`` (its region held) is the block's, from the remembered checks or by
+        reading its id."""
+        with self._lock:
+            if self._checked.get(key) == raw:
+                return True
+        return os.pread(region.fd, len(head), loc.offset) == head
+
+    def _checked_ok(self, key: bytes, raw: bytes) -> None:
+        """Remember that the record index value ``raw`` points at is its block's (a hit read it whole)."""
+        with self._lock:
+            self._checked[key] = raw
+            self._checked.move_to_end(key)
+            while len(self._checked) > self.CHECKED_MAX:
+                self._checked.popitem(last=False)
 
     def _reading(self, key: bytes, raw: bytes, loc: Location):
         """The entry's region, held open for a read (``_done_reading`` lets go); None when the entry is not
@@ -175,7 +214,9 @@ class SsdReads:
                 os.close(region.fd)
 
     def _read(self, block: BlockId, count: bool, out: memoryview | None, start: int, end: int | None):
-        key = block.encode()
+        ident = block.encode()
+        key, head = block_key(block, ident), header(ident)
+        hs = len(head)
         for _attempt in (0, 1):
             with self._lock:
                 queued = self.queue.get(block)
@@ -185,13 +226,17 @@ class SsdReads:
             if raw is None:
                 break
             loc = Location.unpack(raw)
-            if out is not None and len(out) != loc.length:
+            length = loc.length(ident)
+            if length < 0:  # the entry cannot be this block's: another block's (a collision) or damaged
+                self._foreign(block, key, raw, loc)
                 break
-            if end is not None and start >= min(end, loc.length):
+            if out is not None and len(out) != length:
+                break
+            if end is not None and start >= min(end, length):
                 return b""
-            first, last = (0, None) if end is None else page_span(start, min(end, loc.length))
+            first, last = (0, None) if end is None else page_span(start, min(end, length))
             lo = first * PAGE_SIZE
-            n = loc.length - lo if last is None else min(loc.length, last * PAGE_SIZE) - lo
+            n = length - lo if last is None else min(length, last * PAGE_SIZE) - lo
             with self._lock:
                 region = self._regions.get(loc.region)
                 if region is not None and region.dead:
@@ -203,23 +248,34 @@ class SsdReads:
                     break
                 region.readers += 1
             try:
-                if out is None:
-                    with self._holding(n):
-                        data = os.pread(region.fd, n, loc.offset + lo)
+                if out is not None:
+                    found = bytearray(hs)
+                    data, got = out, os.preadv(region.fd, [found, out], loc.offset) - hs
+                elif lo == 0 and n <= ONE_READ:  # a small read: the id and the bytes in one read
+                    with self._holding(hs + n):
+                        record = os.pread(region.fd, hs + n, loc.offset)
+                    found, data = record[:hs], record[hs:]
                     got = len(data)
                 else:
-                    data, got = out, os.preadv(region.fd, [out], loc.offset)
+                    found = head if self._id_checked(region, key, raw, loc, head) else b""
+                    with self._holding(n):
+                        data = os.pread(region.fd, n, loc.offset + hs + lo)
+                    got = len(data)
             except OSError as exc:
                 log.warning("ssd tier: read of %s failed: %s", region.path, exc)
-                data, got = b"", -1
+                found, data, got = b"", b"", -1
             finally:
                 with self._lock:
                     region.readers -= 1
                     if region.dead and region.readers == 0:
                         os.close(region.fd)
-            if got != n or not verify(block, loc, data, first):
+            if found != head and got >= 0:
+                self._foreign(block, key, raw, loc)
+                break
+            if got != n or not verify(block, loc, data, first, ident):
                 self._corrupt(block, raw)
                 break
+            self._checked_ok(key, raw)
             with self._lock:
                 self.policy.on_access(loc.slot)
                 if count:
@@ -230,6 +286,27 @@ class SsdReads:
             with self._lock:
                 self.misses += 1
         return None
+
+    def _foreign(self, block: BlockId, key: bytes, raw: bytes, loc: Location) -> None:
+        """The record at an entry of ``block``'s digest is not ``block``'s: when it is the block its own
+        entry names (a digest collision), a miss; else a damaged entry, dropped as a checksum error."""
+        with self._lock:
+            region = self._regions.get(loc.region)
+            if region is None or region.dead:
+                return
+            region.readers += 1
+        try:
+            ident = self.entries.record_id(region.fd, loc)
+        finally:
+            with self._lock:
+                region.readers -= 1
+                if region.dead and region.readers == 0:
+                    os.close(region.fd)
+        if self.entries.owned(key, ident):
+            log.info("ssd tier: %s block %d shares its index digest with another block: a miss", block.key,
+                     block.index)
+            return
+        self._corrupt(block, raw)
 
     def _holding(self, nbytes: int) -> AbstractContextManager:
         """The memory budget held while a read buffer of ``nbytes`` is filled (nothing without a budget)."""
@@ -251,7 +328,7 @@ class SsdReads:
 
     def _corrupt(self, block: BlockId, raw: bytes) -> None:
         log.warning("ssd tier: checksum mismatch for %s block %d; dropping it", block.key, block.index)
-        key = block.encode()
+        key = block_key(block)
         with self._lock:
             self.entries.crc_errors += 1
             if self.index.get(key) == raw:

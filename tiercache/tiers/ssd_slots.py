@@ -1,5 +1,7 @@
 """The SSD tier's per-block state in numpy arrays: each resident block has a slot (a dense integer id, stored
-in its index entry) and the table holds the slot's region and length: 8 bytes per slot, no Python object.
+in its index entry) and the table holds the slot's region, record size and index key (the block's digest,
+``ssd_index.block_key``): 20 bytes per slot, no Python object. The keys are not stored on disk: a block
+linked since open records its own, the background validation records the others as it walks the index.
 
 Slot states, in ``region``: ``FREE`` (no block), ``GONE`` (a block of the index on disk that was dropped
 before background validation reached it: never to be registered from the index again), or a region id.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .slot_lists import grown
+from .ssd_index import KEY_LEN
 
 FREE, GONE = -1, -2
 
@@ -21,7 +24,8 @@ class SlotTable:
 
     def __init__(self, next_slot: int = 0):
         self.region = np.full(max(1024, next_slot), FREE, np.int32)
-        self.length = np.zeros(len(self.region), np.uint32)
+        self.length = np.zeros(len(self.region), np.uint32)  # the record's size in its region file
+        self.key = np.zeros(len(self.region), np.dtype((np.void, KEY_LEN)))
         self.next_slot = next_slot  # every slot in use is below it
         self.live = 0
         self.complete = False
@@ -35,20 +39,28 @@ class SlotTable:
             return int(self._free[self._free_top])
         slot = self.next_slot
         self.next_slot += 1
-        if slot >= len(self.region):
-            self.region = grown(self.region, slot + 1, FREE)
-            self.length = grown(self.length, slot + 1)
+        self._grow(slot + 1)
         return slot
 
-    def claim(self, slot: int, region: int, length: int) -> None:
-        """Record a block in ``slot`` (allocated, or found in the index by validation)."""
-        if slot >= len(self.region):
-            self.region = grown(self.region, slot + 1, FREE)
-            self.length = grown(self.length, slot + 1)
+    def _grow(self, need: int) -> None:
+        if need > len(self.region):
+            self.region = grown(self.region, need, FREE)
+            self.length = grown(self.length, need)
+            self.key = grown(self.key, need)
+
+    def claim(self, slot: int, region: int, length: int, key: bytes) -> None:
+        """Record a block (index key ``key``, record of ``length`` bytes) in ``slot`` (allocated, or found in
+        the index by validation)."""
+        self._grow(slot + 1)
         if self.region[slot] < 0:
             self.live += 1
         self.region[slot] = region
         self.length[slot] = length
+        self.key[slot] = key
+
+    def key_of(self, slot: int) -> bytes | None:
+        """The index key of the block in ``slot`` (None when the slot holds none)."""
+        return self.key[slot].tobytes() if 0 <= slot < len(self.region) and self.region[slot] >= 0 else None
 
     def state(self, slot: int) -> int:
         """The slot's region id, FREE or GONE."""
@@ -88,4 +100,4 @@ class SlotTable:
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
-        return self.region.nbytes + self.length.nbytes + self._free.nbytes
+        return self.region.nbytes + self.length.nbytes + self.key.nbytes + self._free.nbytes

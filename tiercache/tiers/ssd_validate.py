@@ -4,11 +4,16 @@ Readers are served from the first moment: a read looks its block up in the LMDB 
 against its region and the bytes against their page checksums. Meanwhile this thread walks the committed
 index in short batches, each under the tier's lock for a few milliseconds: it drops entries that point past
 their region (or are not well formed, or name a slot above the committed high-water mark) and records each
-valid entry's slot in the ``SlotTable`` and its region's counts (the first entry to claim a slot owns it:
-the slot map is repaired to say so; later ones are left to fail their checksums when read). Then it hands
-the resident slots to the policy in slot order (about the order they were written) and lets the slot table
-reuse free slots. Until it is done (``done`` set), the tier admits new blocks only while they fit without
-evicting.
+valid entry's slot, record size and digest in the ``SlotTable`` and its region's counts (the first entry to
+claim a slot owns it; later ones are left to fail their id check when read). It reads no region file. Then
+it hands the resident slots to the policy in slot order (about the order they were written) and lets the
+slot table reuse free slots; when the last close saved the policy's state (``ssd_order.py``), that state
+comes back instead, reconciled with what the walk found, so the eviction order survives a restart. Until it
+is done (``done`` set), the tier admits new blocks only while they
+fit without evicting.
+
+The walk reads every page of the index once; every ``RELEASE_EVERY`` entries, and at the end, it lets go of
+the mapped pages (``Meta.release_pages``) so that they do not stay in the process's RSS (issue 12).
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ import logging
 import threading
 import time
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import numpy as np
 
-from .ssd_blocks import SsdBlocks, ident
+from . import ssd_order
+from .meta import trim_heap
+from .ssd_blocks import SsdBlocks
 from .ssd_format import Location
+from .ssd_index import KEY_LEN, RELEASE_EVERY, ident
 from .ssd_slots import FREE
 
 log = logging.getLogger(__name__)
@@ -32,8 +41,11 @@ BATCH = 2048
 class Validator:
     """One background walk of the index (see the module docstring)."""
 
-    def __init__(self, blocks: SsdBlocks, lock: AbstractContextManager, batch: int = BATCH):
+    def __init__(self, blocks: SsdBlocks, lock: AbstractContextManager, batch: int = BATCH,
+                 order: tuple[Path, int | None] | None = None):
         self.blocks, self.lock, self.batch = blocks, lock, batch
+        self.order = order  # (directory, generation) of a saved eviction order
+        self.restored = 0  # blocks whose place in the eviction order came back from the saved state
         self.mark = blocks.slots.next_slot  # committed high-water mark: every slot on disk is below it
         self.done = threading.Event()
         self.seen = 0
@@ -57,38 +69,79 @@ class Validator:
     def _run(self) -> None:
         try:
             idents = np.zeros(self.mark, np.int64)
+            meta = self.blocks.index.meta
+            released = 0
             for batch in self.blocks.index.committed_batches(self.batch):
                 if self._stop:
                     return
                 locs = [Location.unpack(raw) for _key, raw in batch]
-                owners = self.blocks.index.keys_of([max(0, loc.slot) for loc in locs])
                 with self.lock:
-                    for (key, raw), loc, owner in zip(batch, locs, owners, strict=True):
-                        self._one(key, raw, loc, owner, idents)
+                    for (key, raw), loc in zip(batch, locs, strict=True):
+                        self._one(key, raw, loc, idents)
                 self.seen += len(batch)
+                if self.seen - released >= RELEASE_EVERY:
+                    meta.release_pages()
+                    released = self.seen
                 time.sleep(0)  # let a waiting reader have the GIL between batches
+            meta.release_pages()
             self._to_policy(idents)
+            trim_heap()
         except Exception:  # noqa: BLE001 - the tier keeps serving; eviction stays off
             log.exception("ssd tier: background validation failed")
 
-    def _one(self, key: bytes, raw: bytes, loc: Location, owner: bytes | None, idents: np.ndarray) -> None:
+    def _one(self, key: bytes, raw: bytes, loc: Location, idents: np.ndarray) -> None:
         blocks = self.blocks
         if loc.slot >= 0 and blocks.slots.state(loc.slot) != FREE:
             return  # written since open, dropped since the batch was read (GONE), or held by another entry
+        if len(key) != KEY_LEN:  # not an entry of this format at all
+            blocks.index.set(key, None)
+            blocks.dropped += 1
+            return
         if not blocks.valid(loc) or not 0 <= loc.slot < self.mark:
             if blocks.index.get(key) == raw:
                 blocks.drop(key, raw)
                 blocks.dropped += 1
             return
         region = blocks.files.regions[loc.region]
-        if owner != key:  # a damaged slot map: the entry that claims the slot owns it
-            blocks.index.set_slot(loc.slot, key)
-        blocks.slots.claim(loc.slot, region.id, loc.length)
+        blocks.slots.claim(loc.slot, region.id, loc.size, key)
         region.count += 1
-        region.live += loc.length
+        region.live += loc.size
         idents[loc.slot] = ident(key)
 
+    def _restore(self, idents: np.ndarray) -> None:
+        """Put the saved eviction order back (if there is one for this index), minus what the walk did not
+        find, plus what was linked since open; the caller then adds the found slots it lacks."""
+        state = None if self.order is None else ssd_order.load(*self.order)
+        if state is None:
+            return
+        blocks = self.blocks
+        with self.lock:
+            target = ssd_order.compact(blocks.policy)
+            if target is None:
+                return
+            since, before = target.resident(), target.state()  # linked since open: nothing handed over yet
+            try:
+                target.load_state(state)
+            except ValueError as exc:
+                log.info("ssd tier: saved eviction order not used: %s", exc)
+                return
+            held = target.resident()
+            known = held < len(idents)
+            stale = held[~known | (idents[np.where(known, held, 0)] == 0)]
+            if 2 * len(stale) > len(held):  # not this index's order after all (the index was dropped)
+                target.load_state(before)
+                return
+            for slot in stale.tolist():
+                target.on_remove(slot)
+            self.restored = len(target)
+            for slot in since.tolist():
+                key = blocks.slots.key_of(slot)
+                if key is not None and slot not in target:
+                    blocks.track(slot, int(blocks.slots.length[slot]), ident(key))
+        log.info("ssd tier: eviction order of %d blocks kept from the last close", self.restored)
+
     def _to_policy(self, idents: np.ndarray) -> None:
+        self._restore(idents)
         found = np.flatnonzero(idents)
         batch = self.batch * 16  # vectorized: a bigger batch holds the lock about as long
         reserve = getattr(self.blocks.policy, "reserve", None)
