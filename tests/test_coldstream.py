@@ -1,19 +1,24 @@
 """Cold streaming against a backend with latency (issue 13): the link's latency and rate are measured on the
 GETs themselves, a stream's read-ahead window is the bandwidth-delay product from its first round trip (not
-grown over several), read-ahead has one worker per block that fits in flight, and botocore's connection
-pool has a connection for every worker that may GET at once. Real HTTP S3 server with injected latency;
-asserted on counters and stats, never on time taken."""
+grown over several), consecutive cold blocks come with one ranged GET each run (its body read block by
+block, each block checked, one version per open, a body cut mid-run resumed), read-ahead has one worker per
+block that fits in flight, and botocore's connection pool has a connection for every worker that may GET at
+once. Real HTTP S3 server with injected latency; asserted on counters and stats, never on time taken."""
 
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
 import tiercache
+from tiercache.errors import StaleVersion
 from tiercache.link import Link
 from tiercache.readahead import ReadAhead
 from tiercache.store.s3 import S3Store, pool_connections
+
+from .faultproxy import CuttingProxy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,13 +88,25 @@ def test_a_stream_at_20ms_gets_its_window_to_the_bdp_in_its_first_round_trip(buc
             # blocks 1 .. the window's end (block 0 is the reader's own GET), within the object and in flight
             asked = min(-(-(512 * KiB + window) // MiB), 48) - 1
             assert pre["readahead_bytes"] >= min(asked, pre["readahead_max_in_flight_bytes"] // MiB) * MiB
-            assert len(bucket.gets("big.bin")) >= 1 + min(asked, pre["readahead_max_in_flight_bytes"] // MiB)
+            covered = _ranged(bucket.gets("big.bin"))
+            assert covered[:1 + min(asked, pre["readahead_max_in_flight_bytes"] // MiB)] == [True] * (
+                1 + min(asked, pre["readahead_max_in_flight_bytes"] // MiB)), "the window asked for at once"
             offset = 512 * KiB
             while offset < len(blob):  # and every byte of the stream is right
                 assert cache.read("big.bin", offset, MiB) == blob[offset:offset + MiB]
                 offset += MiB
     finally:
         bucket.server.latency = old
+
+
+def _ranged(gets, block: int = MiB, blocks: int = 48) -> list[bool]:
+    """Which blocks the ranged GETs logged cover."""
+    covered = [False] * blocks
+    for get in gets:
+        lo, _, hi = get.range.removeprefix("bytes=").partition("-")
+        for index in range(int(lo) // block, (int(hi) + 1) // block):
+            covered[index] = True
+    return covered
 
 
 def test_read_ahead_workers_fit_in_flight_and_each_worker_has_a_connection(bucket, tmp_path):
@@ -104,3 +121,71 @@ def test_read_ahead_workers_fit_in_flight_and_each_worker_has_a_connection(bucke
             getters = threads + pre["readahead_workers"] + 2 * max(1, threads // 2)
             pool = cache.store.client.meta.config.max_pool_connections
             assert pool == pool_connections(threads) and pool >= getters + 8
+
+
+def test_consecutive_cold_blocks_are_read_ahead_with_one_ranged_get_per_run(bucket, tmp_path):
+    blob = random.Random(3).randbytes(40 * MiB)
+    bucket.put("big.bin", blob)
+    with tiercache.open(bucket.url, ram="256M", ssd=str(tmp_path / "cache"), ssd_size="1G", block_size="1M",
+                        endpoint_url=bucket.server.endpoint, metadata_ttl="inf") as cache:
+        assert cache.stats()["prefetcher"]["readahead_run_blocks"] == 8  # 8 MiB GETs of 1 MiB blocks
+        bucket.server.reset_log()
+        for offset in range(0, len(blob), 256 * KiB):
+            assert cache.read("big.bin", offset, 256 * KiB) == blob[offset:offset + 256 * KiB]
+        assert cache.readahead.wait_idle(60)
+        gets = bucket.gets("big.bin")
+        stats = cache.stats()
+    assert all(_ranged(gets, blocks=40)), "every block fetched"
+    sizes = [int(g.range.partition("-")[2]) + 1 - int(g.range.removeprefix("bytes=").partition("-")[0])
+             for g in gets]
+    assert max(sizes) == 8 * MiB and len(gets) <= 40 // 4, f"GETs of runs, not one per block: {sizes}"
+    assert stats["backend"]["gets"] == len(gets) and stats["backend"]["bytes"] == sum(sizes)
+    assert stats["prefetcher"]["readahead_read_bytes"] >= 32 * MiB
+
+
+def test_a_run_is_of_the_version_the_open_file_pinned_never_of_a_newer_one(bucket, tmp_path):
+    """The object is replaced while read-ahead's run GETs wait: they ask If-Match the pinned etag, so no
+    block of the new version is staged or served to the open file; its reads give the old bytes or
+    StaleVersion, never new bytes, and a fresh read gets the new version whole."""
+    old, new = random.Random(5).randbytes(24 * MiB), random.Random(6).randbytes(24 * MiB)
+    bucket.put("big.bin", old)
+    with tiercache.open(bucket.url, ram="256M", ssd=str(tmp_path / "cache"), ssd_size="0", block_size="1M",
+                        endpoint_url=bucket.server.endpoint, metadata_ttl="inf") as cache:
+        info = cache.namespace.info("big.bin")
+        hold = threading.Event()
+        fetch = cache.readahead.fetch
+
+        def held(info_, run, keep):
+            hold.wait(60)
+            return fetch(info_, run, keep)
+
+        cache.readahead.fetch = held
+        assert bytes(cache.read_version(info, 0, 256 * KiB)) == old[:256 * KiB]  # a stream: runs are issued
+        bucket.put("big.bin", new)
+        hold.set()
+        assert cache.readahead.wait_idle(60)
+        served = stale = 0
+        for offset in range(256 * KiB, len(old), 256 * KiB):
+            try:
+                data = bytes(cache.read_version(info, offset, 256 * KiB))
+            except StaleVersion:
+                stale += 1
+                continue
+            assert data == old[offset:offset + 256 * KiB], "never a newer version's bytes"
+            served += 1
+        assert stale > 0 and cache.stats()["prefetcher"]["readahead_bytes"] == 0  # nothing of it staged
+        assert bytes(cache.read("big.bin", 0, len(new))) == new
+
+
+def test_a_run_whose_body_is_cut_mid_way_is_resumed_for_the_blocks_left(s3_server, bucket):
+    blob = random.Random(8).randbytes(4 * MiB)
+    bucket.put("big.bin", blob)
+    proxy = CuttingProxy(s3_server.port, cut=1, after=MiB + MiB // 2)  # the first GET breaks in its 2nd part
+    try:
+        store = S3Store(bucket.url, endpoint_url=proxy.endpoint)
+        etag = bucket.client.head_object(Bucket=bucket.name, Key="big.bin")["ETag"].strip('"')  # not via the proxy
+        parts = list(store.get_range_parts("big.bin", 0, [MiB] * 4, etag=etag))
+    finally:
+        proxy.close()
+    assert [len(p) for p in parts] == [MiB] * 4 and b"".join(parts) == blob
+    assert proxy.connections >= 2, "the rest came by another GET"

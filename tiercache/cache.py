@@ -45,6 +45,7 @@ from .plans import PlanBook
 from .prefetch import HintedPrefetch, Prefetcher
 from .readahead import StreamReadAhead
 from .readpath import BlockReader
+from .stagerun import stage_run
 from .statsrecords import PlanRow
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId
@@ -121,11 +122,11 @@ class TieredCache:
         )
         # a stream's window and what is in flight for it are bounded by the memory budget (a quarter each)
         self.readahead = StreamReadAhead(
-            self.blocks, resident=self.ram.contains,
-            fetch=lambda info, block, keep: self.reader.stage(block, info, keep),
+            self.blocks, resident=self.ram.contains, cold=lambda block: not self.tiers.contains(block),
+            fetch=lambda info, run, keep: stage_run(self.reader, run, info, keep),
             budget=self.memory, threads=config.threads, max_window=min(64 << 20, config.ram_bytes // 4),
             max_in_flight=min(64 << 20, self.memory.total // 4), link=getattr(self.store, "link", None),
-        )
+            run_bytes=getattr(self.store, "run_bytes", 0))
         self.reader = BlockReader(self.tiers, self.fetcher, self.blocks, self._fetch_pool, on_read=self._observe,
                                   on_served=self.prefetcher.mark_read, staging=self.readahead)
         self.warmer = Warmer(self.namespace, self.blocks, self.tiers, self.reader, self.fetcher, self.counters,

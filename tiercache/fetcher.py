@@ -3,12 +3,13 @@
 A block is fetched with a ranged, conditional GET (If-Match the cached etag). If the object changed or
 vanished, :class:`Stale` is raised; :meth:`Fetcher.fresh` runs an operation over an object and, on Stale,
 refreshes the object's info (a HEAD) and runs it once more with the new etag — new block ids, so stale
-bytes are never served.
+bytes are never served. :meth:`Fetcher.get_run` fetches consecutive blocks with one ranged GET where the
+store can stream a GET's body in parts (``get_range_parts``), each block's bytes handed on as they arrive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .blocks import BlockMap
@@ -55,6 +56,38 @@ class Fetcher:
             raise Stale(info.key)
         self.confirm(info.key)
         return data
+
+    def get_run(self, run: list[BlockId], info: ObjectInfo) -> Iterator[tuple[BlockId, bytes]]:
+        """Consecutive blocks of ``info`` as (block, bytes) in order, with one ranged GET of them all where
+        the store streams parts (else one GET each); each block is checked as ``get`` checks one."""
+        parts = getattr(self.store, "get_range_parts", None)
+        if parts is None or len(run) == 1:
+            for block in run:
+                yield block, self.get(block, info)
+            return
+        lengths = [self.blocks.length(info, block) for block in run]
+        body = parts(info.key, self.blocks.start(run[0]), lengths, etag=info.etag)
+        delivered = 0
+        try:
+            for block, length in zip(run, lengths, strict=True):
+                with self.memory.hold(length, "fetches"):  # while this part's bytes come in
+                    data = next(body, None)
+                if data is None or len(data) != length:
+                    raise Stale(info.key)
+                self.counters.add("backend_bytes", length)
+                delivered += length
+                yield block, data
+        except NotFound:
+            raise Stale(info.key) from None
+        except StoreError:
+            self.counters.add("backend_errors")
+            raise
+        finally:
+            body.close()
+            if delivered:
+                self.counters.add("backend_gets")
+                self.rate.add(delivered)
+        self.confirm(info.key)
 
     def fresh(self, info: ObjectInfo, operation: Callable[[ObjectInfo], T]) -> T:
         """``operation(info)``; if the object changed meanwhile, once more with its refreshed info."""

@@ -20,7 +20,9 @@ ahead to cover the backend's latency, within a byte bound on what is in flight.
   or the tiers), at most ``max_in_flight`` bytes at a time; a finished fetch tops the stream up, so a
   reader waiting on a block still keeps the pipeline full. The pool has one worker per block that fits in
   flight (at most ``threads``): a worker beyond that would only wait, and would hold a connection of the
-  store's pool (store/s3.py sizes that pool for these workers).
+  store's pool (store/s3.py sizes that pool for these workers). Consecutive blocks no tier holds go
+  together, up to ``run_bytes``, as one ranged GET whose blocks are handed on as each arrives
+  (tiercache/stagerun.py): a GET's fixed cost, on the client and on the server, is paid once per run.
 - Fetched blocks wait in a staging area (at most ``max_staged`` bytes, oldest dropped first, on the memory
   budget) until a reader ``take``s them; only then do they enter the tiers, as one use. So blocks read
   ahead are never evicted before they are read (a RAM tier's probationary queue is smaller than a window),
@@ -128,7 +130,7 @@ class StreamReadAhead:
         self,
         blocks: BlockMap,
         resident: Callable[[BlockId], bool],
-        fetch: Callable[[ObjectInfo, BlockId, Callable[[BlockId, bytes], None]], object],
+        fetch: Callable[[ObjectInfo, list[BlockId], Callable[[BlockId, bytes], None]], object],
         budget: MemoryBudget | None = None,
         threads: int = 16,
         max_window: int = 64 << 20,
@@ -136,6 +138,8 @@ class StreamReadAhead:
         max_staged: int | None = None,
         max_streams: int = 1024,
         link: Link | None = None,
+        run_bytes: int = 0,
+        cold: Callable[[BlockId], bool] | None = None,
     ):
         self.blocks = blocks
         self.resident, self.fetch = resident, fetch
@@ -145,6 +149,11 @@ class StreamReadAhead:
         # one worker per block that fits in flight: more would wait for room (holding a store connection)
         self.workers = max(1, min(threads, self.max_in_flight // blocks.block_size))
         self.state = ReadAhead(blocks.block_size, max_window, max_streams, bdp=self.bdp)
+        # consecutive blocks no tier holds (``cold``) share one ranged GET of up to ``run_bytes``, at most half
+        # of what may be in flight (so that two GETs overlap): per-request costs, the client's and the
+        # server's, are paid once per run (boto3's transfer manager and raw parallel GETs use 8 MiB)
+        self.cold = cold if cold is not None else (lambda block: False)
+        self.run_blocks = max(1, min(run_bytes, self.max_in_flight // 2) // blocks.block_size) if cold else 1
         self.max_staged = max(max_window if max_staged is None else max_staged, blocks.block_size)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tiercache-readahead")
         self._lock = threading.Condition()
@@ -203,20 +212,29 @@ class StreamReadAhead:
     def _ahead(self, block: BlockId) -> bool:
         return block in self._scheduled or block in self._staged or self.resident(block)
 
-    def _schedule(self, key: str) -> list[tuple[BlockId, ObjectInfo]]:
-        """The wanted blocks of ``key`` not issued yet that fit in flight now (caller holds the lock)."""
+    def _schedule(self, key: str) -> list[tuple[list[BlockId], ObjectInfo]]:
+        """The wanted blocks of ``key`` not issued yet that fit in flight now, as runs of consecutive blocks
+        no tier holds (one ranged GET each, at most ``run_blocks``) or single blocks (caller holds the lock)."""
         wanted = self._wanted[key]
         info, first, last = wanted
-        todo = []
+        todo: list[tuple[list[BlockId], ObjectInfo]] = []
+        run: list[BlockId] = []
         index = first
         for block in self.blocks.indices(info, first, last):
-            if not self._ahead(block):
+            if self._ahead(block):
+                run = []
+            else:
                 size = self.blocks.length(info, block)
                 if self._in_flight + size > self.max_in_flight:
                     break
                 self._scheduled.add(block)
                 self._in_flight += size
-                todo.append((block, info))
+                joins = self.run_blocks > 1 and self.cold(block)
+                if joins and run and len(run) < self.run_blocks:
+                    run.append(block)
+                else:
+                    run = [block] if joins else []
+                    todo.append((run if joins else [block], info))
             index = block.index + 1
         self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
         self.state.issued(key, index)
@@ -225,31 +243,34 @@ class StreamReadAhead:
             self._wanted.pop(key, None)
         return todo
 
-    def _submit(self, todo: list[tuple[BlockId, ObjectInfo]]) -> None:
-        for n, (block, info) in enumerate(todo):
+    def _submit(self, todo: list[tuple[list[BlockId], ObjectInfo]]) -> None:
+        for n, (run, info) in enumerate(todo):
             try:
-                self._pool.submit(self._fetch, block, info)
+                self._pool.submit(self._fetch, run, info)
             except RuntimeError:  # closed: nothing will fetch the rest
                 with self._lock:
                     for rest, rest_info in todo[n:]:
-                        self._scheduled.discard(rest)
-                        self._in_flight -= self.blocks.length(rest_info, rest)
+                        self._release(rest, rest_info)
                     self._lock.notify_all()
                 return
 
-    def _fetch(self, block: BlockId, info: ObjectInfo) -> None:
-        size = self.blocks.length(info, block)
+    def _release(self, run: list[BlockId], info: ObjectInfo) -> None:
+        for block in run:
+            self._scheduled.discard(block)
+            self._in_flight -= self.blocks.length(info, block)
+
+    def _fetch(self, run: list[BlockId], info: ObjectInfo) -> None:
         try:
-            with self._lock:
-                late = self._closed or self.state.passed(info.key, block.index)
-            if not late and not self.resident(block):
-                self.fetch(info, block, lambda b, data: self._keep(b, data, info.key))
+            with self._lock:  # blocks the reader has read past are late (a prefix of the run)
+                todo = [] if self._closed else [b for b in run if not self.state.passed(info.key, b.index)]
+            todo = [block for block in todo if not self.resident(block)]
+            if todo:
+                self.fetch(info, todo, lambda b, data: self._keep(b, data, info.key))
         except Exception as exc:  # noqa: BLE001 - read-ahead is best effort; the reader will fetch itself
             log.debug("read-ahead of %s failed: %s", info.key, exc)
-        todo: list = []
+        todo = []
         with self._lock:
-            self._scheduled.discard(block)
-            self._in_flight -= size
+            self._release(run, info)
             if not self._closed:
                 for key in list(self._wanted):  # top up the streams that wait for room in flight
                     todo += self._schedule(key)
@@ -317,6 +338,7 @@ class StreamReadAhead:
                 "readahead_max_in_flight_bytes": self.max_in_flight,
                 "readahead_max_window_bytes": self.state.max_window,
                 "readahead_workers": self.workers,
+                "readahead_run_blocks": self.run_blocks,
                 "readahead_bdp_bytes": self.bdp(),
                 **{f"readahead_link_{k}": v for k, v in (self.link.stats() if self.link is not None else {}).items()},
             }

@@ -85,6 +85,7 @@ class S3Store:
         )
         self.page_size = 1000
         self.link = Link()  # time to first byte and per-connection rate of ranged GETs (read-ahead's BDP)
+        self.run_bytes = 8 << 20  # read-ahead's GETs of consecutive blocks (get_range_parts), as boto3's parts
         self._session = boto3.session.Session()
         self.client = self._session.client("s3", endpoint_url=endpoint_url, config=config)
         self.transfer = TransferConfig(
@@ -216,6 +217,45 @@ class S3Store:
                 raise _BodyBroken(f"short read: {len(data)} of {end - start} bytes")
         self.link.observe(headers - sent, time.perf_counter() - headers, len(data))
         return data
+
+    def get_range_parts(self, key: str, start: int, parts: list[int], etag: str | None = None) -> Iterator[bytes]:
+        """One ranged GET of consecutive parts of the given lengths from ``start``, each part's bytes
+        yielded as they arrive (read straight off the body: no join, no copy). A body that breaks off is
+        resumed for the parts left with ``get_range`` (its own retries); short at EOF like ``get_range``."""
+        end = start + sum(parts)
+        kwargs = {"Bucket": self.bucket, "Key": self._full(key), "Range": f"bytes={start}-{end - 1}"}
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        sent = time.perf_counter()
+        try:
+            body = self.client.get_object(**kwargs)["Body"]
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise self._translate(exc, key) from None
+        headers = time.perf_counter()
+        offset, left = start, list(parts)
+        try:
+            while left:
+                try:
+                    data = body.read(left[0])
+                except _BODY_ERRORS as exc:
+                    log.warning("GET %s [%d,%d) broke off at %d: %s; resuming", key, start, end, offset, exc)
+                    break
+                if len(data) != left[0]:
+                    break  # cut short (or the end of the object): the rest goes by get_range
+                offset += len(data)
+                left.pop(0)
+                if not left:
+                    self.link.observe(headers - sent, time.perf_counter() - headers, end - start)
+                yield data
+        finally:
+            if left:  # not read to the end: the connection cannot be reused
+                body.close()
+        for length in left:
+            data = self.get_range(key, offset, offset + length, etag)
+            offset += len(data)
+            yield data
+            if len(data) != length:
+                return
 
     def put_file(self, key: str, path: str, attrs: Attrs | None = None) -> ObjectInfo:
         """Upload a file, ``attrs`` in its metadata; parallel multipart above the threshold."""
