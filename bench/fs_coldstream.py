@@ -1,13 +1,15 @@
 """Cold sequential reads in library mode next to raw boto3, side by side, at 0 ms and with added latency.
 
-    python bench/fs_coldstream.py LABEL [--before REF] [--size 128M] [--ram 64M] [--threads 8] [--rounds 2]
+    python bench/fs_coldstream.py LABEL [--before REF] [--size 128M] [--ram 1G,64M] [--threads 8] [--rounds 2]
 
 One local S3 server (its own process, fast ranges); one large object. Each round reads it cold with raw
 boto3 (THREADS threads of 8 MiB ranged GETs, as bench/fs.py's boto3 target), then with
 ``TieredCache.read`` in 1 MiB reads start to end on a fresh cache (bench/fs_library.py's ``large_cold``),
-for this tree and for ``--before`` (each in a process of its own, PYTHONPATH picking the tree), in turn.
-Prints a table and writes bench/results/coldstream_LABEL.json (best of the rounds, every round kept,
-each cache's read-ahead and backend counters).
+for this tree and for ``--before`` (each in a process of its own, PYTHONPATH picking the tree), for each
+``--ram`` (read-ahead may have a quarter of it in flight), in turn. Prints a table (best of the rounds, and
+the reader process's CPU per MiB: on a machine short of cores, what a target spends per MiB is what its
+rate comes down to) and writes bench/results/coldstream_LABEL.json (every round, each cache's read-ahead
+and backend counters).
 """
 
 from __future__ import annotations
@@ -84,10 +86,15 @@ def library_cold(endpoint: str, tree: str | None, ram: str, threads: int) -> dic
     """The object read cold through ``TieredCache.read`` by the tree at ``tree`` (None: this one)."""
     env = {**os.environ, **({"PYTHONPATH": tree} if tree else {"PYTHONPATH": ROOT})}
     proc = subprocess.run([sys.executable, "-c", CHILD, endpoint, BUCKET, KEY, ram, str(threads)],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, cwd=tree or ROOT, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    return values[len(values) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("label")
     parser.add_argument("--before", help="git ref of the baseline tree, measured side by side")
     parser.add_argument("--size", default="128M")
-    parser.add_argument("--ram", default="64M")
+    parser.add_argument("--ram", default="1G,64M", help="RAM of the caches, comma-separated")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency", type=float, nargs="*", default=[0.0, 0.02])
@@ -115,20 +122,26 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"@{latency * 1000:.0f}ms"
             for _ in range(args.rounds):
                 runs.setdefault("boto3" + tag, []).append(boto3_cold(server.endpoint, size, args.threads))
-                for name, tree in trees.items():
-                    runs.setdefault(name + tag, []).append(library_cold(server.endpoint, tree, args.ram,
-                                                                        args.threads))
+                for ram in args.ram.split(","):
+                    for name, tree in trees.items():
+                        runs.setdefault(f"{name}-{ram}{tag}", []).append(
+                            library_cold(server.endpoint, tree, ram, args.threads))
     best = {name: max(rs, key=lambda r: r["mb_per_s"]) for name, rs in runs.items()}
     rows = []
     for name in sorted(best):
         tag = name[name.index("@"):]
         ref = best["boto3" + tag]["mb_per_s"]
+        cpu = sorted(r["cpu_ms_per_mib"] for r in runs[name])
         rows.append({"target": name, "mb_per_s": round(best[name]["mb_per_s"], 1),
                      "of_boto3": round(best[name]["mb_per_s"] / ref, 3),
+                     "median_of_boto3": round(_median([r["mb_per_s"] for r in runs[name]])
+                                              / _median([r["mb_per_s"] for r in runs["boto3" + tag]]), 3),
+                     "cpu_ms_per_mib": round(cpu[len(cpu) // 2], 2),
                      "all": [round(r["mb_per_s"], 1) for r in runs[name]]})
-    print(f"{'target':24} {'MB/s':>8} {'x boto3':>8}  rounds")
+    print(f"{'target':28} {'MB/s':>8} {'x boto3':>8} {'median x':>9} {'CPU ms/MiB':>11}  rounds")
     for row in rows:
-        print(f"{row['target']:24} {row['mb_per_s']:8.1f} {row['of_boto3']:8.3f}  {row['all']}")
+        print(f"{row['target']:28} {row['mb_per_s']:8.1f} {row['of_boto3']:8.3f} {row['median_of_boto3']:9.3f}"
+              f" {row['cpu_ms_per_mib']:11.2f}  {row['all']}")
     write_result(f"coldstream_{args.label}", {"label": args.label, "before": args.before, "size": size,
                                               "ram": args.ram, "threads": args.threads, "rows": rows,
                                               "runs": runs, "load": load_average()})

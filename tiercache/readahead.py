@@ -21,7 +21,8 @@ ahead to cover the backend's latency, within a byte bound on what is in flight.
   reader waiting on a block still keeps the pipeline full. The pool has one worker per block that fits in
   flight (at most ``threads``): a worker beyond that would only wait, and would hold a connection of the
   store's pool (store/s3.py sizes that pool for these workers). Consecutive blocks no tier holds go
-  together, up to ``run_bytes``, as one ranged GET whose blocks are handed on as each arrives
+  together, up to ``run_bytes`` (and a quarter of what may be in flight), as one ranged GET whose blocks
+  are handed on as each arrives
   (tiercache/stagerun.py): a GET's fixed cost, on the client and on the server, is paid once per run.
 - Fetched blocks wait in a staging area (at most ``max_staged`` bytes, oldest dropped first, on the memory
   budget) until a reader ``take``s them; only then do they enter the tiers, as one use. So blocks read
@@ -149,11 +150,12 @@ class StreamReadAhead:
         # one worker per block that fits in flight: more would wait for room (holding a store connection)
         self.workers = max(1, min(threads, self.max_in_flight // blocks.block_size))
         self.state = ReadAhead(blocks.block_size, max_window, max_streams, bdp=self.bdp)
-        # consecutive blocks no tier holds (``cold``) share one ranged GET of up to ``run_bytes``, at most half
-        # of what may be in flight (so that two GETs overlap): per-request costs, the client's and the
-        # server's, are paid once per run (boto3's transfer manager and raw parallel GETs use 8 MiB)
+        # consecutive blocks no tier holds (``cold``) share one ranged GET of up to ``run_bytes``, at most a
+        # quarter of what may be in flight (at least four GETs overlap to cover the latency; at 64 MiB in
+        # flight: 8 GETs of 8 MiB, raw boto3's shape): per-request costs, the client's and the server's, are
+        # paid once per run
         self.cold = cold if cold is not None else (lambda block: False)
-        self.run_blocks = max(1, min(run_bytes, self.max_in_flight // 2) // blocks.block_size) if cold else 1
+        self.run_blocks = max(1, min(run_bytes, self.max_in_flight // 4) // blocks.block_size) if cold else 1
         self.max_staged = max(max_window if max_staged is None else max_staged, blocks.block_size)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tiercache-readahead")
         self._lock = threading.Condition()
@@ -236,6 +238,14 @@ class StreamReadAhead:
                     run = [block] if joins else []
                     todo.append((run if joins else [block], info))
             index = block.index + 1
+        if run and len(run) < self.run_blocks and index < -(-info.size // self.blocks.block_size) \
+                and self._in_flight > sum(self.blocks.length(info, b) for b in run):
+            # a run cut short by the window's end or by room in flight waits to be whole while other GETs
+            # are out (the next read or the next finished fetch issues it): in steady state the window
+            # grows a block at a time, and one GET per block would pay the fixed cost per block again
+            todo.pop()
+            self._release(run, info)
+            index = run[0].index
         self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
         self.state.issued(key, index)
         wanted[1] = index
