@@ -189,3 +189,21 @@ def test_a_run_whose_body_is_cut_mid_way_is_resumed_for_the_blocks_left(s3_serve
         proxy.close()
     assert [len(p) for p in parts] == [MiB] * 4 and b"".join(parts) == blob
     assert proxy.connections >= 2, "the rest came by another GET"
+
+
+def test_evict_also_drops_what_read_ahead_staged(bucket, tmp_path):
+    """A window at the BDP can stage a whole file ahead of its reader: evicting the file lets go of those
+    blocks too (the next read fetches again), not only of the tiers' copies."""
+    blob = random.Random(9).randbytes(16 * MiB)
+    bucket.put("big.bin", blob)
+    with tiercache.open(bucket.url, ram="256M", ssd=str(tmp_path / "cache"), ssd_size="0", block_size="1M",
+                        endpoint_url=bucket.server.endpoint, metadata_ttl="inf") as cache:
+        assert cache.read("big.bin", 0, 256 * KiB) == blob[:256 * KiB]
+        assert cache.readahead.wait_idle(60)
+        assert cache.stats()["prefetcher"]["readahead_staged_bytes"] > 0
+        assert cache.evict("big.bin") > 0
+        assert cache.stats()["prefetcher"]["readahead_staged_bytes"] == 0
+        assert cache.stats()["memory"].get("used_readahead", 0) == 0
+        bucket.server.reset_log()
+        assert cache.read("big.bin", 8 * MiB, MiB) == blob[8 * MiB:9 * MiB]
+        assert bucket.gets("big.bin"), "fetched again"

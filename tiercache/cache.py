@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .blocks import BlockMap
+from .blocks import BlockMap, under
 from .cache_stats import cache_stats
 from .config import CacheConfig
 from .counters import Counters
@@ -120,13 +120,12 @@ class TieredCache:
             load=lambda info, blocks: self.reader.get_blocks(blocks, info, "ram", want=False),
             lookup=lambda key: self.namespace.info(key, revalidate=False), threads=max(1, config.threads // 2),
         )
-        # a stream's window and what is in flight for it are bounded by the memory budget (a quarter each)
         self.readahead = StreamReadAhead(
             self.blocks, resident=self.ram.contains, cold=lambda block: not self.tiers.contains(block),
             fetch=lambda info, run, keep: stage_run(self.reader, run, info, keep),
             budget=self.memory, threads=config.threads, max_window=min(64 << 20, config.ram_bytes // 4),
             max_in_flight=min(64 << 20, self.memory.total // 4), link=getattr(self.store, "link", None),
-            run_bytes=getattr(self.store, "run_bytes", 0))
+            run_bytes=getattr(self.store, "run_bytes", 0))  # window, in flight: a quarter of the budget each
         self.reader = BlockReader(self.tiers, self.fetcher, self.blocks, self._fetch_pool, on_read=self._observe,
                                   on_served=self.prefetcher.mark_read, staging=self.readahead)
         self.warmer = Warmer(self.namespace, self.blocks, self.tiers, self.reader, self.fetcher, self.counters,
@@ -240,7 +239,8 @@ class TieredCache:
         """Drop clean, unpinned blocks at or below ``prefix`` from ``tier`` (ram, ssd, all); bytes freed."""
         if tier not in (*TIERS, "all"):
             raise ConfigError(f"tier {tier!r} is not one of ram, ssd, all")
-        freed = self.tiers.evict(normalize(prefix), tier, self._protected)
+        freed = self.tiers.evict(normalize(prefix), tier, self._protected) + (  # and what read-ahead staged
+            self.readahead.discard(under(normalize(prefix))) if tier in ("ram", "all") else 0)
         self.counters.add("evicted_bytes", freed)
         return freed
 

@@ -209,6 +209,17 @@ class StreamReadAhead:
         with self._lock:
             return self.state.window(key)
 
+    def discard(self, matches: Callable[[str], bool]) -> int:
+        """Drop the staged blocks of the keys ``matches`` accepts (an evict); bytes let go."""
+        with self._lock:
+            gone = [block for block in self._staged if matches(block.key)]
+            freed = 0
+            for block in gone:
+                freed += len(self._staged.pop(block))
+            self._unstage(freed)
+            self.dropped_bytes += freed
+            return freed
+
     # ------------------------------------------------------------------ fetching
 
     def _ahead(self, block: BlockId) -> bool:
