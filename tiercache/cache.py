@@ -106,8 +106,7 @@ class TieredCache:
             self.ram = RamTier(
                 config.ram_bytes, self._policy(), config.high_watermark, config.low_watermark,
                 protected=None if self.ssd is not None else self._protected, on_evict=self.tiers.demote,
-                budget=self.memory,
-            )
+                budget=self.memory)
             self.tiers.attach(self.ram)
         except BaseException:
             self._release()
