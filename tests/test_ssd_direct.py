@@ -156,5 +156,7 @@ def test_a_bad_page_on_the_direct_path_is_refetched_not_served(bucket, mounter, 
         os.close(fd)
     assert read_all(m.path / "big.bin") == blob
     st = stats(m)
-    assert st["cache"]["ssd"]["crc_errors"] == 4 and len(bucket.gets()) == 4  # each block refetched once
+    # each block's bad page failed its check once and the block was fetched again (a refetched block RAM let
+    # go of before its SSD copy was written may be fetched once more)
+    assert st["cache"]["ssd"]["crc_errors"] == 4 and 4 <= len(bucket.gets()) <= 8
     assert st["mount"]["fuse_ops"]["read_into"] > 0
