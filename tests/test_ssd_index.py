@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 
 import lmdb
 import pytest
@@ -198,3 +199,33 @@ def test_a_saved_order_is_not_used_for_an_index_dropped_since(tmp_path, meta):
     block = BlockId("fresh", "e", 0)
     assert again.put(block, b"f" * 100) and len(again.policy) == 1 and again.get(block) == b"f" * 100
     again.close()
+
+
+def test_the_background_walk_rests_while_another_thread_works(tmp_path):
+    """A core-bound walk of a big index made every FUSE request wait for the GIL (``ls -l`` of 100 K files
+    during the walk at 10 M: 19 s against 1.6 s at 1 M); it now rests when another thread has work, and still
+    finishes with every block."""
+    meta = Meta(tmp_path / "meta")
+    ssd = SsdTier(tmp_path / "regions", 256 << 20, meta)
+    for start in range(0, 40_000, 4096):
+        ssd.put_many([(BlockId(f"d/{i:08d}", "e", 0), b"v" * 100) for i in range(start, min(40_000, start + 4096))])
+    ssd.close()
+    meta.close()
+    meta = Meta(tmp_path / "meta")
+    stop = threading.Event()
+
+    def busy() -> None:  # a request thread with Python work to do the whole time
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=busy, daemon=True)
+    worker.start()
+    try:
+        again = SsdTier(tmp_path / "regions", 256 << 20, meta)
+        assert again.validated(60) and again.stats()["blocks"] == 40_000
+        assert again.validator.rests > 0
+    finally:
+        stop.set()
+        worker.join()
+    again.close()
+    meta.close()

@@ -12,8 +12,10 @@ comes back instead, reconciled with what the walk found, so the eviction order s
 is done (``done`` set), the tier admits new blocks only while they
 fit without evicting.
 
-The walk reads every page of the index once; every ``RELEASE_EVERY`` entries, and at the end, it lets go of
-the mapped pages (``Meta.release_pages``) so that they do not stay in the process's RSS (issue 12).
+Between batches the walk hands the GIL over; when another thread takes it, the walk rests three times the
+batch's own time, so readers and FUSE requests are not slowed by it. The walk reads every page of the index
+once; every ``RELEASE_EVERY`` entries, and at the end, it lets go of the mapped pages (``Meta.release_pages``)
+so that they do not stay in the process's RSS (issue 12).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from .ssd_slots import FREE
 log = logging.getLogger(__name__)
 
 BATCH = 2048
+CONTENDED_S = 0.0005  # a hand-over of the GIL that took longer than this: another thread had work
+BACKOFF = 3.0  # then rest this many times the batch's own time (the walk takes at most a quarter)
 
 
 class Validator:
@@ -49,6 +53,7 @@ class Validator:
         self.mark = blocks.slots.next_slot  # committed high-water mark: every slot on disk is below it
         self.done = threading.Event()
         self.seen = 0
+        self.rests = 0  # times the walk rested because another thread had work
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="tiercache-ssd-validate", daemon=True)
 
@@ -71,6 +76,7 @@ class Validator:
             idents = np.zeros(self.mark, np.int64)
             meta = self.blocks.index.meta
             released = 0
+            started = time.perf_counter()
             for batch in self.blocks.index.committed_batches(self.batch):
                 if self._stop:
                     return
@@ -82,12 +88,25 @@ class Validator:
                 if self.seen - released >= RELEASE_EVERY:
                     meta.release_pages()
                     released = self.seen
-                time.sleep(0)  # let a waiting reader have the GIL between batches
+                started = self._give_way(started)
             meta.release_pages()
             self._to_policy(idents)
             trim_heap()
         except Exception:  # noqa: BLE001 - the tier keeps serving; eviction stays off
             log.exception("ssd tier: background validation failed")
+
+    def _give_way(self, started: float) -> float:
+        """Between two batches: hand the GIL over, and when another thread took it (a reader, a FUSE request,
+        a listing), rest a while so that a core-bound walk does not slow them (``ls -l`` of a 100 K directory
+        during the walk at 1 M: 4.0 s with only the hand-over, 1.6–2.1 s with the rest, 0.7–1.6 s after the
+        walk). An idle daemon walks at full speed. Returns when the next batch starts."""
+        worked = time.perf_counter() - started
+        before = time.perf_counter()
+        time.sleep(0)
+        if time.perf_counter() - before > CONTENDED_S:
+            self.rests += 1
+            time.sleep(worked * BACKOFF)
+        return time.perf_counter()
 
     def _one(self, key: bytes, raw: bytes, loc: Location, idents: np.ndarray) -> None:
         blocks = self.blocks
