@@ -16,6 +16,7 @@ import pytest
 from tiercache.tiers import ssd_index
 from tiercache.tiers.base import BlockId, key_prefix
 from tiercache.tiers.meta import Meta
+from tiercache.tiers.slot_policy import SlotLRU, SlotS3FIFO
 from tiercache.tiers.ssd import SsdTier
 from tiercache.tiers.ssd_format import FORMAT, checksums
 
@@ -229,3 +230,23 @@ def test_the_background_walk_rests_while_another_thread_works(tmp_path):
         worker.join()
     again.close()
     meta.close()
+
+
+@pytest.mark.parametrize("policy_class", [SlotS3FIFO, SlotLRU])
+def test_a_slot_policy_taken_back_from_its_state_decides_as_the_original(policy_class):
+    original = policy_class()
+    for slot in range(3000):
+        original.on_insert(slot, 10 + slot % 7, ident=slot * 31 + 1, scan=slot % 9 == 0)
+    for slot in range(0, 3000, 4):
+        original.on_access(slot)
+    original.victims(2000)
+    copy = policy_class()
+    copy.load_state({name: value.copy() for name, value in original.state().items()})
+    for policy in (original, copy):
+        for slot in range(3000, 4000):
+            policy.on_insert(slot, 5, ident=slot, scan=slot % 5 == 0)
+        for slot in range(0, 4000, 7):
+            policy.on_access(slot)
+    assert copy.victims(9000) == original.victims(9000) and len(copy) == len(original)
+    with pytest.raises(ValueError):
+        (SlotLRU() if policy_class is SlotS3FIFO else SlotS3FIFO()).load_state(original.state())

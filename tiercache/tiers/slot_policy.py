@@ -15,6 +15,7 @@ import numpy as np
 
 from .policy import Policy, Protected, never_protected
 from .slot_lists import NIL, Ghost, Lists, grown
+from .slot_state import assign, flatten
 
 SMALL, MAIN, SCAN = 0, 1, 2
 _OUT, _IN_SMALL, _IN_MAIN, _IN_SCAN = 0, 1, 2, 3
@@ -73,7 +74,7 @@ class SlotPolicy(Policy):
         to a file at close to keep its eviction order across restarts, ``ssd_order.py``); ``load_state``
         puts it back."""
         out = {"class": np.array(type(self).__name__)}
-        _flatten(self, "", out)
+        flatten(self, "", out)
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
@@ -88,45 +89,7 @@ class SlotPolicy(Policy):
             if kind == "a:" and (own_kind != "a:" or value.dtype != own.dtype or value.ndim != own.ndim):
                 raise ValueError(f"policy state field {path} does not fit")
         for path, (kind, value) in theirs.items():
-            _assign(self, kind + path, value)
-
-
-def _flatten(obj: object, prefix: str, out: dict[str, np.ndarray]) -> None:
-    """``obj``'s fields into ``out``: arrays as they are, numbers as 0-d arrays, int lists as arrays, None as
-    an empty float array, and the links and ghost objects (``slot_lists``) field by field."""
-    for name, value in vars(obj).items():
-        key = prefix + name
-        if isinstance(value, np.ndarray):
-            out["a:" + key] = value
-        elif value is None:
-            out["n:" + key] = np.zeros(0)
-        elif isinstance(value, bool | int | float):
-            out["s:" + key] = np.asarray(value)
-        elif isinstance(value, list) and all(isinstance(v, int) for v in value):
-            out["l:" + key] = np.asarray(value, np.int64)
-        elif isinstance(value, tuple) and not value:
-            out["t:" + key] = np.zeros(0)
-        elif isinstance(value, (Lists, Ghost)):
-            _flatten(value, key + ".", out)
-        else:
-            raise TypeError(f"policy field {key} ({type(value).__name__}) is not persistable")
-
-
-def _assign(obj: object, name: str, value: np.ndarray) -> None:
-    kind, path = name[:2], name[2:].split(".")
-    for part in path[:-1]:
-        obj = getattr(obj, part)
-    if kind == "a:":
-        item: object = value
-    elif kind == "n:":
-        item = None
-    elif kind == "s:":
-        item = value.item()
-    elif kind == "l:":
-        item = [int(v) for v in value]
-    else:
-        item = ()
-    setattr(obj, path[-1], item)
+            assign(self, kind + path, value)
 
 
 class SlotLRU(SlotPolicy):
