@@ -159,6 +159,8 @@ def check_view(view: MergedView, model: Model, step: str, gone: set[str]) -> Non
         nodes = {n.key[len(prefix):]: (n.is_dir, None if n.is_dir else n.size) for n in view.children(d)}
         assert nodes == {n: (is_dir, None if is_dir else len(model.files[prefix + n]))
                          for n, is_dir in want.items()}, (step, d)
+        entries = {n: (e.is_dir, None if e.is_dir else e.size) for n in want for e in [view.entry(prefix + n)]}
+        assert entries == nodes, (step, d)  # what FUSE's getattr answers (view.entry) is what readdir lists
     assert [n.key for n in view.files("")] == sorted(model.files), step
     for path, data in model.files.items():
         assert view.read(path, 0, None) == data, (step, path)
@@ -166,6 +168,14 @@ def check_view(view: MergedView, model: Model, step: str, gone: set[str]) -> Non
         if not any(p.startswith(path + "/") for p in model.files):
             with pytest.raises(NotFound):
                 view.node(path)
+        parent, _, name = path.rpartition("/")
+        try:
+            view.entry(path)
+            found = True
+        except NotFound:
+            found = False
+        listed = parent in model.dirs and name in view.listing(parent)
+        assert found == listed, (step, path)  # getattr and readdir agree on a removed name
 
 
 def open_view(tmp_path, store: SlowStore):

@@ -49,13 +49,18 @@ class Child:
 
 @dataclass
 class Node:
-    """A file or directory with its size and times, as library mode sees it."""
+    """A file or directory with its size, times and stored attributes (mode, uid, gid: 0 / -1 when none is
+    stored or known); ``pending``: the write tier's (a pending write, a made directory)."""
 
     key: str
     is_dir: bool
     size: int
     mtime: float
     etag: str | None = None
+    mode: int = 0
+    uid: int = -1
+    gid: int = -1
+    pending: bool = False
 
 
 class MergedView:
@@ -126,20 +131,38 @@ class MergedView:
 
     # ---------------------------------------------------------------- nodes (sizes and times, revalidated)
 
-    def node(self, key: str) -> Node:
-        """The file or directory at ``key`` ("" is the root); NotFound if neither."""
+    def entry(self, key: str, metadata: bool = False) -> Node:
+        """The file or directory at ``key`` as ``table`` lists it ("" is the root): pending writes first,
+        acknowledged deletes gone, then the cache's metadata (a record past its TTL HEADed); ``metadata``:
+        a file whose user metadata (mode, uid, gid) the listing did not carry gets one HEAD for it.
+        NotFound if neither. FUSE's getattr and lookup (fuse/attr_ops.py) answer from this."""
         if not key:
             return Node("", True, 0, self.started)
         if self.writes is not None:
             pending = self.writes.pending_entry(key)
             if pending is not None:
-                return Node(key, bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"]))
+                return Node(key, bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"]), None,
+                            int(pending.get("mode", 0)), int(pending.get("uid", -1)), int(pending.get("gid", -1)),
+                            pending=True)
             if self.writes.is_deleted(key):
                 raise NotFound(f"{key}: no such file or directory")
         entry = self.cache.stat(key)
-        if entry.is_dir and not self._holds_a_file(key):
+        namespace = getattr(self.cache, "namespace", None)
+        if entry.is_dir or namespace is None:
+            return Node(key, bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started), entry.etag)
+        info = namespace.info(key, revalidate=False)  # just revalidated by stat
+        if metadata and not info.meta:
+            info = namespace.refresh(key)
+        return Node(key, False, info.size, info.mtime, info.etag, info.mode, info.uid, info.gid)
+
+    def node(self, key: str) -> Node:
+        """The file or directory at ``key`` as library mode sees it: ``entry``, except that a directory of
+        the cached listing that no longer holds a file is gone (the store has no directories of its own;
+        FUSE keeps such a directory until rmdir as a directory made in the write tier)."""
+        found = self.entry(key)
+        if found.is_dir and key and not found.pending and not self._holds_a_file(key):
             raise NotFound(f"{key}: no such file or directory")
-        return Node(key, bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started), entry.etag)
+        return found
 
     def _holds_a_file(self, key: str) -> bool:
         """Whether a directory of the cached listing still has a file below it: the listing keeps the

@@ -16,10 +16,15 @@ import stat
 import time
 from typing import Any
 
-from ..errors import NotFound
 from .calls import errno_op, fuse, store_key
 
 BLKSIZE = 128 << 10
+# A directory's st_nlink is 1, "not counted", as btrfs and many network filesystems report it: 2 + its
+# subdirectories is known only once the directory itself has been listed (a lookup or a parent's listing
+# cannot know it without listing every subdirectory), and a count that changed as listings came in, or a 2
+# that means "no subdirectories" before the listing, would be wrong. find/fts and du take a count below 2
+# as unknown and do not use it to skip stat calls (their leaf optimization); os.walk never reads it.
+DIR_NLINK = 1
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -39,6 +44,7 @@ class AttributeOps:
     gid: int
     file_mode: int
     dir_mode: int
+    view: Any  # merged_view.MergedView
     _writes: Any
 
     def _attrs(self, is_dir: bool, size: int, mtime: float, mode: int = 0, uid: int = -1, gid: int = -1) -> dict:
@@ -54,7 +60,7 @@ class AttributeOps:
             st_mode = stat.S_IFREG | self.file_mode
         return {
             "st_mode": st_mode,
-            "st_nlink": 2 if is_dir else 1,
+            "st_nlink": DIR_NLINK if is_dir else 1,
             "st_size": 0 if is_dir else size,
             "st_uid": uid if uid >= 0 else self.uid,
             "st_gid": gid if gid >= 0 else self.gid,
@@ -66,26 +72,12 @@ class AttributeOps:
         }
 
     def _lookup(self, key: str) -> tuple[bool, int, float, int, int, int]:
-        """(is_dir, size, mtime, mode, uid, gid) of ``key``: pending writes first, then the cache's metadata.
-        On a writable mount a file whose user metadata is unknown (listed, not yet HEADed) gets one HEAD for
-        its attributes; the answer is kept as long as its etag."""
-        if not key:
-            return True, 0, self.started, 0, -1, -1
-        if self.writes is not None:
-            pending = self.writes.pending_entry(key)
-            if pending is not None:
-                return (bool(pending["is_dir"]), int(pending["size"]), float(pending["mtime"]),
-                        int(pending.get("mode", 0)), int(pending.get("uid", -1)), int(pending.get("gid", -1)))
-            if self.writes.is_deleted(key):
-                raise NotFound(f"{key}: deleted")
-        entry = self.cache.stat(key)
-        namespace = getattr(self.cache, "namespace", None)
-        if entry.is_dir or namespace is None:
-            return bool(entry.is_dir), int(entry.size), float(entry.mtime or self.started), 0, -1, -1
-        info = namespace.info(key, revalidate=False)
-        if not info.meta and not self.readonly:
-            info = namespace.refresh(key)
-        return False, info.size, info.mtime, info.mode, info.uid, info.gid
+        """(is_dir, size, mtime, mode, uid, gid) of ``key`` from the engine's merged view (``view.entry``:
+        pending writes first, then the cache's metadata), the same view readdir lists. On a writable mount
+        a file whose user metadata is unknown (listed, not yet HEADed) gets one HEAD for its attributes;
+        the answer is kept as long as its etag."""
+        node = self.view.entry(key, metadata=not self.readonly)
+        return node.is_dir, node.size, node.mtime, node.mode, node.uid, node.gid
 
     @errno_op
     def chmod(self, path: str | None, mode: int) -> int:
