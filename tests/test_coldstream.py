@@ -64,21 +64,22 @@ def test_the_s3_store_measures_time_to_first_byte_on_ranged_gets(bucket):
     assert store.link.latency >= 0.02 and store.link.rate > 0
 
 
-def test_a_stream_at_20ms_gets_its_window_to_the_bdp_in_its_first_round_trip(bucket, tmp_path):
+def test_a_stream_at_100ms_gets_its_window_to_the_bdp_in_its_first_round_trip(bucket, tmp_path):
     """The reader's first read (from offset 0: a stream at once) makes one round trip; on its second read
     the window is the measured BDP (capped), far more than four times the 512 KiB read so far, and
-    read-ahead asks for all of it at once."""
+    read-ahead asks for all of it at once. (100 ms, not 20: the BDP then beats the growth rule even when a
+    loaded machine measures each connection at a few MiB/s.)"""
     blob = random.Random(7).randbytes(48 * MiB)
     bucket.put("big.bin", blob)
     old = bucket.server.latency
-    bucket.server.latency = 0.02
+    bucket.server.latency = 0.1
     try:
         with tiercache.open(bucket.url, ram="256M", ssd=str(tmp_path / "cache"), ssd_size="0",
                             block_size="1M", endpoint_url=bucket.server.endpoint, metadata_ttl="inf") as cache:
             bucket.server.reset_log()
             assert cache.read("big.bin", 0, 256 * KiB) == blob[:256 * KiB]
             link = cache.stats()["prefetcher"]
-            assert link["readahead_link_samples"] >= 1 and link["readahead_link_latency_ms"] >= 20
+            assert link["readahead_link_samples"] >= 1 and link["readahead_link_latency_ms"] >= 100
             assert cache.read("big.bin", 256 * KiB, 256 * KiB) == blob[256 * KiB:512 * KiB]
             window = cache.readahead.window("big.bin")  # (the BDP moves as later GETs are measured)
             assert 2 * MiB < window <= cache.stats()["prefetcher"]["readahead_max_window_bytes"], \
