@@ -4,9 +4,9 @@
 
 Each run is a fresh process: one sequential ``store.list()`` of N synthetic keys (the store's own LIST: it
 generates every key and info in Python, so it shares the GIL with the listing), then a cold ``Namespace``
-(8 walkers) until the whole listing is in its LMDB index (nothing read back). Reported: wall time and CPU time (user + system,
-which the load on a shared machine inflates less) of each, and their ratios. With ``--before`` the tree of
-that git ref runs in the same script, alternating round by round. Writes
+(8 walkers) until the whole listing is in its LMDB index (nothing read back). Reported: wall time and CPU
+time (user + system, which the load on a shared machine inflates less) of each, and their ratios. With
+``--before`` the tree of that git ref runs in the same script, alternating round by round. Writes
 bench/results/listing_synthetic[_LABEL].json and prints a table.
 """
 
