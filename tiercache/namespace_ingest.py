@@ -143,9 +143,12 @@ class ListingJob:
     def _take(self, infos: list[ObjectInfo], unit: Unit | None) -> None:
         """Take one chunk of a unit's infos into the batch (the rules in the module docstring): as a whole
         when every key is a plain path that names no directory seen (the common case), else key by key."""
+        hidden = self._hidden
+        if hidden is not None:  # asked outside our lock: it takes the write tier's
+            infos = [info for info in infos if not hidden(info.key)]
         keys = list(map(_KEY, infos))
         joined = "\0".join(keys)
-        if self._hidden is None and plain_keys(keys, joined) and self.dirs.isdisjoint(keys):
+        if plain_keys(keys, joined) and self.dirs.isdisjoint(keys):
             self._take_plain(keys, joined)
             self._batch += infos
             last = keys[-1] if keys else None
@@ -165,14 +168,12 @@ class ListingJob:
                 self._dir(parent)
 
     def _take_each(self, infos: list[ObjectInfo]) -> str | None:
-        """``_take`` key by key: hidden keys, folder markers, keys that cannot be paths; the last key taken."""
-        hidden, dirs, batch, bad, keys = self._hidden, self.dirs, self._batch, self.bad, self._keys
+        """``_take`` key by key: folder markers, keys that cannot be paths; the last key taken."""
+        dirs, batch, bad, keys = self.dirs, self._batch, self.bad, self._keys
         floor = len(self.top)
         last = None
         for info in infos:
             key = info.key
-            if hidden is not None and hidden(key):  # asked outside our lock: it takes the write tier's
-                continue
             if key.endswith("/") and key != "/":
                 path = key[:-1]
                 problem = key_problem(path)
