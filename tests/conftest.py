@@ -8,6 +8,7 @@ import os
 import pytest
 
 from tiercache.devserver import LocalS3
+from tiercache.tiers.meta import Meta
 
 from .fusehelpers import Mounter, PausableProxy
 
@@ -64,6 +65,14 @@ def mounter(tmp_path):
         yield m
     finally:
         m.cleanup()
+
+
+@pytest.fixture
+def meta(tmp_path):
+    """An LMDB metadata environment under the test's tmp dir, closed at teardown."""
+    m = Meta(tmp_path / "meta")
+    yield m
+    m.close()
 
 
 @pytest.fixture

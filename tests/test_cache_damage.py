@@ -56,13 +56,6 @@ def read(path) -> bytes:
 # ---------------------------------------------------------------------------------------------- format
 
 
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
-
-
 def test_an_entry_pointing_at_another_blocks_bytes_is_a_miss(tmp_path, meta):
     ssd = SsdTier(tmp_path / "regions", 10 << 20, meta)
     a, b = BlockId("a", "e1", 0), BlockId("b", "e1", 0)

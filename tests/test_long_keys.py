@@ -12,7 +12,7 @@ import pytest
 
 import tiercache
 from tiercache.tiers.base import BlockId, key_prefix
-from tiercache.tiers.meta import LONG_KEY_LEN, RAW_KEY_MAX, Meta
+from tiercache.tiers.meta import LONG_KEY_LEN, RAW_KEY_MAX
 from tiercache.tiers.ssd import SsdTier
 
 from .fusehelpers import needs_fuse
@@ -33,13 +33,6 @@ def long_key(total: int, top: str = "deep", tail: str = "x") -> str:
 
 
 # ---------------------------------------------------------------------------------------------- format
-
-
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
 
 
 def test_every_key_length_round_trips_and_scans_in_key_order(meta):

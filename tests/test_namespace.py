@@ -61,13 +61,6 @@ TREE = {
 }
 
 
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
-
-
 def test_tree_listdir_and_stat(meta):
     ns = Namespace(DictStore(TREE), meta, ttl=60)
     assert ns.listdir("") == ["README", "empty_dir", "train", "val"]

@@ -88,13 +88,6 @@ def tree(dirs: int, files: int) -> list[str]:
     return [f"d{d:03d}/f{f:04d}" for d in range(dirs) for f in range(files)] + ["top.txt"]
 
 
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
-
-
 @pytest.mark.parametrize("store_class", [GatedStore, LevelStore])
 def test_a_directory_answers_before_the_whole_listing_ends(meta, store_class):
     """The first listing is held at d005/: d000..d004 list and stat meanwhile; the rest waits for it."""

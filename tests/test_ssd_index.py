@@ -23,13 +23,6 @@ from tiercache.tiers.ssd_format import FORMAT, checksums
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
-
-
 def test_an_index_entry_is_a_digest_and_a_small_value(tmp_path, meta):
     ssd = SsdTier(tmp_path / "regions", 10 << 20, meta)
     block = BlockId("train/class_0001/img_00001234.jpg", "0123456789abcdef0123456789abcdef", 0)

@@ -11,7 +11,6 @@ import pytest
 
 from tiercache.plans import PlanBook
 from tiercache.tiers.base import BlockId
-from tiercache.tiers.meta import Meta
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
 from tiercache.tiers.slot_plans import SlotPlanPolicy, make_slot_policy
 from tiercache.tiers.slot_policy import SlotLRU, SlotS3FIFO
@@ -150,13 +149,6 @@ def test_make_slot_policy_by_name():
 
 
 # ---------------------------------------------------------------------------------------------- the tier
-
-
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
 
 
 def fill(tmp_path, meta, n: int) -> dict[BlockId, bytes]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tiercache.tiers.base import BlockId, Tier, key_prefix
-from tiercache.tiers.meta import Meta
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy, make_policy
 from tiercache.tiers.ram import RamTier
 from tiercache.tiers.ssd import SsdTier
@@ -137,13 +136,6 @@ def test_ram_tier_quota_holds_under_threaded_churn():
 
 
 # ---------------------------------------------------------------------------------------------- SSD tier
-
-
-@pytest.fixture
-def meta(tmp_path):
-    m = Meta(tmp_path / "meta")
-    yield m
-    m.close()
 
 
 def region_files(path) -> list:
