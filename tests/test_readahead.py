@@ -287,8 +287,9 @@ def _policies():
     from tiercache.plans import PlanBook
     from tiercache.tiers.planned import PlanAwarePolicy
     from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
+    from tiercache.tiers.slot_lru import SlotLRU
     from tiercache.tiers.slot_plans import SlotPlanPolicy
-    from tiercache.tiers.slot_policy import SlotLRU, SlotS3FIFO
+    from tiercache.tiers.slot_policy import SlotS3FIFO
 
     def planned(slot_policy: bool):
         book = PlanBook()

@@ -16,7 +16,8 @@ import pytest
 from tiercache.tiers import ssd_index
 from tiercache.tiers.base import BlockId, key_prefix
 from tiercache.tiers.meta import Meta
-from tiercache.tiers.slot_policy import SlotLRU, SlotS3FIFO
+from tiercache.tiers.slot_lru import SlotLRU
+from tiercache.tiers.slot_policy import SlotS3FIFO
 from tiercache.tiers.ssd import SsdTier
 from tiercache.tiers.ssd_format import FORMAT, checksums
 

@@ -12,8 +12,9 @@ import pytest
 from tiercache.plans import PlanBook
 from tiercache.tiers.base import BlockId
 from tiercache.tiers.policy import LRUPolicy, S3FIFOPolicy
+from tiercache.tiers.slot_lru import SlotLRU
 from tiercache.tiers.slot_plans import SlotPlanPolicy, make_slot_policy
-from tiercache.tiers.slot_policy import SlotLRU, SlotS3FIFO
+from tiercache.tiers.slot_policy import SlotS3FIFO
 from tiercache.tiers.ssd import SsdTier
 from tiercache.tiers.ssd_format import record_size
 from tiercache.tiers.ssd_validate import Validator

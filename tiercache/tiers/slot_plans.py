@@ -15,7 +15,8 @@ from collections.abc import Callable, Hashable, Sequence
 from ..plans import PlanBook
 from .planned import PlanAwarePolicy
 from .policy import Policy, Protected, make_policy
-from .slot_policy import SlotLRU, SlotPolicy, SlotS3FIFO
+from .slot_lru import SlotLRU
+from .slot_policy import SlotPolicy, SlotS3FIFO
 
 __all__ = ["SlotPlanPolicy", "SlotRef", "make_slot_policy"]
 
