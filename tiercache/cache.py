@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .blocks import BlockMap, under
-from .cache_stats import cache_stats
+from .cache_stats import cache_stats, plan_rows
 from .config import CacheConfig
 from .counters import Counters
 from .errors import ConfigError, StaleVersion
@@ -46,7 +46,6 @@ from .prefetch import HintedPrefetch, Prefetcher
 from .readahead import StreamReadAhead
 from .readpath import BlockReader
 from .stagerun import stage_run
-from .statsrecords import PlanRow
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId
 from .tiers.budget import MemoryBudget
@@ -356,13 +355,7 @@ class TieredCache:
 
     def plan_stats(self) -> list[dict]:
         """Each live plan: client, files, position, lead (files, bytes ahead), hit rate since it started."""
-        leads = self.prefetcher.leads()
-        out = []
-        for plan in self.plans.stats():  # one typed record on both sides of the JSON (statsrecords.PlanRow)
-            files, nbytes = leads.get(plan.client, (0, 0))
-            row = PlanRow(**dataclasses.asdict(plan), lead_files=files, lead_bytes=nbytes)
-            out.append(dataclasses.asdict(row))
-        return out
+        return plan_rows(self.plans, self.prefetcher.leads())
 
     # ------------------------------------------------------------------ stats and lifecycle
 

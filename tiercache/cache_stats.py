@@ -5,10 +5,14 @@ Built from the cache's public parts."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
+
+from .statsrecords import PlanRow
 
 if TYPE_CHECKING:
     from .cache import TieredCache
+    from .plans import PlanBook
 
 NO_SSD = {"used": 0, "capacity": 0, "hits": 0, "misses": 0, "hit_rate": 0.0, "bytes_served": 0}
 
@@ -60,3 +64,13 @@ def prefetch_stats(cache: TieredCache) -> dict:
             "prefetched_bytes": plan["prefetched_bytes"] + ahead["readahead_bytes"],
             "prefetched_read_bytes": plan["prefetched_read_bytes"] + ahead["readahead_read_bytes"],
             "prefetched_unread_bytes": plan["prefetched_unread_bytes"] + ahead["readahead_unread_bytes"]}
+
+
+def plan_rows(plans: PlanBook, leads: dict[str, tuple[int, int]]) -> list[dict]:
+    """Each live plan of ``plans`` with the prefetcher's lead for it (files, bytes ahead), as one typed record
+    on both sides of the JSON (statsrecords.PlanRow)."""
+    out = []
+    for plan in plans.stats():
+        files, nbytes = leads.get(plan.client, (0, 0))
+        out.append(dataclasses.asdict(PlanRow(**dataclasses.asdict(plan), lead_files=files, lead_bytes=nbytes)))
+    return out
