@@ -360,6 +360,34 @@ def test_the_ssd_tier_writes_a_streams_blocks_as_one_shot_blocks(tmp_path):
         meta.close()
 
 
+def test_a_block_queued_twice_counts_once_and_close_does_not_hang():
+    """Two readers admitting the same block (or an owed block queued again while still queued) counted its
+    bytes twice: the queue then looked fuller than it was, its writer waited while blocks were owed, and
+    close() waited for them forever (test_cache's threaded churn hung 1 run in 3)."""
+    from tiercache.tiers.base import BlockId
+    from tiercache.tiers.ssd_queue import WriteQueue
+
+    lock = threading.Lock()
+    go = threading.Event()
+    written: list[BlockId] = []
+
+    def write(block, data, scan=False):
+        go.wait(30)
+        written.append(block)
+
+    queue = WriteQueue(lock, limit=4 * KiB, write=write)
+    first, again = BlockId("a", "e", 0), BlockId("b", "e", 0)
+    with lock:
+        assert queue.add(first, b"a" * KiB)  # the writer takes it and waits on ``go``
+        assert queue.add(again, b"b" * (2 * KiB)) and queue.add(again, b"b" * (2 * KiB))
+        assert queue.bytes == 3 * KiB, "the second add of a queued block adds nothing"
+        queue.owe(BlockId("c", "e", 0))
+    queue.refill = lambda block, scan: False  # RAM no longer holds it
+    go.set()
+    assert queue.close() and queue.bytes == 0 and queue.owed == 0
+    assert written == [first, again]
+
+
 def test_the_ssd_write_queue_owes_what_it_refused_and_stream_blocks_yield_to_others():
     """A full write queue: a normal block takes the place of the newest (uncharged) stream block, which is
     owed; owed blocks are offered again to ``refill`` (RAM's copy) once the writer has room, oldest first;

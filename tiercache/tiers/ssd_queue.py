@@ -68,6 +68,8 @@ class WriteQueue:
         block); False when closed or when it would pass ``limit`` bytes."""
         if self._stop:
             return False
+        if block in self._queue:  # queued already (the same id is the same bytes): counting it twice
+            return True  # would leave ``bytes`` above what is queued, and the writer idle while blocks are owed
         if self.bytes + len(data) > self.limit and not scan:
             self._yield_scan(len(data))
         if self.bytes + len(data) > self.limit:
