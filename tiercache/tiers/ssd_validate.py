@@ -100,8 +100,8 @@ class Validator:
         a listing), rest a while so that a core-bound walk does not slow them (``ls -l`` of a 100 K directory
         during the walk at 1 M: 4.0 s with only the hand-over, 1.6–2.1 s with the rest, 0.7–1.6 s after the
         walk). An idle daemon walks at full speed. Returns when the next batch starts."""
-        worked = time.perf_counter() - started
         before = time.perf_counter()
+        worked = before - started
         time.sleep(0)
         if time.perf_counter() - before > CONTENDED_S:
             self.rests += 1
