@@ -78,8 +78,7 @@ class SsdTier(SsdReads):
         budget: MemoryBudget | None = None,
     ):
         self._quota = int(capacity)
-        self.region_size = min(region_size, max(self._quota // 32, 64 << 10), 1 << 31)  # u32 offsets
-        self.files = RegionFiles(directory, meta, self.region_size)
+        self.files = RegionFiles(directory, meta, region_size)
         self.dir = Path(self.files.dir)
         self.meta = meta
         self.policy = make_slot_policy(policy) if isinstance(policy, str) else policy
@@ -120,6 +119,8 @@ class SsdTier(SsdReads):
             ssd_order.discard(self.dir)
             self.meta.put("misc", b"ssd_format", FORMAT)
         self.files.load()
+        self.region_size = self._region_size(self.files.region_size)
+        self.files.region_size = self.region_size
         self.slots = SlotTable(self.index.committed_next_slot())
         self.index.next_slot = self.slots.next_slot
         self.entries = SsdBlocks(self.files, self.index, self.slots, self.policy, self.protected,
@@ -128,6 +129,12 @@ class SsdTier(SsdReads):
             self.policy.key_of = self._key_of
         self.validator = Validator(self.entries, self._lock, order=(self.dir, ssd_order.claim(self.meta)))
         self.validator.start()
+
+    def _region_size(self, wanted: int) -> int:
+        """At most ``wanted``, and a 32nd of the capacity the disk allows (not only of the configured quota):
+        a region that is a large part of the capacity cannot be compacted, so room is made by evicting live
+        blocks (a 32 MiB region on a 46 MiB disk left 8 MiB of 80 MiB read twice). u32 offsets."""
+        return min(wanted, max(self.capacity() // 32, 64 << 10), 1 << 31)
 
     def _key_of(self, slot: int) -> str | None:
         block = self.entries.block_of(slot)

@@ -221,6 +221,9 @@ class SsdBlocks:
             best = max(candidates, key=lambda r: (r.end - r.live, -r.id), default=None)
             if best is not None and files.physical + best.live <= capacity:
                 self.compact(best)
+            elif files.physical + need <= high * capacity:
+                break  # no region can be compacted now (being written, or too live for the disk): live blocks
+                # are evicted only to make the block fit, not to reach the low watermark
             elif not self.evict(chunk):
                 break
         return files.physical + need <= capacity
