@@ -151,3 +151,23 @@ def test_library_mode_and_fsspec_start_from_a_listing_without_a_list(bucket, tmp
         tiercache.open(bucket.url, ssd=str(tmp_path / "c3"), listing=tmp_path / "junk.gz")
     with pytest.raises(ConfigError, match="No such file"):
         tiercache.open(bucket.url, ssd=str(tmp_path / "c3"), listing=tmp_path / "none.gz")
+
+
+def test_a_directory_listed_before_the_tree_comes_from_the_file_too(bucket, tmp_path):
+    from tiercache.listing import SeededStore, export_listing
+    from tiercache.store import open_store
+
+    for i in range(6):
+        bucket.put(f"d{i % 2}/f{i}", b"x")
+    store = open_store(bucket.url, bucket.server.endpoint)
+    try:
+        export_listing(store, bucket.url, tmp_path / "l.gz")
+        bucket.put("d0/added-later", b"new")
+        seeded = SeededStore(store, tmp_path / "l.gz", bucket.url)
+        lists = _lists(bucket)
+        assert [i.key for i in seeded.list("d0/")] == ["d0/f0", "d0/f2", "d0/f4"]  # a lookup racing the mount
+        assert len(list(seeded.list(""))) == 6 and _lists(bucket) == lists  # the tree: from the file still
+        assert "d0/added-later" in [i.key for i in seeded.list("d0/")]  # after the tree: the store's listing
+        assert _lists(bucket) > lists and seeded.seeded_lists == 2
+    finally:
+        store.close()

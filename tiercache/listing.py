@@ -6,8 +6,9 @@
 The file is gzip'd JSON lines: a header ``{"format": "tiercache-listing", "version": 1, "source": ...,
 "listed": unix time, "objects": N}``, then one ``[key, size, etag, mtime]`` per object, keys relative to the
 source. ``SeededStore`` wraps the real store and answers the first listing of the tree (the one a mount
-makes at start, within SEED_WINDOW of it) from the file, filtered by the prefix asked; every later listing
-(a refresh after the metadata TTL) and every other request goes to the store.
+makes at start, within SEED_WINDOW of it), and any directory's listed before it, from the file, filtered by
+the prefix asked; every later listing (a refresh after the metadata TTL) and every other request goes to
+the store.
 """
 
 from __future__ import annotations
@@ -102,10 +103,13 @@ class SeededStore:
         self.seeded_lists = 0
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """The file's objects under ``prefix`` the first time; the store's listing after that."""
+        """The file's objects under ``prefix`` until the whole tree (prefix "") has been listed from it once;
+        the store's listing after that. (A directory listed before the tree, as a lookup racing the mount's
+        first listing may ask, comes from the file too: otherwise the tree's listing went to the store.)"""
         with self._lock:
             first = not self._seeded and time.monotonic() - self._created < SEED_WINDOW
-            self._seeded = True
+            if prefix == "":
+                self._seeded = True
         if not first:
             yield from self._store.list(prefix)
             return
