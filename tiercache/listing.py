@@ -103,20 +103,22 @@ class SeededStore:
         self.seeded_lists = 0
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """The file's objects under ``prefix`` until the whole tree (prefix "") has been listed from it once;
-        the store's listing after that. (A directory listed before the tree, as a lookup racing the mount's
-        first listing may ask, comes from the file too: otherwise the tree's listing went to the store.)"""
+        """The file's objects under ``prefix`` until the whole tree (prefix "") has been listed from it to
+        the end once; the store's listing after that. (A directory listed before or while the tree is, as a
+        lookup racing the mount's first listing may ask, comes from the file too: otherwise that directory's
+        listing went to the store and showed what the file does not.)"""
         with self._lock:
-            first = not self._seeded and time.monotonic() - self._created < SEED_WINDOW
-            if prefix == "":
-                self._seeded = True
-        if not first:
+            seeding = not self._seeded and time.monotonic() - self._created < SEED_WINDOW
+        if not seeding:
             yield from self._store.list(prefix)
             return
         self.seeded_lists += 1
         for info in read_listing(self._path, self._source):
             if info.key.startswith(prefix):
                 yield info
+        if prefix == "":
+            with self._lock:
+                self._seeded = True
 
     def __getattr__(self, name: str) -> Any:
         if name in ("list_level", "list_after"):  # a parallel walk would go around the file
