@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import struct
+import subprocess
+import sys
 import threading
 
 import lmdb
@@ -148,6 +151,39 @@ def test_a_saved_order_is_not_used_after_an_unclean_stop(tmp_path, meta):
     assert _victim_keys(again, 2) == ["k000", "k001"]  # slot order
     again.close()
     crashed.validator.stop()
+
+
+KILLED_AFTER_A_SAVE = r"""
+import os, signal, sys, time
+from tiercache.tiers.base import BlockId
+from tiercache.tiers.meta import Meta
+from tiercache.tiers.ssd import SsdTier
+
+ssd = SsdTier(sys.argv[1] + "/regions", 10 << 20, Meta(sys.argv[1] + "/meta"), policy="lru", order_every=0.05)
+blocks = [BlockId(f"k{i:03d}", "e", 0) for i in range(100)]
+for block in blocks:
+    ssd.put(block, b"z" * 1000)
+assert ssd.validated(30)
+for block in reversed(blocks):  # the least recently used is now the last one written
+    assert ssd.get(block) is not None
+ssd.flush()
+saves = ssd.order_saver.saves
+while ssd.order_saver.saves < saves + 2:  # a save begun after the reads
+    time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_eviction_order_survives_a_kill_as_of_its_last_periodic_save(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", KILLED_AFTER_A_SAVE, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    meta = Meta(tmp_path / "meta")
+    again = SsdTier(tmp_path / "regions", 10 << 20, meta, policy="lru")
+    assert again.validated(30) and again.validator.restored == 100
+    assert _victim_keys(again, 3) == ["k099", "k098", "k097"]  # before: slot order (k000 first) after a kill
+    again.close()
+    meta.close()
 
 
 def test_a_saved_order_drops_blocks_the_index_no_longer_holds(tmp_path, meta):

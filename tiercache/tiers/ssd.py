@@ -28,7 +28,7 @@ pages a read needs. Open takes constant time: region files the index does not kn
 index is opened, not loaded; entries pointing at missing regions or past a region's end are dropped when
 read, and by the background validation (``ssd_validate.py``) that rebuilds the slot table and the
 policy without blocking readers. Until it is done, blocks are admitted only while they fit unevicted. The
-eviction order survives a clean restart (``ssd_order.py``: the policy's arrays saved at close).
+eviction order survives a restart (``ssd_order.py``: the policy's arrays saved at close and every 10 minutes).
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ class SsdTier(SsdReads):
         flush_interval: float = 0.005,
         queue_limit: int | None = None,
         budget: MemoryBudget | None = None,
+        order_every: float = ssd_order.SAVE_EVERY,
     ):
         self._quota = int(capacity)
+        self._order_every = order_every
         self.files = RegionFiles(directory, meta, region_size)
         self.dir = Path(self.files.dir)
         self.meta = meta
@@ -129,6 +131,9 @@ class SsdTier(SsdReads):
             self.policy.key_of = self._key_of
         self.validator = Validator(self.entries, self._lock, order=(self.dir, ssd_order.claim(self.meta)))
         self.validator.start()
+        self.order_saver = ssd_order.OrderSaver(self.dir, self.meta, self.policy, self._lock, self.validator.done,
+                                                self._order_every)
+        self.order_saver.start()
 
     def _region_size(self, wanted: int) -> int:
         """At most ``wanted``, and a 32nd of the capacity the disk allows (not only of the configured quota):
@@ -326,11 +331,12 @@ class SsdTier(SsdReads):
     def close(self) -> None:
         """Write what is queued, commit the index and close the region files."""
         self.validator.stop()
+        self.order_saver.stop()
         if not self.queue.close():
             return
         self.index.close()
         if self.validator.done.is_set():
             with self._lock:
-                ssd_order.save(self.dir, self.meta, self.policy)
+                ssd_order.save(self.dir, self.meta, ssd_order.snapshot(self.policy))
         with self._lock:
             self.files.close()
