@@ -1,13 +1,19 @@
-"""64 KiB random reads served by the SSD tier, side by side with the same reads of a local copy.
+"""64 KiB random reads served by the SSD tier, side by side: this tree, git REF, the Python FUSE ceiling, a local
+copy, and library mode of both trees (issue 13).
 
-    python bench/ssd_random.py LABEL [--size 128M] [--ram 16M] [--threads 8] [--seconds 8]
+    python bench/ssd_random.py LABEL [--before REF] [--size 256M] [--ram 64M] [--threads 8] [--seconds 4]
+                               [--rounds 3] [--skip-ceiling]
 
-One file of ``--size`` in the local S3 server (its own process), read once through a mount (and through
-library mode) so the SSD tier holds it, RAM smaller than the file. Then ``--threads`` threads read 64 KiB at
-random 64 KiB-aligned offsets for ``--seconds``: through the mount with the kernel page cache dropped for the
-file before every read (posix_fadvise DONTNEED), through ``TieredCache.read`` (library mode, no FUSE hop),
-and from a local copy of the file (page cache dropped the same way). Also the daemon's peak RSS.
-Writes bench/results/ssd_random_LABEL.json and prints a table.
+One file of ``--size`` in the local S3 server (its own process, ``fast_ranges``). Mounted at once: tiercache
+from this tree and from git ``REF`` (``-before``), ``--ram`` smaller than the file so that the SSD tier serves
+it (each read once start to end, then ``tiercache warm --tier ssd`` completes the SSD copy), and the
+do-nothing mfusepy filesystem (bench/fuse_ceiling.py). Library mode (``TieredCache.read``, no FUSE hop) of
+each tree runs in its own process, set up the same way, and waits for its turn. Then ``--rounds`` rounds, every
+target in turn: ``--threads`` threads read 64 KiB at random 64 KiB-aligned offsets for ``--seconds``, the
+kernel page cache dropped for the file before every read (posix_fadvise DONTNEED; each read is a FUSE request
+served by the SSD tier), the local copy read the same way. Per target: reads/s (best and median of the rounds)
+and CPU per read (the daemon's, or the library process's: utime + stime, which the machine's load moves less
+than wall time). Writes bench/results/ssd_random_LABEL.json and prints a table.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,132 +32,195 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+from fs_data import LARGE_KEY, big_file, upload  # noqa: E402
+from fs_mounts import CREDS, CeilingMount, TiercacheMount, code_tree  # noqa: E402
 from results_file import write_result  # noqa: E402
+from ssd_stream import cpu_seconds  # noqa: E402
 
-import tiercache  # noqa: E402
-from tiercache import mounts  # noqa: E402
 from tiercache.config import parse_size  # noqa: E402
 from tiercache.devserver import LocalS3Process  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
-BUCKET = "ssdbench"
-KEY = "big.bin"
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+READ = 64 * KiB
+
+# library mode, in its own process: set up, print "ready", then one JSON line per "run SECONDS" line on stdin
+LIBRARY = """
+import json, os, random, shutil, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+import tiercache
+endpoint, key, ram, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ssd = tempfile.mkdtemp(prefix="tc-ssdrand-lib-")
+try:
+    with tiercache.open("s3://fsbench", ram=ram, ssd=ssd, ssd_size="2G", endpoint_url=endpoint,
+                        metadata_ttl="inf") as cache:
+        size = cache.stat(key).size
+        for offset in range(0, size, 8 << 20):
+            cache.read(key, offset, 8 << 20)
+        time.sleep(2)
+        cache.warm(key, "ssd")
+        time.sleep(1)
+        print("ready", flush=True)
+        slots = size // 65536
+        for line in sys.stdin:
+            if not line.startswith("run"):
+                break
+            deadline = time.monotonic() + float(line.split()[1])
+            def worker(seed):
+                rng, done = random.Random(seed), 0
+                while time.monotonic() < deadline:
+                    cache.read(key, rng.randrange(slots) * 65536, 65536)
+                    done += 1
+                return done
+            gets, cpu, start = cache.stats()["backend"]["gets"], os.times(), time.monotonic()
+            with ThreadPoolExecutor(threads) as pool:
+                total = sum(pool.map(worker, range(threads)))
+            took, used = time.monotonic() - start, os.times()
+            cpu = used.user + used.system - cpu.user - cpu.system
+            print(json.dumps({"reads_per_s": total / took, "cpu_us_per_read": cpu * 1e6 / max(1, total),
+                              "gets": cache.stats()["backend"]["gets"] - gets}), flush=True)
+finally:
+    shutil.rmtree(ssd, ignore_errors=True)
+"""
 
 
-def hwm(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def random_reads(read_at, size: int, threads: int, seconds: float) -> dict:
-    """``threads`` threads calling ``read_at(offset)`` for 64 KiB at random aligned offsets; reads/s."""
+def random_reads(path: str, size: int, threads: int, seconds: float) -> dict:
+    """``threads`` threads reading 64 KiB at random aligned offsets of ``path`` for ``seconds``, the page
+    cache dropped before each read; reads/s."""
+    fd = os.open(path, os.O_RDONLY)
+    slots = size // READ
     deadline = time.monotonic() + seconds
-    slots = size // (64 * KiB)
 
     def worker(seed: int) -> int:
         rng, done = random.Random(seed), 0
         while time.monotonic() < deadline:
-            read_at(rng.randrange(slots) * 64 * KiB)
+            offset = rng.randrange(slots) * READ
+            os.posix_fadvise(fd, offset, READ, os.POSIX_FADV_DONTNEED)
+            if len(os.pread(fd, READ, offset)) != READ:
+                raise RuntimeError(f"{path}: short read at {offset}")
             done += 1
         return done
 
-    start = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(worker, range(threads)))
-    return {"reads": total, "reads_per_s": total / (time.monotonic() - start)}
+    try:
+        start = time.monotonic()
+        with ThreadPoolExecutor(threads) as pool:
+            total = sum(pool.map(worker, range(threads)))
+        return {"reads": total, "reads_per_s": total / (time.monotonic() - start)}
+    finally:
+        os.close(fd)
 
 
-def file_reader(path: str):
-    fd = os.open(path, os.O_RDONLY)
+class Library:
+    """Library mode of one tree in its own process (see LIBRARY), one round at a time."""
 
-    def read_at(offset: int) -> None:
-        os.posix_fadvise(fd, offset, 64 * KiB, os.POSIX_FADV_DONTNEED)
-        if len(os.pread(fd, 64 * KiB, offset)) != 64 * KiB:
-            raise RuntimeError("short read")
+    def __init__(self, endpoint: str, tree: str | None, args):
+        env = {**os.environ, **CREDS, **({"PYTHONPATH": tree} if tree else {})}
+        self.proc = subprocess.Popen([sys.executable, "-c", LIBRARY, endpoint, LARGE_KEY, args.ram, str(args.threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     cwd=tree or ROOT)
 
-    return fd, read_at
+    def ready(self) -> None:
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"library mode did not start: {line!r}")
+
+    def run(self, seconds: float) -> dict:
+        self.proc.stdin.write(f"run {seconds}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+                self.proc.wait(60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("label")
-    parser.add_argument("--size", default="128M")
-    parser.add_argument("--ram", default="16M")
+    parser.add_argument("--before", metavar="REF")
+    parser.add_argument("--size", default="256M")
+    parser.add_argument("--ram", default="64M")
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-ceiling", action="store_true")
     args = parser.parse_args(argv)
     os.environ.update(CREDS)
     size = parse_size(args.size)
     work = tempfile.mkdtemp(prefix="tc-ssdrand-")
-    local, mnt = os.path.join(work, "local.bin"), os.path.join(work, "mnt")
-    os.makedirs(mnt)
-    with open(local, "wb") as fh:
-        for _ in range(size // MiB):
-            fh.write(os.urandom(MiB))
+    local = os.path.join(work, "local")
+    big_file(os.path.join(local, LARGE_KEY), size, random.Random(4))
     server = LocalS3Process(fast_ranges=True).start()
-    results: dict = {"label": args.label, "size": size, "ram": args.ram, "threads": args.threads}
+    results: dict = {"label": args.label, "size": size, "ram": args.ram, "threads": args.threads,
+                     "seconds": args.seconds, "before": args.before, "load_start": os.getloadavg()}
+    mounts: dict = {}
+    libraries: dict = {}
     try:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        client.upload_file(local, BUCKET, KEY)
-        common = ["--ram", args.ram, "--ssd-size", "2G", "--mode", "readonly", "--metadata-ttl", "inf",
-                  "--endpoint-url", server.endpoint]
-        cmd = [sys.executable, "-m", "tiercache.cli", "mount", f"s3://{BUCKET}", mnt,
-               "--ssd", os.path.join(work, "cache"), *common]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if proc.returncode != 0:
-            raise SystemExit(proc.stderr.strip())
-        try:
-            pid = mounts.find_mount(mnt).pid
-            with open(os.path.join(mnt, KEY), "rb") as fh:  # warm the SSD tier
+        upload(server.endpoint, local, [], [LARGE_KEY])
+        trees = {"tiercache": None, **({"tiercache-before": code_tree(args.before, work)} if args.before else {})}
+        for name, tree in trees.items():
+            libraries["library" + name[len("tiercache"):]] = Library(server.endpoint, tree, args)
+            mounts[name] = TiercacheMount(server.endpoint, work, args, ram=args.ram, tree=tree,
+                                          tag=name[len("tiercache"):])
+        if not args.skip_ceiling:
+            mounts["ceiling"] = CeilingMount(server.endpoint, work, args, local=local)
+        paths = {name: os.path.join(m.path, LARGE_KEY) for name, m in mounts.items()}
+        for name in trees:
+            with open(paths[name], "rb") as fh:
                 while fh.read(8 * MiB):
                     pass
-            time.sleep(2)  # let the SSD write queue drain
-            fd, read_at = file_reader(os.path.join(mnt, KEY))
-            try:
-                results["mount"] = random_reads(read_at, size, args.threads, args.seconds)
-            finally:
-                os.close(fd)
-            results["daemon_peak_rss"] = hwm(pid)
-            stats = subprocess.run([sys.executable, "-m", "tiercache.cli", "stats", mnt, "--json"],
-                                   capture_output=True, text=True).stdout
-            results["mount_stats_ssd"] = (json.loads(stats or "{}").get("cache") or {}).get("ssd")
-        finally:
-            subprocess.run([sys.executable, "-m", "tiercache.cli", "unmount", "--force", mnt],
-                           capture_output=True, text=True, timeout=60)
-        cache = tiercache.open(f"s3://{BUCKET}", ram=args.ram, ssd=os.path.join(work, "cache"), ssd_size="2G",
-                               endpoint_url=server.endpoint, metadata_ttl="inf")
-        try:
-            results["library"] = random_reads(lambda off: cache.read(KEY, off, 64 * KiB), size, args.threads,
-                                              args.seconds)
-            results["library_backend_gets"] = cache.stats()["backend"]["gets"]
-        finally:
-            cache.close()
-        fd, read_at = file_reader(local)
-        try:
-            results["local"] = random_reads(read_at, size, args.threads, args.seconds)
-        finally:
-            os.close(fd)
+            time.sleep(2)
+            subprocess.run([sys.executable, "-m", "tiercache.cli", "warm", "--tier", "ssd", paths[name]],
+                           capture_output=True, timeout=300, env=mounts[name].env, cwd=mounts[name].cwd)
+        for lib in libraries.values():
+            lib.ready()
+        paths["local"] = os.path.join(local, LARGE_KEY)
+        runs: dict = {name: [] for name in [*paths, *libraries]}
+        for _ in range(args.rounds):
+            for name, path in paths.items():
+                pid = mounts[name].pid if name in mounts else None
+                cpu = cpu_seconds(pid)
+                got = random_reads(path, size, args.threads, args.seconds)
+                if pid is not None:
+                    got["cpu_us_per_read"] = (cpu_seconds(pid) - cpu) * 1e6 / max(1, got["reads"])
+                runs[name].append(got)
+            for name, lib in libraries.items():
+                runs[name].append(lib.run(args.seconds))
+        results["runs"] = runs
+        for name in trees:
+            results[f"{name}_stats_ssd"] = mounts[name].stats().get("cache", {}).get("ssd")
     finally:
+        for lib in libraries.values():
+            lib.close()
+        for mount in mounts.values():
+            mount.close()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    base = results["local"]["reads_per_s"]
-    results["ratio_mount_to_local"] = results["mount"]["reads_per_s"] / base
-    results["ratio_library_to_local"] = results["library"]["reads_per_s"] / base
-    write_result("ssd_random", results, args.label)
-    print(f"{'64 KiB random reads, SSD-served':34}{'reads/s':>10}{'vs local':>10}")
-    for name in ("mount", "library", "local"):
-        rate = results[name]["reads_per_s"]
-        print(f"{name:34}{rate:10.0f}{rate / base:10.2f}")
-    print(f"{'daemon peak RSS (MiB)':34}{results['daemon_peak_rss'] / MiB:10.1f}")
+    results["load_end"] = os.getloadavg()
+    local_best = max(r["reads_per_s"] for r in runs["local"])
+    table = []
+    for name, rs in runs.items():
+        rates = [r["reads_per_s"] for r in rs]
+        cpus = [r["cpu_us_per_read"] for r in rs if "cpu_us_per_read" in r]
+        table.append({"target": name, "best_reads_per_s": round(max(rates)),
+                      "median_reads_per_s": round(statistics.median(rates)),
+                      "cpu_us_per_read": round(statistics.median(cpus), 1) if cpus else None,
+                      "vs_local": round(max(rates) / local_best, 3)})
+    results["table"] = table
+    out = write_result("ssd_random", results, args.label)
+    print(f"{'64 KiB random, SSD-served':<22}{'best/s':>9}{'median/s':>10}{'CPU us/read':>13}{'x local':>9}")
+    for row in table:
+        cpu = row["cpu_us_per_read"]
+        print(f"{row['target']:<22}{row['best_reads_per_s']:>9}{row['median_reads_per_s']:>10}"
+              f"{cpu if cpu is not None else '-':>13}{row['vs_local']:>9}")
+    print(f"load {results['load_start']} -> {results['load_end']}; -> {out}")
     return 0
 
 

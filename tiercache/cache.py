@@ -175,8 +175,7 @@ class TieredCache:
         if expired and self.warmer.resident(info, offset, size, "any"):
             info = self.namespace.refresh(info.key)
         data = self.fetcher.fresh(info, lambda i: self.reader.read(i, offset, size, view))
-        self.counters.add("reads")
-        self.counters.add("bytes_read", len(data))
+        self.counters.add_two("reads", 1, "bytes_read", len(data))
         if self.on_read is not None:  # e.g. a warm profile being recorded (profiles.py)
             self.on_read(info.key, offset)
         return data
@@ -194,8 +193,7 @@ class TieredCache:
             self.counters.add("stale_reads")
             self.namespace.forget(info.key)
             raise StaleVersion(f"{info.key}: changed in the store since it was opened") from None
-        self.counters.add("reads")
-        self.counters.add("bytes_read", data if into is not None else len(data))
+        self.counters.add_two("reads", 1, "bytes_read", data if into is not None else len(data))
         if self.on_read is not None:
             self.on_read(info.key, offset)
         return data

@@ -20,6 +20,13 @@ class Counters:
         with self._lock:
             self.values[name] = self.values.get(name, 0) + amount
 
+    def add_two(self, name: str, amount: int, other: str, other_amount: int) -> None:
+        """``add`` to two counters at once (one lock hold: the read path's per-read counts)."""
+        with self._lock:
+            values = self.values
+            values[name] = values.get(name, 0) + amount
+            values[other] = values.get(other, 0) + other_amount
+
     def get(self, name: str) -> int:
         """The counter's value (0 if never added to)."""
         return self.values.get(name, 0)

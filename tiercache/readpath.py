@@ -58,7 +58,7 @@ class BlockReader:
         several: a memoryview of one buffer filled with a single copy. ``into``: ``read_into`` that buffer
         (its first ``size`` bytes), the count returned."""
         if into is not None:
-            return self.read_into(info, offset, into[:size])
+            return self.read_into(info, offset, into if len(into) == size else into[:size])
         ids = self.blocks.ids(info, offset, size)
         if not ids:
             return b""
@@ -97,18 +97,21 @@ class BlockReader:
         how many (short at EOF). RAM hits are copied; a block RAM lacks and the SSD tier holds is read from
         its region file into ``out`` itself, checking only the pages read (``SsdTier.read_part_into``: not
         promoted while a stream or scattered reads use it); the rest is loaded as ``read`` loads it."""
-        ids = self.blocks.ids(info, offset, len(out))
-        if not ids:
-            return 0
+        bs = self.blocks.block_size
         end = min(info.size, offset + len(out))
+        if offset >= end:
+            return 0
+        first, last = offset // bs, (end - 1) // bs
+        ids = [BlockId(info.key, info.etag, first)] if first == last else self.blocks.ids(info, offset, end - offset)
         stream = self.on_read is not None and self.on_read(info, ids, offset, end)
         rest = []
         for block in ids:
-            first = self.blocks.start(block)
-            lo, hi = max(offset, first), min(end, first + self.blocks.block_size)
-            dest = out[lo - offset:hi - offset]
-            if not self._into(block, info, lo - first, dest, stream, self._passing(info, block, stream)):
-                rest.append((block, lo - first, dest))
+            start = block.index * bs
+            lo, hi = max(offset, start), min(end, start + bs)
+            dest = out[lo - offset:hi - offset] if len(ids) > 1 or lo != offset or hi - lo != len(out) else out
+            length = min(bs, info.size - start)
+            if not self._into(block, lo - start, dest, length, stream, stream and self._passing(info, block, stream)):
+                rest.append((block, lo - start, dest))
         if rest:
             loaded = self.parallel(lambda item: self._load(item[0], info, "ram", stream), rest)
             for (_block, start, dest), data in zip(rest, loaded, strict=True):
@@ -118,17 +121,17 @@ class BlockReader:
                 self.on_served(block)
         return end - offset
 
-    def _into(self, block: BlockId, info: ObjectInfo, start: int, dest: memoryview, stream: bool,
-              passing: bool) -> bool:
-        """``dest`` filled from RAM or straight from the SSD tier; False: load the block (nothing served)."""
-        data = self.tiers.ram.get(block, touch=not stream)
+    def _into(self, block: BlockId, start: int, dest: memoryview, length: int, stream: bool, passing: bool) -> bool:
+        """``dest`` filled from RAM or straight from the SSD tier (``length``: the block's); False: load the
+        block (nothing served)."""
+        data = self.tiers.ram.get(block, True, not stream)
         if data is not None:
             dest[:] = memoryview(data)[start:start + len(dest)]
             return True
         ssd = self.tiers.ssd
         if ssd is None or (self.staging is not None and self.staging.holds(block)):
             return False
-        return ssd.read_part_into(block, start, dest, self.blocks.length(info, block), passing, touch=not stream)
+        return ssd.read_part_into(block, start, dest, length, passing, not stream)
 
     def _passing(self, info: ObjectInfo, block: BlockId, stream: bool) -> bool:
         """A stream passing through: RAM has no room for its block without evicting, so reading on does not

@@ -98,6 +98,8 @@ class SsdTier(SsdReads):
         self._writing: set[BlockId] = set()
         self._touched: OrderedDict[BlockId, tuple[int, int]] = OrderedDict()  # (last part's end, run)
         self._checked: OrderedDict[bytes, bytes] = OrderedDict()  # index key → value whose record id passed
+        self._named: dict[BlockId, tuple] = {}  # block → its id, index key, head, crc seed (ssd_read._names)
+        self._locations: dict[bytes, Location] = {}  # index value → decoded (ssd_read._location)
         self._regions = self.files.regions
         self.hits = self.misses = self.bytes_served = self.rejected = self.write_errors = 0
         self._open()

@@ -115,6 +115,26 @@ def checksums(block: BlockId, data: bytes | memoryview, ident: bytes | None = No
     )
 
 
+def page_seed(ident: bytes) -> int:
+    """The crc seed of the pages of block ``ident`` (its ``encode()``), for ``pages_ok``."""
+    return _seed(ident)
+
+
+def pages_ok(seed: int, crcs: bytes, data: bytes | memoryview, first_page: int = 0) -> bool:
+    """``verify`` for a caller that has the block's ``page_seed`` and has checked the entry is its block's
+    (``Location.length`` not negative): whether ``data`` (whole pages from ``first_page``, the last may be
+    short) match the packed page checksums ``crcs``."""
+    view = memoryview(data)
+    n = page_count(len(view))
+    if 4 * (first_page + n) > len(crcs):
+        return False
+    if n == 1:
+        return crc32(view, crc32(_PAGE_NO.pack(first_page), seed)) == _PAGE_NO.unpack_from(crcs, 4 * first_page)[0]
+    want = struct.unpack_from(f"<{n}I", crcs, 4 * first_page)
+    return all(_page_crc(seed, first_page + i, view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]) == want[i]
+               for i in range(n))
+
+
 def verify(block: BlockId, loc: Location, data: bytes | memoryview, first_page: int = 0,
            ident: bytes | None = None) -> bool:
     """Whether ``data`` (whole pages from ``first_page``; the last may end at the block's end) are the

@@ -5,7 +5,11 @@ collision is a miss, never another block's bytes. The digest is 8 bytes of the o
 the whole block id's, so one prefix scan finds every block of a key (any etag). Changes sit in one
 in-memory write buffer that a background thread commits every few milliseconds, the tier's slot high-water
 mark (``misc/ssd_next_slot``) with the first transaction of each flush. Buffered changes are read before
-LMDB, so a change is visible the moment it is made. Every ``RELEASE_EVERY`` committed changes (a bulk load:
+LMDB, so a change is visible the moment it is made. Committed values a read fetched from LMDB are kept in a
+small read cache (``RECENT_MAX`` entries, oldest dropped first) so a hot block's read costs no LMDB
+transaction: every change goes through ``set``/``clear``, which drop the key's cached value first, and a value
+read from LMDB is cached only if no flush let a change of that key reach LMDB meanwhile (a value is never
+older than the index). Every ``RELEASE_EVERY`` committed changes (a bulk load:
 a warm), the environment's mapped pages are let go (``Meta.release_pages``: they stay in the page cache,
 not in the process's RSS) and the C heap's free pages given back (``trim_heap``: the arrays' growth).
 Slot → digest is not stored: it is rebuilt in memory by the background validation (``ssd_slots.py``).
@@ -36,6 +40,7 @@ NEXT_SLOT = b"ssd_next_slot"
 KEY_PART, BLOCK_PART = 8, 4
 KEY_LEN = KEY_PART + BLOCK_PART
 TXN_CHANGES = 512  # changes per write transaction: LMDB keeps the most pages one dirtied, for good
+RECENT_MAX = 4096  # committed values kept in the read cache (about 300 bytes each for a 4 MiB block)
 RELEASE_EVERY = 1 << 16  # changes (about 4 MiB of index pages) between letting go of the mapped pages
 _IDENT = struct.Struct("<q")
 _UNSET = object()
@@ -76,6 +81,8 @@ class SsdIndex:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: dict[bytes, bytes | None] = {}  # changes not yet committed (None: deleted)
+        self._recent: dict[bytes, bytes] = {}  # committed values read lately (the read cache), oldest first
+        self._flushes = 0  # flushes that took committed changes out of _pending (a cached read then retries)
         self._committed = self._released = 0  # changes committed; and when mapped pages were last let go
         self._stop = False
         self._wake = threading.Event()
@@ -93,14 +100,32 @@ class SsdIndex:
             raise ValueError(f"an SSD index key is a {KEY_LEN}-byte block_key(block), not {len(key)} bytes")
         with self._lock:
             value = self._pending.get(key, _UNSET)
-        return self.meta.get(DB, key) if value is _UNSET else value
+            if value is _UNSET:
+                value = self._recent.get(key, _UNSET)
+            flushes = self._flushes
+        if value is not _UNSET:
+            return value
+        value = self.meta.get(DB, key)
+        if value is not None:
+            with self._lock:  # not if a change of key is buffered, or was committed after the look above
+                if flushes == self._flushes and key not in self._pending:
+                    recent = self._recent
+                    if len(recent) >= RECENT_MAX:
+                        del recent[next(iter(recent))]
+                    recent[key] = value
+        return value
 
     def set(self, key: bytes, value: bytes | None) -> None:
-        """Buffer a change (None deletes)."""
+        """Buffer a change (None deletes); the key's cached value goes."""
         with self._lock:
             self._pending[key] = value
+            self._recent.pop(key, None)
         if not self._wake.is_set():
             self._wake.set()
+
+    def cached(self) -> int:
+        """Committed values held in the read cache."""
+        return len(self._recent)
 
     def count(self) -> int:
         """Committed entries (exact when nothing is buffered, as at open)."""
@@ -126,9 +151,14 @@ class SsdIndex:
         """Forget every entry (at open, for an index of another format; older formats' sub-databases go)."""
         with self._lock:
             self._pending.clear()
+            self._recent.clear()
+            self._flushes += 1
         with self.meta.write() as txn:
             txn.drop(self.meta.db(DB), delete=False)
             txn.put(NEXT_SLOT, b"0", self.meta.db("misc"))
+        with self._lock:  # nothing read while the drop ran stays cached
+            self._recent.clear()
+            self._flushes += 1
         for name in LEGACY:
             self.meta.delete_legacy(name)
 
@@ -166,6 +196,7 @@ class SsdIndex:
                     if start == 0:  # first: the mark on disk is never below a committed entry's slot
                         txn.put(NEXT_SLOT, str(next_slot).encode(), self.meta.db("misc"))
             with self._lock:
+                self._flushes += 1
                 for key, value in items:
                     if key in self._pending and self._pending[key] is value:
                         del self._pending[key]

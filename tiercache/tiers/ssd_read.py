@@ -16,7 +16,7 @@ import os
 from contextlib import AbstractContextManager, nullcontext
 
 from .base import BlockId
-from .ssd_format import PAGE_SIZE, Location, header, page_count, page_span, verify
+from .ssd_format import PAGE_SIZE, Location, header, page_count, page_seed, page_span, pages_ok
 from .ssd_index import block_key
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class SsdReads:
 
     TOUCHED_MAX = 8192  # blocks whose last part read is remembered (read_part)
     CHECKED_MAX = 4096  # index values whose record's id was checked (a stream's later parts skip the check)
+    NAMES_MAX = 2048  # blocks whose id, index key, head and crc seed are remembered; index values decoded
 
     def get(self, block: BlockId, count: bool = True) -> bytes | None:
         """The block's bytes, or None on a miss or a failed check (the entry is then dropped)."""
@@ -56,7 +57,7 @@ class SsdReads:
         through (each block read once, with no room in RAM for it) never earns whole blocks."""
         if page_count(block_len) <= 2:
             return None
-        if block not in self.queue and self.index.get(block_key(block)) is None:
+        if block not in self.queue and self.index.get(self._names(block)[1]) is None:
             return None
         if not stream and self._earns_whole(block, start, end):
             return None
@@ -66,7 +67,7 @@ class SsdReads:
                        touch: bool = True) -> bool:
         """``read_part`` into ``out`` (bytes [start, start + len(out)) of the block) with ``read_into``; False
         where ``read_part`` gives None (``out`` then holds garbage)."""
-        if page_count(block_len) <= 2 or (not stream and self._earns_whole(block, start, start + len(out))):
+        if block_len <= 2 * PAGE_SIZE or (not stream and self._earns_whole(block, start, start + len(out))):
             return False
         return self.read_into(block, start, out, touch)
 
@@ -79,7 +80,7 @@ class SsdReads:
             if run >= 2:
                 return True
             self._touched[block] = (end, run)
-            while len(self._touched) > self.TOUCHED_MAX:
+            if len(self._touched) > self.TOUCHED_MAX:
                 self._touched.popitem(last=False)
         return False
 
@@ -91,8 +92,7 @@ class SsdReads:
         miss, a failed check (the entry is dropped) or a range past the block's end; ``out`` may then hold
         anything: never serve it."""
         end = start + len(out)
-        ident = block.encode()
-        key, head = block_key(block, ident), header(ident)
+        ident, key, head, seed = self._names(block)
         for _attempt in (0, 1):
             if block in self.queue:
                 with self._lock:
@@ -107,36 +107,36 @@ class SsdReads:
             raw = self.index.get(key)
             if raw is None:
                 return False
-            loc = Location.unpack(raw)
-            length = loc.length(ident)
-            if length < 0:
+            loc = self._location(raw)
+            length = loc.size - len(head)
+            if length < 0 or len(loc.crcs) != 4 * page_count(length):
                 self._foreign(block, key, raw, loc)
                 return False
             if start >= end or end > length:
                 return False
-            first, last = page_span(start, end)
-            lo, hi = first * PAGE_SIZE, min(length, last * PAGE_SIZE)
-            region = self._reading(key, raw, loc)
+            first = start // PAGE_SIZE
+            lo, hi = first * PAGE_SIZE, min(length, max(first + 1, -(-end // PAGE_SIZE)) * PAGE_SIZE)
+            region, checked = self._reading(key, raw, loc, lo != 0)
             if region is None:
                 return False
             if region is _AGAIN:
                 continue
             direct = lo == start and hi == end
             buf = out if direct else memoryview(bytearray(hi - lo))
-            ok, foreign = False, False
+            ok = foreign = False
             try:
                 if lo == 0:  # the record's id and the first pages in one read
                     found = bytearray(len(head))
                     got = os.preadv(region.fd, [found, buf], loc.offset) - len(head)
                     foreign = found != head
                 else:
-                    foreign = not self._id_checked(region, key, raw, loc, head)
+                    foreign = not checked and os.pread(region.fd, len(head), loc.offset) != head
                     got = -1 if foreign else os.preadv(region.fd, [buf], loc.offset + len(head) + lo)
-                ok = not foreign and got == hi - lo and verify(block, loc, buf, first, ident)
+                ok = not foreign and got == hi - lo and pages_ok(seed, loc.crcs, buf, first)
             except OSError as exc:
                 log.warning("ssd tier: read of %s failed: %s", region.path, exc)
             finally:
-                with self._lock:  # one hold: let go of the region, count the hit
+                with self._lock:  # one hold: let go of the region, count the hit, remember the id checked
                     region.readers -= 1
                     if region.dead and region.readers == 0:
                         os.close(region.fd)
@@ -145,13 +145,13 @@ class SsdReads:
                             self.policy.on_access(loc.slot)
                         self.hits += 1
                         self.bytes_served += end - start
+                        self._remember_checked(key, raw)
             if foreign:
                 self._foreign(block, key, raw, loc)
                 return False
             if not ok:
                 self._corrupt(block, raw)
                 return False
-            self._checked_ok(key, raw)
             if not direct:
                 out[:] = buf[start - lo:end - lo]
             return True
@@ -160,12 +160,12 @@ class SsdReads:
     def advise(self, block: BlockId) -> bool:
         """Whether the block lies in a region file (not just queued); if so the kernel is asked to read it into
         its page cache now (POSIX_FADV_WILLNEED), so that a stream's reads of it do not wait for the device."""
-        key = block_key(block)
+        key = self._names(block)[1]
         raw = self.index.get(key)
         if raw is None:
             return False
-        loc = Location.unpack(raw)
-        region = self._reading(key, raw, loc)
+        loc = self._location(raw)
+        region = self._reading(key, raw, loc)[0]
         if region is None or region is _AGAIN:
             return False
         try:
@@ -176,36 +176,52 @@ class SsdReads:
             self._done_reading(region)
         return True
 
-    def _id_checked(self, region, key: bytes, raw: bytes, loc: Location, head: bytes) -> bool:
-        """Whether the record at ``loc`` (its region held) is the block's, from the remembered checks or by
-        reading its id."""
-        with self._lock:
-            if self._checked.get(key) == raw:
-                return True
-        return os.pread(region.fd, len(head), loc.offset) == head
+    def _names(self, block: BlockId) -> tuple[bytes, bytes, bytes, int]:
+        """The block's encoded id, index key, record head and page crc seed (remembered for ``NAMES_MAX``
+        blocks: a pure function of the id, so nothing to invalidate)."""
+        names = self._named.get(block)
+        if names is None:
+            ident = block.encode()
+            names = (ident, block_key(block, ident), header(ident), page_seed(ident))
+            if len(self._named) >= self.NAMES_MAX:
+                self._named.clear()
+            self._named[block] = names
+        return names
 
-    def _checked_ok(self, key: bytes, raw: bytes) -> None:
-        """Remember that the record index value ``raw`` points at is its block's (a hit read it whole)."""
-        with self._lock:
-            self._checked[key] = raw
-            self._checked.move_to_end(key)
-            while len(self._checked) > self.CHECKED_MAX:
-                self._checked.popitem(last=False)
+    def _location(self, raw: bytes) -> Location:
+        """``Location.unpack(raw)``, remembered for ``NAMES_MAX`` index values (a pure function of the value:
+        which value a key has is always asked of the index)."""
+        loc = self._locations.get(raw)
+        if loc is None:
+            loc = Location.unpack(raw)
+            if len(self._locations) >= self.NAMES_MAX:
+                self._locations.clear()
+            self._locations[raw] = loc
+        return loc
 
-    def _reading(self, key: bytes, raw: bytes, loc: Location):
-        """The entry's region, held open for a read (``_done_reading`` lets go); None when the entry is not
-        valid (dropped), ``_AGAIN`` when its region was freed meanwhile (look the block up again)."""
+    def _remember_checked(self, key: bytes, raw: bytes) -> None:
+        """Remember that the record index value ``raw`` points at is its block's (caller holds the lock)."""
+        checked = self._checked
+        checked[key] = raw
+        checked.move_to_end(key)
+        if len(checked) > self.CHECKED_MAX:
+            checked.popitem(last=False)
+
+    def _reading(self, key: bytes, raw: bytes, loc: Location, checks: bool = False):
+        """(the entry's region held open for a read (``_done_reading`` lets go), whether the record's id was
+        checked before (``checks``)); region None when the entry is not valid (dropped), ``_AGAIN`` when its
+        region was freed meanwhile (look the block up again)."""
         with self._lock:
             region = self._regions.get(loc.region)
             if region is not None and region.dead:
-                return _AGAIN
+                return _AGAIN, False
             if not self.entries.valid(loc):
                 if self.index.get(key) == raw:
                     self.entries.drop(key, raw)
                     self.entries.dropped += 1
-                return None
+                return None, False
             region.readers += 1
-            return region
+            return region, checks and self._checked.get(key) == raw
 
     def _done_reading(self, region) -> None:
         with self._lock:
@@ -214,8 +230,7 @@ class SsdReads:
                 os.close(region.fd)
 
     def _read(self, block: BlockId, count: bool, out: memoryview | None, start: int, end: int | None):
-        ident = block.encode()
-        key, head = block_key(block, ident), header(ident)
+        ident, key, head, seed = self._names(block)
         hs = len(head)
         for _attempt in (0, 1):
             with self._lock:
@@ -225,7 +240,7 @@ class SsdReads:
             raw = self.index.get(key)
             if raw is None:
                 break
-            loc = Location.unpack(raw)
+            loc = self._location(raw)
             length = loc.length(ident)
             if length < 0:  # the entry cannot be this block's: another block's (a collision) or damaged
                 self._foreign(block, key, raw, loc)
@@ -237,16 +252,12 @@ class SsdReads:
             first, last = (0, None) if end is None else page_span(start, min(end, length))
             lo = first * PAGE_SIZE
             n = length - lo if last is None else min(length, last * PAGE_SIZE) - lo
-            with self._lock:
-                region = self._regions.get(loc.region)
-                if region is not None and region.dead:
-                    continue  # freed by a concurrent relocation: look the block up again
-                if not self.entries.valid(loc):
-                    if self.index.get(key) == raw:
-                        self.entries.drop(key, raw)
-                        self.entries.dropped += 1
-                    break
-                region.readers += 1
+            region, checked = self._reading(key, raw, loc, out is None and not (lo == 0 and n <= ONE_READ))
+            if region is None:
+                break
+            if region is _AGAIN:
+                continue  # freed by a concurrent relocation: look the block up again
+            found, data, got = b"", b"", -1
             try:
                 if out is not None:
                     found = bytearray(hs)
@@ -257,7 +268,7 @@ class SsdReads:
                     found, data = record[:hs], record[hs:]
                     got = len(data)
                 else:
-                    found = head if self._id_checked(region, key, raw, loc, head) else b""
+                    found = head if checked or os.pread(region.fd, hs, loc.offset) == head else b""
                     with self._holding(n):
                         data = os.pread(region.fd, n, loc.offset + hs + lo)
                     got = len(data)
@@ -265,23 +276,24 @@ class SsdReads:
                 log.warning("ssd tier: read of %s failed: %s", region.path, exc)
                 found, data, got = b"", b"", -1
             finally:
-                with self._lock:
+                ok = found == head and got == n and pages_ok(seed, loc.crcs, data, first)
+                with self._lock:  # one hold: let go of the region, count the hit, remember the id checked
                     region.readers -= 1
                     if region.dead and region.readers == 0:
                         os.close(region.fd)
+                    if ok:
+                        self._remember_checked(key, raw)
+                        self.policy.on_access(loc.slot)
+                        if count:
+                            self.hits += 1
+                            self.bytes_served += n
+            if ok:
+                return data
             if found != head and got >= 0:
                 self._foreign(block, key, raw, loc)
-                break
-            if got != n or not verify(block, loc, data, first, ident):
+            else:
                 self._corrupt(block, raw)
-                break
-            self._checked_ok(key, raw)
-            with self._lock:
-                self.policy.on_access(loc.slot)
-                if count:
-                    self.hits += 1
-                    self.bytes_served += n
-            return data
+            break
         if count:
             with self._lock:
                 self.misses += 1
@@ -328,7 +340,7 @@ class SsdReads:
 
     def _corrupt(self, block: BlockId, raw: bytes) -> None:
         log.warning("ssd tier: checksum mismatch for %s block %d; dropping it", block.key, block.index)
-        key = block_key(block)
+        key = self._names(block)[1]
         with self._lock:
             self.entries.crc_errors += 1
             if self.index.get(key) == raw:
