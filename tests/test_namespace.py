@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
 from tiercache.errors import IsADirectory, NotADirectory, NotFound
 from tiercache.namespace import Namespace, key_problem, normalize
+from tiercache.namespace_listings import Listings
 from tiercache.store.base import ObjectInfo
 from tiercache.tiers.meta import Meta
 
@@ -84,6 +86,33 @@ def test_tree_listdir_and_stat(meta):
     ]
     assert [i.key for i in ns.files("README")] == ["README"]
     assert len(list(ns.files(""))) == 5
+
+
+def test_a_first_listing_that_ends_while_a_reader_looks_is_not_listed_again(meta, monkeypatch):
+    """The race behind a flaky test: a reader saw the tree unlisted, then the first listing ended before the
+    reader asked for it, and the reader listed the whole tree a second time."""
+
+    class GatedDictStore(DictStore):
+        go = threading.Event()
+
+        def list(self, prefix: str = ""):
+            self.go.wait(10)
+            return super().list(prefix)
+
+    store = GatedDictStore(TREE)
+    first = Listings.first
+
+    def first_after_the_listing_ended(self):
+        job = self.jobs.get("")
+        store.go.set()
+        if job is not None:
+            job.finished.wait(10)
+        return first(self)
+
+    monkeypatch.setattr(Listings, "first", first_after_the_listing_ended)
+    ns = Namespace(store, meta, ttl=60)
+    assert ns.listdir("") == ["README", "empty_dir", "train", "val"]
+    assert store.lists == 1 and ns.stats()["lists"] == 1  # before: 2 (the tree listed again)
 
 
 def test_unrepresentable_keys_are_skipped_with_a_warning(meta, caplog):

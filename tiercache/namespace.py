@@ -114,8 +114,8 @@ class Namespace:
         cold = self.listings.first()
         if cold is not None:
             self.listings.wait(cold, path)
-        else:
-            self._refresh_dir(self._nearest_dir(path))
+        elif not self._dir_fresh(path):  # (the first listing may have ended since the caller looked: then
+            self._refresh_dir(self._nearest_dir(path))  # listing the tree again would be a second LIST)
 
     def _refresh_dir(self, path: str) -> None:
         """List ``path`` again: in the foreground, or in the background for big subtrees (serving stale)."""
