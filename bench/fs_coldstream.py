@@ -36,20 +36,44 @@ from tiercache.devserver import LocalS3Process  # noqa: E402
 
 BUCKET, KEY, MiB = "coldstream", "large.bin", 1 << 20
 CHILD = r"""
-import json, os, shutil, sys, tempfile, time
+import json, os, re, resource, shutil, sys, tempfile, threading, time
 import tiercache
+
+
+def thread_cpu():
+    # CPU ns per thread group (the name without its pool number), from /proc/self/task/TID/schedstat
+    out = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except (OSError, TypeError):
+            continue
+        name = "reader" if thread is threading.main_thread() else re.sub(r"[_-]?\d+$", "", thread.name)
+        out[name] = out.get(name, 0) + ns
+    return out
+
 endpoint, bucket, key, ram, threads = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 ssd = tempfile.mkdtemp(prefix="tc-coldstream-")
 cache = tiercache.open(f"s3://{bucket}", ram=ram, ssd=ssd, ssd_size="2G", endpoint_url=endpoint,
                        metadata_ttl="inf", threads=max(16, threads))
 try:
     size = cache.stat(key).size
+    into = os.environ.get("COLDSTREAM_INTO") == "1" and "into" in cache.read.__code__.co_varnames
+    buf = memoryview(bytearray(1 << 20))
+    threads_before = thread_cpu()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start, cpu = time.perf_counter(), os.times()
     total = 0
     for offset in range(0, size, 1 << 20):
-        total += len(cache.read(key, offset, 1 << 20))
+        total += cache.read(key, offset, 1 << 20, into=buf) if into else len(cache.read(key, offset, 1 << 20))
     seconds = time.perf_counter() - start
-    cpu = (os.times().user + os.times().system - cpu.user - cpu.system) / (total / (1 << 20)) * 1000
+    mib = total / (1 << 20)
+    cpu = (os.times().user + os.times().system - cpu.user - cpu.system) / mib * 1000
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / mib
+    if getattr(cache, "ssd", None) is not None:  # the SSD copy's writes count too
+        cache.ssd.drain()
+    per_thread = {k: round((v - threads_before.get(k, 0)) / 1e6 / mib, 3) for k, v in thread_cpu().items()}
     stats = cache.stats()
 finally:
     cache.close()
@@ -58,6 +82,7 @@ keep = {"backend": stats["backend"], "ssd_admission_dropped": stats["ssd_admissi
         "single_flight_waits": stats["single_flight_waits"], "memory": stats["memory"],
         **{k: v for k, v in stats["prefetcher"].items() if k.startswith("readahead")}}
 print(json.dumps({"seconds": seconds, "bytes": total, "mb_per_s": total / seconds / 1e6, "cpu_ms_per_mib": cpu,
+                  "thread_cpu_ms_per_mib": per_thread, "faults_per_mib": round(faults, 1), "read_into": into,
                   "stats": keep,
                   "module": tiercache.__file__}))
 """
@@ -138,10 +163,18 @@ def main(argv: list[str] | None = None) -> int:
                                               / _median([r["mb_per_s"] for r in runs["boto3" + tag]]), 3),
                      "cpu_ms_per_mib": round(cpu[len(cpu) // 2], 2),
                      "all": [round(r["mb_per_s"], 1) for r in runs[name]]})
+        groups = sorted({g for r in runs[name] for g in r.get("thread_cpu_ms_per_mib", {})})
+        if groups:  # the reader process's CPU per MiB by thread (median of the rounds), faults per MiB
+            rows[-1]["thread_cpu_ms_per_mib"] = {g: _median([r["thread_cpu_ms_per_mib"].get(g, 0.0)
+                                                               for r in runs[name]]) for g in groups}
+            rows[-1]["faults_per_mib"] = _median([r["faults_per_mib"] for r in runs[name]])
     print(f"{'target':28} {'MB/s':>8} {'x boto3':>8} {'median x':>9} {'CPU ms/MiB':>11}  rounds")
     for row in rows:
         print(f"{row['target']:28} {row['mb_per_s']:8.1f} {row['of_boto3']:8.3f} {row['median_of_boto3']:9.3f}"
               f" {row['cpu_ms_per_mib']:11.2f}  {row['all']}")
+        if "thread_cpu_ms_per_mib" in row:
+            print(f"{'':28} faults/MiB {row['faults_per_mib']:.0f}; ms/MiB by thread: "
+                  + ", ".join(f"{g} {v:.2f}" for g, v in row["thread_cpu_ms_per_mib"].items() if v >= 0.01))
     write_result(f"coldstream_{args.label}", {"label": args.label, "before": args.before, "size": size,
                                               "ram": args.ram, "threads": args.threads, "rows": rows,
                                               "runs": runs, "load": load_average()})

@@ -90,14 +90,17 @@ class RegionFiles:
         """Remove ids from the LMDB list."""
         self.meta.delete_many("regions", [_RID.pack(r) for r in rids])
 
-    def reserve(self, length: int, stream: str) -> tuple[Region, int]:
-        """Room for ``length`` bytes at the end of the stream's active region (a new one when full)."""
+    def reserve(self, length: int, stream: str, align: int = 1) -> tuple[Region, int]:
+        """Room for ``length`` bytes at the end of the stream's active region (a new one when full), at an
+        offset that is a multiple of ``align`` (the gap before it is garbage)."""
         region = self.active.get(stream)
-        if region is None or (region.end > 0 and region.end + length > self.region_size):
+        pad = -region.end % align if region is not None else 0
+        if region is None or (region.end > 0 and region.end + pad + length > self.region_size):
             region = self.active[stream] = self._create()
-        off = region.end
-        region.end += length
-        self.physical += length
+            pad = 0
+        off = region.end + pad
+        region.end = off + length
+        self.physical += pad + length
         return region, off
 
     def unreserve(self, region: Region, off: int, length: int) -> None:

@@ -2,7 +2,9 @@
 restarts.
 
 Layout under ``directory``: region files (``regions.py``), append-only, about ``region_size`` each, so
-millions of small blocks need few inodes; each block is a record there, its encoded id then its bytes. The
+millions of small blocks need few inodes; each block is a record there, its encoded id then its bytes (a
+large record the write queue writes starts at a 4 KiB-aligned offset and is written past the page cache,
+with O_DIRECT where the filesystem has it: ``ssd_dio.py``). The
 index (``ssd_index.py``, LMDB, the index of record) maps a 12-byte digest of the block's id → a
 ``Location``: region, offset, record size, slot and one crc32 per 64 KiB page (``ssd_format.py``): about
 34 bytes per small block. In memory a block is only its slot: a dense integer with its region, size and
@@ -47,6 +49,7 @@ from .policy import Policy, Protected
 from .regions import RegionFiles
 from .slot_plans import SlotPlanPolicy, make_slot_policy
 from .ssd_blocks import SsdBlocks
+from .ssd_dio import ALIGN, DirectIOWriter
 from .ssd_format import FORMAT, Location, checksums, header, header_size
 from .ssd_index import SsdIndex, block_key
 from .ssd_queue import WriteQueue
@@ -77,6 +80,7 @@ class SsdTier(SsdReads):
         queue_limit: int | None = None,
         budget: MemoryBudget | None = None,
         order_every: float = ssd_order.SAVE_EVERY,
+        o_direct: bool = True,
     ):
         self._quota = int(capacity)
         self._order_every = order_every
@@ -96,6 +100,7 @@ class SsdTier(SsdReads):
             self._lock, limit, lambda block, data, scan=False: self.put(block, data, queued=True, scan=scan), budget
         )
         self._writing: set[BlockId] = set()
+        self.dio = DirectIOWriter(o_direct)
         self._touched: OrderedDict[BlockId, tuple[int, int]] = OrderedDict()  # (last part's end, run)
         self._checked: OrderedDict[bytes, bytes] = OrderedDict()  # index key → value whose record id passed
         self._named: dict[BlockId, tuple] = {}  # block → its id, index key, head, crc seed (ssd_read._names)
@@ -185,13 +190,19 @@ class SsdTier(SsdReads):
             if not (self._fits_unevicted(length) if not validated else self._make_room(length)):
                 self.rejected += 1
                 return False
-            region, off = self.files.reserve(length, "new")
+            # the queue's writer writes large records with O_DIRECT: aligned, padded (ssd_dio.py)
+            direct = queued and self.dio.wants(length)
+            reserved = self.dio.padded(length) if direct else length
+            region, off = self.files.reserve(reserved, "new", ALIGN if direct else 1)
             region.inflight += 1
             self._writing.add(block)
             slot = self.slots.allocate()
-        ok = False
+        ok = None
         try:
-            ok = os.pwritev(region.fd, [head, data], off) == length
+            if direct:  # past the page cache (ssd_dio.py); None: no O_DIRECT here, written buffered
+                ok = self.dio.write(region.path, (head, data), off)
+            if ok is None:
+                ok = os.pwritev(region.fd, [head, data], off) == length
         except OSError as exc:
             log.warning("ssd tier: write to %s failed: %s", region.path, exc)
         finally:
@@ -203,8 +214,8 @@ class SsdTier(SsdReads):
                 else:
                     self.write_errors += 1
                     self.slots.release(slot)
-                    self.files.unreserve(region, off, length)
-        return ok
+                    self.files.unreserve(region, off, reserved)
+        return bool(ok)
 
     def put_many(self, items: list[tuple[BlockId, bytes]]) -> int:
         """``put`` of many blocks (a bulk load: a warm's result, written faster): one lock hold to reserve,
@@ -325,6 +336,7 @@ class SsdTier(SsdReads):
                 "bytes_served": self.bytes_served, "evictions": blocks.evictions,
                 "evicted_bytes": blocks.evicted_bytes, "relocated_bytes": blocks.relocated_bytes,
                 "crc_errors": blocks.crc_errors, "rejected": self.rejected, "write_errors": self.write_errors,
+                "o_direct_writes": self.dio.writes,
                 "dropped_at_open": blocks.dropped, "index_reset": self.meta.reset_reason,
                 "validated": validated, "policy": self.policy.name,
                 "state_bytes": self.slots.nbytes + getattr(self.policy, "nbytes", 0),
