@@ -1,6 +1,7 @@
 """Cold sequential reads in library mode next to raw boto3, side by side, at 0 ms and with added latency.
 
     python bench/fs_coldstream.py LABEL [--before REF] [--size 128M] [--ram 1G,64M] [--threads 8] [--rounds 2]
+                                        [--into]
 
 One local S3 server (its own process, fast ranges); one large object. Each round reads it cold with raw
 boto3 (THREADS threads of 8 MiB ranged GETs, as bench/fs.py's boto3 target), then with
@@ -8,8 +9,9 @@ boto3 (THREADS threads of 8 MiB ranged GETs, as bench/fs.py's boto3 target), the
 for this tree and for ``--before`` (each in a process of its own, PYTHONPATH picking the tree), for each
 ``--ram`` (read-ahead may have a quarter of it in flight), in turn. Prints a table (best of the rounds, and
 the reader process's CPU per MiB: on a machine short of cores, what a target spends per MiB is what its
-rate comes down to) and writes bench/results/coldstream_LABEL.json (every round, each cache's read-ahead
-and backend counters).
+rate comes down to; and by thread, after the SSD copy is written, with minor page faults per MiB) and writes
+bench/results/coldstream_LABEL.json (every round, each cache's read-ahead and backend counters). ``--into``:
+the reads go into one reused buffer (``read(..., into=buf)``) in the trees that have it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ cache = tiercache.open(f"s3://{bucket}", ram=ram, ssd=ssd, ssd_size="2G", endpoi
                        metadata_ttl="inf", threads=max(16, threads))
 try:
     size = cache.stat(key).size
-    into = os.environ.get("COLDSTREAM_INTO") == "1" and "into" in cache.read.__code__.co_varnames
+    into = sys.argv[6] == "1" and "into" in cache.read.__code__.co_varnames  # --into (a tree that has it)
     buf = memoryview(bytearray(1 << 20))
     threads_before = thread_cpu()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -107,10 +109,10 @@ def boto3_cold(endpoint: str, size: int, threads: int) -> dict:
     return {"seconds": seconds, "bytes": total, "mb_per_s": total / seconds / 1e6, "cpu_ms_per_mib": cpu}
 
 
-def library_cold(endpoint: str, tree: str | None, ram: str, threads: int) -> dict:
+def library_cold(endpoint: str, tree: str | None, ram: str, threads: int, into: bool = False) -> dict:
     """The object read cold through ``TieredCache.read`` by the tree at ``tree`` (None: this one)."""
     env = {**os.environ, **({"PYTHONPATH": tree} if tree else {"PYTHONPATH": ROOT})}
-    proc = subprocess.run([sys.executable, "-c", CHILD, endpoint, BUCKET, KEY, ram, str(threads)],
+    proc = subprocess.run([sys.executable, "-c", CHILD, endpoint, BUCKET, KEY, ram, str(threads), str(int(into))],
                           capture_output=True, text=True, env=env, cwd=tree or ROOT, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["?"])[-1])
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--latency", type=float, nargs="*", default=[0.0, 0.02])
+    parser.add_argument("--into", action="store_true",
+                        help="read with read(..., into=buf) into one reused buffer (trees that have it)")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     work = tempfile.mkdtemp(prefix="tc-coldstream-work-")
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 for ram in args.ram.split(","):
                     for name, tree in trees.items():
                         runs.setdefault(f"{name}-{ram}{tag}", []).append(
-                            library_cold(server.endpoint, tree, ram, args.threads))
+                            library_cold(server.endpoint, tree, ram, args.threads, args.into))
     best = {name: max(rs, key=lambda r: r["mb_per_s"]) for name, rs in runs.items()}
     rows = []
     for name in sorted(best):

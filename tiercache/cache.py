@@ -44,7 +44,7 @@ from .pins import Pins
 from .plans import PlanBook
 from .prefetch import HintedPrefetch, Prefetcher
 from .readahead import StreamReadAhead
-from .readpath import BlockReader
+from .readpath import BlockReader, writable
 from .stagerun import stage_run
 from .store import ObjectInfo, ObjectStore, open_store
 from .tiers.base import BlockId
@@ -162,20 +162,23 @@ class TieredCache:
 
     # ------------------------------------------------------------------ reads
 
-    def read(self, path: str, offset: int = 0, size: int | None = None, view: bool = False) -> bytes | memoryview:
+    def read(self, path: str, offset: int = 0, size: int | None = None, view: bool = False,
+             into: memoryview | bytearray | None = None) -> bytes | memoryview | int:
         """Bytes [offset, offset+size) of the file at ``path`` (to EOF when size is None; short at EOF).
 
         Within one block the cached bytes object itself comes back (no copy), or a part of it as bytes
         (``view``: as a read-only memoryview, no copy); a range over several blocks comes back as a
-        memoryview of one buffer filled with a single copy.
+        memoryview of one buffer filled with a single copy. ``into`` (a writable contiguous buffer): the
+        bytes go there, at most its length (and ``size``), and their count comes back; nothing allocated.
         """
         if offset < 0 or (size is not None and size < 0):
             raise ConfigError(f"read {path!r}: offset and size must not be negative")
+        into, size = writable(into, size, path) if into is not None else (None, size)
         info, expired = self.namespace.lookup(path)
         if expired and self.warmer.resident(info, offset, size, "any"):
             info = self.namespace.refresh(info.key)
-        data = self.fetcher.fresh(info, lambda i: self.reader.read(i, offset, size, view))
-        self.counters.add_two("reads", 1, "bytes_read", len(data))
+        data = self.fetcher.fresh(info, lambda i: self.reader.read(i, offset, size, view, into))
+        self.counters.add_two("reads", 1, "bytes_read", data if into is not None else len(data))
         if self.on_read is not None:  # e.g. a warm profile being recorded (profiles.py)
             self.on_read(info.key, offset)
         return data

@@ -19,16 +19,26 @@ from typing import Protocol
 import numpy
 
 from .blocks import BlockMap
+from .errors import ConfigError
 from .fetcher import Fetcher
 from .flight import SingleFlight
 from .store import ObjectInfo
 from .tiers.base import BlockId
 from .tierstack import TierStack
 
-__all__ = ["BlockReader"]
+__all__ = ["BlockReader", "writable"]
 
 # (info, block ids, offset, end) before each read; True: the read is part of a sequential stream
 OnRead = Callable[[ObjectInfo, list[BlockId], int, int], bool]
+
+
+def writable(into: memoryview | bytearray, size: int | None, what: str) -> tuple[memoryview, int]:
+    """A caller's buffer to read into as a flat writable byte view, and the bytes to read: at most its
+    length (and ``size``); ConfigError if it is read-only, TypeError if it is not contiguous."""
+    view = memoryview(into).cast("B")
+    if view.readonly:
+        raise ConfigError(f"read {what!r}: the buffer to read into is read-only")
+    return view, len(view) if size is None else min(size, len(view))
 
 
 class Staging(Protocol):
