@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -428,3 +429,48 @@ def test_the_ssd_write_queue_owes_what_it_refused_and_stream_blocks_yield_to_oth
     assert all(scan == (b.key == "big.bin") for b, scan in written)
     assert queue.owed == 0 and queue.owed_written == 2
     queue.close()
+
+
+# ---------------------------------------------------------------------------------------------- worker pool
+
+
+def test_worker_pool_starts_every_thread_up_front_and_runs_tasks():
+    from tiercache.workerpool import WorkerPool
+
+    pool = WorkerPool(4, "test-pool")
+    deadline = time.monotonic() + 10
+    while len([t for t in threading.enumerate() if t.name.startswith("test-pool_")]) < 4:
+        assert time.monotonic() < deadline, "the pool's threads did not start without a submit"
+        time.sleep(0.01)
+    gate, seen, done = threading.Event(), set(), []
+    barrier = threading.Barrier(4)
+
+    def task(n):
+        barrier.wait(10)  # four tasks at once: four threads
+        seen.add(threading.current_thread().name)
+        gate.wait(10)
+        done.append(n)
+
+    for n in range(4):
+        pool.submit(task, n)
+    pool.submit(lambda: 1 / 0)  # an error escaping a task is logged; the pool goes on
+    pool.submit(done.append, "after")
+    gate.set()
+    deadline = time.monotonic() + 10
+    while "after" not in done:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert seen == {f"test-pool_{i}" for i in range(4)}
+    assert sorted(x for x in done if x != "after") == [0, 1, 2, 3]
+    gate.clear()
+    for _ in range(4):
+        pool.submit(gate.wait, 10)  # every thread busy at shutdown: waited for
+    time.sleep(0.1)
+    for _ in range(3):
+        pool.submit(done.append, "dropped")
+    threading.Timer(0.2, gate.set).start()
+    assert pool.shutdown() == 3  # not started: dropped
+    assert "dropped" not in done and not [t for t in threading.enumerate() if t.name.startswith("test-pool_")]
+    with pytest.raises(RuntimeError):
+        pool.submit(done.append, 1)
+    assert pool.shutdown() == 0

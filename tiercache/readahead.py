@@ -20,7 +20,8 @@ ahead to cover the backend's latency, within a byte bound on what is in flight.
   or the tiers), at most ``max_in_flight`` bytes at a time; a finished fetch tops the stream up, so a
   reader waiting on a block still keeps the pipeline full. The pool has one worker per block that fits in
   flight (at most ``threads``): a worker beyond that would only wait, and would hold a connection of the
-  store's pool (store/s3.py sizes that pool for these workers). Consecutive blocks no tier holds go
+  store's pool (store/s3.py sizes that pool for these workers); all are started when the cache opens
+  (tiercache/workerpool.py), so a stream's first reads do not wait for threads to start. Consecutive blocks no tier holds go
   together, up to ``run_bytes`` (and a quarter of what may be in flight), as one ranged GET whose blocks
   are handed on as each arrives
   (tiercache/stagerun.py): a GET's fixed cost, on the client and on the server, is paid once per run.
@@ -40,13 +41,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from .blocks import BlockMap
 from .link import Link
 from .store import ObjectInfo
 from .tiers.base import BlockId
 from .tiers.budget import MemoryBudget
+from .workerpool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class StreamReadAhead:
         self.cold = cold if cold is not None else (lambda block: False)
         self.run_blocks = max(1, min(run_bytes, self.max_in_flight // 4) // blocks.block_size) if cold else 1
         self.max_staged = max(max_window if max_staged is None else max_staged, blocks.block_size)
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="tiercache-readahead")
+        self._pool = WorkerPool(self.workers, "tiercache-readahead")  # all started now, off the read path
         self._lock = threading.Condition()
         self._scheduled: set[BlockId] = set()
         self._wanted: dict[str, list] = {}  # key → [info, next block index to issue, last index wanted]
@@ -369,7 +370,7 @@ class StreamReadAhead:
         with self._lock:
             self._closed = True
             self._wanted.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown()
         with self._lock:
             while self._staged:
                 self._unstage(len(self._staged.popitem()[1]))
