@@ -463,9 +463,15 @@ def test_worker_pool_starts_every_thread_up_front_and_runs_tasks():
     assert seen == {f"test-pool_{i}" for i in range(4)}
     assert sorted(x for x in done if x != "after") == [0, 1, 2, 3]
     gate.clear()
+    busy = threading.Barrier(5)
+
+    def hold():
+        busy.wait(10)
+        gate.wait(10)
+
     for _ in range(4):
-        pool.submit(gate.wait, 10)  # every thread busy at shutdown: waited for
-    time.sleep(0.1)
+        pool.submit(hold)  # every thread busy at shutdown: waited for
+    busy.wait(10)
     for _ in range(3):
         pool.submit(done.append, "dropped")
     threading.Timer(0.2, gate.set).start()

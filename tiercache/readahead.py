@@ -20,11 +20,11 @@ ahead to cover the backend's latency, within a byte bound on what is in flight.
   or the tiers), at most ``max_in_flight`` bytes at a time; a finished fetch tops the stream up, so a
   reader waiting on a block still keeps the pipeline full. The pool has one worker per block that fits in
   flight (at most ``threads``): a worker beyond that would only wait, and would hold a connection of the
-  store's pool (store/s3.py sizes that pool for these workers); all are started when the cache opens
-  (tiercache/workerpool.py), so a stream's first reads do not wait for threads to start. Consecutive blocks no tier holds go
-  together, up to ``run_bytes`` (and a quarter of what may be in flight), as one ranged GET whose blocks
-  are handed on as each arrives
-  (tiercache/stagerun.py): a GET's fixed cost, on the client and on the server, is paid once per run.
+  store's pool (store/s3.py sizes that pool for these workers); all are started when the cache
+  opens (tiercache/workerpool.py), so a stream's first reads do not wait for threads to start.
+  Consecutive blocks no tier holds go together, up to ``run_bytes`` (and a quarter of what may be in
+  flight), as one ranged GET whose blocks are handed on as each arrives (tiercache/stagerun.py): a GET's
+  fixed cost, on the client and on the server, is paid once per run.
 - Fetched blocks wait in a staging area (at most ``max_staged`` bytes, oldest dropped first, on the memory
   budget) until a reader ``take``s them; only then do they enter the tiers, as one use. So blocks read
   ahead are never evicted before they are read (a RAM tier's probationary queue is smaller than a window),

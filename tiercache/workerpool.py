@@ -4,7 +4,8 @@
 submitting thread waits until that thread is up: at a stream's first reads the reader submitted read-ahead
 GETs and waited for one thread start after another (27 ms on two loaded cores, measured). A
 :class:`WorkerPool` starts its ``count`` threads from a starter thread of its own when it is made;
-``submit`` only queues (tasks wait for a thread, a caller never does). No futures: a task's errors are
+``submit`` only queues (tasks wait for a thread, a caller never does) and gives up the GIL once, so a
+worker starts on it at once. No futures: a task's errors are
 its own to handle (an escaping one is logged).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class WorkerPool:
             if self._closed:
                 raise RuntimeError("worker pool is shut down")
             self._tasks.put((fn, args))
+        time.sleep(0)  # let a worker take it up now (the caller's GIL hold would delay its start)
 
     def _run(self) -> None:
         while True:
