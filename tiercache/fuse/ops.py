@@ -314,25 +314,27 @@ class ReadOnlyOps(TiercacheOps):
 
     def _read(self, path: str | None, size: int, offset: int, fh: int, into: memoryview | None = None) -> Any:
         """pread(2) of immutable data: the object's info is looked up once (not per READ); a version the
-        store no longer holds is forgotten and the read goes through the namespace again."""
-        key = _key(path)
+        store no longer holds is forgotten and the read goes through the namespace again. Infos are kept
+        by FUSE path, so a READ of a remembered file does not make its key again."""
         if self.writes is not None:
-            data = self.writes.read_pending(key, offset, size)
+            data = self.writes.read_pending(_key(path), offset, size)
             if data is not None:
                 return data
-        namespace = getattr(self.cache, "namespace", None)
-        info = self._infos.get(key)
-        if info is None and namespace is not None:
+        info = self._infos.get(path)
+        if info is None:
+            key = _key(path)
+            namespace = getattr(self.cache, "namespace", None)
+            if namespace is None:
+                return self.cache.read(key, offset, size, view=True)
             info = namespace.info(key, revalidate=False)
             if len(self._infos) >= self.INFOS:
                 self._infos.clear()
-            self._infos[key] = info
-        if info is not None:
-            try:
-                return self.cache.read_version(info, offset, size, view=True, into=into)
-            except StaleVersion:
-                self._infos.pop(key, None)
-        return self.cache.read(key, offset, size, view=True)
+            self._infos[path] = info
+        try:
+            return self.cache.read_version(info, offset, size, view=True, into=into)
+        except StaleVersion:
+            self._infos.pop(path, None)
+        return self.cache.read(_key(path), offset, size, view=True)
 
 
 def make_ops(cache: Any, writes: Any | None, *, readonly: bool, immutable: bool = True,

@@ -14,8 +14,7 @@ import ctypes
 import ctypes.util
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 Reclaimer = Callable[[int], int]  # asked to free about n bytes; returns bytes freed
 
@@ -30,12 +29,14 @@ class MemoryBudget:
         self.reclaimer: Reclaimer | None = None
         self._cond = threading.Condition()
         self._used: dict[str, int] = {}
+        self._sum = 0  # sum(self._used.values())
         self.peak = 0
         self.waits = self.overdrafts = 0
+        self._waiting = 0  # threads in hold's wait for room (release wakes them)
 
     def used(self, kind: str | None = None) -> int:
         """Bytes reserved (by one kind, or all)."""
-        return self._used.get(kind, 0) if kind else sum(self._used.values())
+        return self._used.get(kind, 0) if kind else self._sum
 
     def try_reserve(self, nbytes: int, kind: str) -> bool:
         """Reserve ``nbytes`` for ``kind`` if they fit now; never waits."""
@@ -50,16 +51,14 @@ class MemoryBudget:
         if nbytes:
             with self._cond:
                 self._used[kind] = self._used.get(kind, 0) - nbytes
-                self._cond.notify_all()
+                self._sum -= nbytes
+                if self._waiting:
+                    self._cond.notify_all()
 
-    @contextmanager
-    def hold(self, nbytes: int, kind: str = "reads") -> Iterator[None]:
-        """Reserve ``nbytes`` for the duration of the block (waiting for room; see the module docstring)."""
-        self._reserve(nbytes, kind)
-        try:
-            yield
-        finally:
-            self.release(nbytes, kind)
+    def hold(self, nbytes: int, kind: str = "reads") -> _Hold:
+        """Reserve ``nbytes`` for the duration of a ``with`` block (waiting for room; see the module
+        docstring)."""
+        return _Hold(self, nbytes, kind)
 
     def _reserve(self, nbytes: int, kind: str) -> None:
         deadline = None
@@ -83,11 +82,17 @@ class MemoryBudget:
                     self.overdrafts += 1
                     self._add(kind, nbytes)
                     return
-                self._cond.wait(min(0.05, deadline - now))
+                self._waiting += 1
+                try:
+                    self._cond.wait(min(0.05, deadline - now))
+                finally:
+                    self._waiting -= 1
 
     def _add(self, kind: str, nbytes: int) -> None:
         self._used[kind] = self._used.get(kind, 0) + nbytes
-        self.peak = max(self.peak, self.used())
+        self._sum += nbytes
+        if self._sum > self.peak:
+            self.peak = self._sum
 
     def stats(self) -> dict:
         """Occupancy by kind, JSON-serializable."""
@@ -95,6 +100,22 @@ class MemoryBudget:
             return {"budget": self.total, "configured": self.configured, "used": self.used(),
                     "peak": self.peak, **{f"used_{k}": v for k, v in self._used.items()},
                     "waits": self.waits, "overdrafts": self.overdrafts}
+
+
+class _Hold:
+    """``MemoryBudget.hold``'s context manager (a plain class: a generator-based one costs several times as
+    much, and a 64 KiB read from the SSD tier takes one)."""
+
+    __slots__ = ("budget", "kind", "nbytes")
+
+    def __init__(self, budget: MemoryBudget, nbytes: int, kind: str):
+        self.budget, self.nbytes, self.kind = budget, nbytes, kind
+
+    def __enter__(self) -> None:
+        self.budget._reserve(self.nbytes, self.kind)  # noqa: SLF001 - this module's own
+
+    def __exit__(self, *exc: object) -> None:
+        self.budget.release(self.nbytes, self.kind)
 
 
 def return_freed_memory_to_the_os(threshold: int = 1 << 20, keep: int | None = None) -> bool:
