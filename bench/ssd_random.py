@@ -11,9 +11,11 @@ do-nothing mfusepy filesystem (bench/fuse_ceiling.py). Library mode (``TieredCac
 each tree runs in its own process, set up the same way, and waits for its turn. Then ``--rounds`` rounds, every
 target in turn: ``--threads`` threads read 64 KiB at random 64 KiB-aligned offsets for ``--seconds``, the
 kernel page cache dropped for the file before every read (posix_fadvise DONTNEED; each read is a FUSE request
-served by the SSD tier), the local copy read the same way. Per target: reads/s (best and median of the rounds)
-and CPU per read (the daemon's, or the library process's: utime + stime, which the machine's load moves less
-than wall time). Writes bench/results/ssd_random_LABEL.json and prints a table.
+served by the SSD tier), the local copy read the same way; then each tiercache target again with one thread
+for half as long. Per target: reads/s (best and median of the rounds) and CPU per read (the daemon's, or the
+library process's: utime + stime), and the one-thread run's rate and CPU per read (the least of the rounds:
+the work a read costs without 8 threads contending for one GIL on a loaded machine).
+Writes bench/results/ssd_random_LABEL.json and prints a table.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ LIBRARY = """
 import json, os, random, shutil, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 import tiercache
-endpoint, key, ram, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+endpoint, key, ram = sys.argv[1], sys.argv[2], sys.argv[3]
 ssd = tempfile.mkdtemp(prefix="tc-ssdrand-lib-")
 try:
     with tiercache.open("s3://fsbench", ram=ram, ssd=ssd, ssd_size="2G", endpoint_url=endpoint,
@@ -67,7 +69,9 @@ try:
         for line in sys.stdin:
             if not line.startswith("run"):
                 break
-            deadline = time.monotonic() + float(line.split()[1])
+            _, seconds, threads = line.split()
+            threads = int(threads)
+            deadline = time.monotonic() + float(seconds)
             def worker(seed):
                 rng, done = random.Random(seed), 0
                 while time.monotonic() < deadline:
@@ -117,7 +121,7 @@ class Library:
 
     def __init__(self, endpoint: str, tree: str | None, args):
         env = {**os.environ, **CREDS, **({"PYTHONPATH": tree} if tree else {})}
-        self.proc = subprocess.Popen([sys.executable, "-c", LIBRARY, endpoint, LARGE_KEY, args.ram, str(args.threads)],
+        self.proc = subprocess.Popen([sys.executable, "-c", LIBRARY, endpoint, LARGE_KEY, args.ram],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=tree or ROOT)
 
@@ -126,8 +130,8 @@ class Library:
         if line.strip() != "ready":
             raise RuntimeError(f"library mode did not start: {line!r}")
 
-    def run(self, seconds: float) -> dict:
-        self.proc.stdin.write(f"run {seconds}\n")
+    def run(self, seconds: float, threads: int) -> dict:
+        self.proc.stdin.write(f"run {seconds} {threads}\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
@@ -183,17 +187,20 @@ def main(argv: list[str] | None = None) -> int:
             lib.ready()
         paths["local"] = os.path.join(local, LARGE_KEY)
         runs: dict = {name: [] for name in [*paths, *libraries]}
+        single: dict = {name: [] for name in [*trees, *libraries]}
         for _ in range(args.rounds):
             for name, path in paths.items():
-                pid = mounts[name].pid if name in mounts else None
-                cpu = cpu_seconds(pid)
-                got = random_reads(path, size, args.threads, args.seconds)
-                if pid is not None:
-                    got["cpu_us_per_read"] = (cpu_seconds(pid) - cpu) * 1e6 / max(1, got["reads"])
-                runs[name].append(got)
+                for threads in (args.threads, 1) if name in single else (args.threads,):
+                    pid = mounts[name].pid if name in mounts else None
+                    cpu = cpu_seconds(pid)
+                    got = random_reads(path, size, threads, args.seconds if threads > 1 else args.seconds / 2)
+                    if pid is not None:
+                        got["cpu_us_per_read"] = (cpu_seconds(pid) - cpu) * 1e6 / max(1, got["reads"])
+                    (runs if threads > 1 else single)[name].append(got)
             for name, lib in libraries.items():
-                runs[name].append(lib.run(args.seconds))
-        results["runs"] = runs
+                runs[name].append(lib.run(args.seconds, args.threads))
+                single[name].append(lib.run(args.seconds / 2, 1))
+        results["runs"], results["single_thread_runs"] = runs, single
         for name in trees:
             results[f"{name}_stats_ssd"] = mounts[name].stats().get("cache", {}).get("ssd")
     finally:
@@ -209,17 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, rs in runs.items():
         rates = [r["reads_per_s"] for r in rs]
         cpus = [r["cpu_us_per_read"] for r in rs if "cpu_us_per_read" in r]
+        one = single.get(name) or []
         table.append({"target": name, "best_reads_per_s": round(max(rates)),
                       "median_reads_per_s": round(statistics.median(rates)),
                       "cpu_us_per_read": round(statistics.median(cpus), 1) if cpus else None,
-                      "vs_local": round(max(rates) / local_best, 3)})
+                      "vs_local": round(max(rates) / local_best, 3),
+                      "one_thread_reads_per_s": round(max(r["reads_per_s"] for r in one)) if one else None,
+                      "one_thread_cpu_us_per_read": round(min(r["cpu_us_per_read"] for r in one), 1) if one else None})
     results["table"] = table
     out = write_result("ssd_random", results, args.label)
-    print(f"{'64 KiB random, SSD-served':<22}{'best/s':>9}{'median/s':>10}{'CPU us/read':>13}{'x local':>9}")
+    print(f"{'64 KiB random, SSD-served':<22}{'best/s':>9}{'median/s':>10}{'CPU us/read':>13}{'x local':>9}"
+          f"{'1 thread/s':>12}{'its CPU us':>12}")
     for row in table:
-        cpu = row["cpu_us_per_read"]
-        print(f"{row['target']:<22}{row['best_reads_per_s']:>9}{row['median_reads_per_s']:>10}"
-              f"{cpu if cpu is not None else '-':>13}{row['vs_local']:>9}")
+        cells = [row[k] if row[k] is not None else "-" for k in ("cpu_us_per_read", "one_thread_reads_per_s",
+                                                                "one_thread_cpu_us_per_read")]
+        print(f"{row['target']:<22}{row['best_reads_per_s']:>9}{row['median_reads_per_s']:>10}{cells[0]:>13}"
+              f"{row['vs_local']:>9}{cells[1]:>12}{cells[2]:>12}")
     print(f"load {results['load_start']} -> {results['load_end']}; -> {out}")
     return 0
 

@@ -605,3 +605,18 @@ def test_rmdir_of_a_directory_whose_deletes_are_pending(make_tier, s3store, buck
     again.flush_all(timeout=60)
     assert bucket.keys() == ["keep/c"]
     assert store.deleted.index("d/") > max(store.deleted.index("d/a"), store.deleted.index("d/sub/b"))
+
+
+def test_reads_skip_the_pending_view_only_while_nothing_is_written_pending_or_lost(make_tier, s3store, bucket):
+    store = GatedStore(s3store)  # the upload waits at the gate: the change stays pending
+    tier = make_tier(store)
+    assert tier.view.quiet() and tier.read_pending("q/a", 0, 10) is None  # a read-only mount's every READ
+    fh = tier.create("q/a")
+    assert tier.write(fh, b"open", 0) == 4
+    assert not tier.view.quiet() and tier.read_pending("q/a", 0, 10) == b"open"  # open for write
+    tier.release(fh)
+    store.wait_started("q/a")
+    assert not tier.view.quiet() and tier.read_pending("q/a", 0, 10) == b"open"  # acknowledged, uploading
+    store.gate.set()
+    assert tier.flush_all(timeout=60)["left"] == []
+    assert tier.view.quiet() and tier.read_pending("q/a", 0, 10) is None and bucket.get("q/a") == b"open"
