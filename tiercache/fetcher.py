@@ -4,15 +4,19 @@ A block is fetched with a ranged, conditional GET (If-Match the cached etag). If
 vanished, :class:`Stale` is raised; :meth:`Fetcher.fresh` runs an operation over an object and, on Stale,
 refreshes the object's info (a HEAD) and runs it once more with the new etag — new block ids, so stale
 bytes are never served. :meth:`Fetcher.get_run` fetches consecutive blocks with one ranged GET where the
-store can stream a GET's body in parts (``get_range_parts``), each block's bytes handed on as they arrive.
+store can stream a GET's body in parts (``get_range_parts``), each block's bytes handed on as they arrive,
+read into a buffer of the fetcher's pool no one holds any more (tiercache/bufpool.py) where the store can.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .blocks import BlockMap
+from .bufpool import BufferPool
 from .counters import Counters, Rate
 from .errors import NotFound, StoreError
 from .store import ObjectInfo, ObjectStore
@@ -36,6 +40,14 @@ class Fetcher:
         self.store, self.blocks, self.memory, self.counters = store, blocks, memory, counters
         self.confirm, self.refresh = confirm, refresh
         self.rate = Rate()
+        # whole blocks land in reused buffers (bufpool.py): as many as the budget holds blocks; a few kept
+        # while unused (a 16th of the budget, 1 to 4 blocks: outside the budget, as a block a reader holds)
+        bs = blocks.block_size
+        self.buffers = BufferPool(bs, memory.total // bs, max(1, min(4, memory.total // (16 * bs))))
+
+    def _buffered(self, method: Callable) -> dict:
+        """``buffer=`` the pool's for a store method that reads into buffers (S3Store's), else nothing."""
+        return {"buffer": self.buffers.acquire} if _takes_buffer(getattr(method, "__func__", method)) else {}
 
     def get(self, block: BlockId, info: ObjectInfo) -> bytes:
         """The bytes of ``block`` from the store; Stale if the object is not ``info`` any more."""
@@ -43,7 +55,8 @@ class Fetcher:
         end = start + self.blocks.length(info, block)
         try:
             with self.memory.hold(end - start, "fetches"):
-                data = self.store.get_range(info.key, start, end, etag=info.etag)
+                get = self.store.get_range
+                data = get(info.key, start, end, etag=info.etag, **self._buffered(get))
         except NotFound:
             raise Stale(info.key) from None
         except StoreError:
@@ -66,7 +79,7 @@ class Fetcher:
                 yield block, self.get(block, info)
             return
         lengths = [self.blocks.length(info, block) for block in run]
-        body = parts(info.key, self.blocks.start(run[0]), lengths, etag=info.etag)
+        body = parts(info.key, self.blocks.start(run[0]), lengths, etag=info.etag, **self._buffered(parts))
         delivered = 0
         try:
             for block, length in zip(run, lengths, strict=True):
@@ -99,3 +112,8 @@ class Fetcher:
             return operation(self.refresh(info.key))
         except Stale:
             raise StoreError(f"{info.key}: the object keeps changing while being read") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _takes_buffer(function: Callable) -> bool:
+    return "buffer" in inspect.signature(function).parameters

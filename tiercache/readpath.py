@@ -86,6 +86,8 @@ class BlockReader:
                     out = data
                 else:
                     out = (memoryview(data) if view else data)[start:start + end - offset]
+                if not view and not isinstance(out, bytes):  # a read-ahead block's pooled buffer (bufpool.py)
+                    out = bytes(out)
         if self.on_served is not None:
             for block in ids:
                 self.on_served(block)

@@ -8,9 +8,11 @@ multipart above ``multipart_threshold``).
 
 from __future__ import annotations
 
+import http.client
 import logging
+import mmap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import boto3
 import botocore.exceptions as bexc
@@ -34,6 +36,7 @@ _BODY_ERRORS = (
     ReadTimeoutError,
     ConnectionError,
 )
+Buffers = Callable[[int], "mmap.mmap | None"]  # a writable buffer for a body part of n bytes, or None
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 _DENIED_CODES = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 
@@ -181,12 +184,14 @@ class S3Store:
             mtime=resp["LastModified"].timestamp(),
         ).with_metadata(resp.get("Metadata"))
 
-    def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
-        """Ranged GET of [start, end); the body is retried if it breaks off mid-stream."""
+    def get_range(self, key: str, start: int, end: int, etag: str | None = None,
+                  buffer: Buffers | None = None) -> bytes | memoryview:
+        """Ranged GET of [start, end); the body is retried if it breaks off mid-stream. ``buffer`` as for
+        ``get_range_parts`` (the bytes then come as a read-only view of the buffer)."""
         if end <= start:
             return b""
         try:
-            return self._get_range(key, start, end, etag)
+            return self._get_range(key, start, end, etag, buffer)
         except _BodyBroken as exc:
             raise StoreError(f"{key}: connection kept breaking while reading ({exc.__cause__})") from None
         except (bexc.ClientError, bexc.BotoCoreError) as exc:
@@ -198,16 +203,24 @@ class S3Store:
         wait=wait_random_exponential(multiplier=0.05, max=2.0),
         reraise=True,
     )
-    def _get_range(self, key: str, start: int, end: int, etag: str | None) -> bytes:
+    def _get_range(self, key: str, start: int, end: int, etag: str | None,
+                   buffer: Buffers | None) -> bytes | memoryview:
         kwargs = {"Bucket": self.bucket, "Key": self._full(key), "Range": f"bytes={start}-{end - 1}"}
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
         sent = time.perf_counter()
         resp = self.client.get_object(**kwargs)
         headers = time.perf_counter()
+        body = resp["Body"]
+        raw, fp = _readinto_source(body) if buffer is not None else (None, None)
         try:
-            data = resp["Body"].read()
-        except _BODY_ERRORS as exc:
+            slab = buffer(end - start) if fp is not None else None
+            if slab is None:
+                data = body.read()
+            else:
+                data = _read_into(fp, memoryview(slab)[:end - start])
+                raw.release_conn()  # read to its end past urllib3: its connection back to the pool
+        except (*_BODY_ERRORS, OSError, http.client.HTTPException) as exc:
             log.warning("GET %s [%d,%d) broke off: %s; retrying", key, start, end, exc)
             raise _BodyBroken(str(exc)) from exc
         if len(data) != end - start and start + len(data) < end:
@@ -218,10 +231,13 @@ class S3Store:
         self.link.observe(headers - sent, time.perf_counter() - headers, len(data))
         return data
 
-    def get_range_parts(self, key: str, start: int, parts: list[int], etag: str | None = None) -> Iterator[bytes]:
+    def get_range_parts(self, key: str, start: int, parts: list[int], etag: str | None = None,
+                        buffer: Buffers | None = None) -> Iterator[bytes | memoryview]:
         """One ranged GET of consecutive parts of the given lengths from ``start``, each part's bytes
-        yielded as they arrive (read straight off the body: no join, no copy). A body that breaks off is
-        resumed for the parts left with ``get_range`` (its own retries); short at EOF like ``get_range``."""
+        yielded as they arrive (read straight off the body: no join, no copy). ``buffer(n)``: a writable
+        buffer (or None) for a part of n bytes, read into and yielded as a read-only view of it (no new
+        bytes object; tiercache/bufpool.py). A body that breaks off is resumed for the parts left with
+        ``get_range`` (its own retries); short at EOF like ``get_range``."""
         end = start + sum(parts)
         kwargs = {"Bucket": self.bucket, "Key": self._full(key), "Range": f"bytes={start}-{end - 1}"}
         if etag:
@@ -233,11 +249,13 @@ class S3Store:
             raise self._translate(exc, key) from None
         headers = time.perf_counter()
         offset, left = start, list(parts)
+        raw, fp = _readinto_source(body) if buffer is not None else (None, None)
         try:
             while left:
                 try:
-                    data = body.read(left[0])
-                except _BODY_ERRORS as exc:
+                    slab = buffer(left[0]) if fp is not None else None
+                    data = body.read(left[0]) if slab is None else _read_into(fp, memoryview(slab)[:left[0]])
+                except (*_BODY_ERRORS, OSError, http.client.HTTPException) as exc:
                     log.warning("GET %s [%d,%d) broke off at %d: %s; resuming", key, start, end, offset, exc)
                     break
                 if len(data) != left[0]:
@@ -246,6 +264,8 @@ class S3Store:
                 left.pop(0)
                 if not left:
                     self.link.observe(headers - sent, time.perf_counter() - headers, end - start)
+                    if fp is not None:
+                        raw.release_conn()  # read to its end past urllib3: its connection back to the pool
                 yield data
         finally:
             if left:  # not read to the end: the connection cannot be reused
@@ -319,3 +339,25 @@ class S3Store:
     def close(self) -> None:
         """Close the connection pool."""
         self.client.close()
+
+
+def _read_into(fp, view: memoryview) -> memoryview:
+    """``view`` filled from the response body ``fp`` (http.client's: straight into it), as a read-only view
+    of what came (short when the body ended first)."""
+    got = 0
+    while got < len(view):
+        n = fp.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return view[:got].toreadonly()
+
+
+def _readinto_source(body) -> tuple[object, object]:
+    """(urllib3's response, http.client's response under it) of a botocore body, to read parts straight
+    into buffers (http.client's ``readinto``; urllib3's own copies); (None, None) where they differ."""
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if not hasattr(raw, "release_conn") or not hasattr(fp, "readinto"):
+        return None, None
+    return raw, fp
