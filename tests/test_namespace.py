@@ -9,6 +9,7 @@ import pytest
 
 from tiercache.errors import IsADirectory, NotADirectory, NotFound
 from tiercache.namespace import Namespace, key_problem, normalize
+from tiercache.namespace_index import NamespaceIndex
 from tiercache.namespace_listings import Listings
 from tiercache.store.base import ObjectInfo
 from tiercache.tiers.meta import Meta
@@ -43,6 +44,18 @@ class DictStore:
         if key not in self.objects:
             raise NotFound(key)
         return self._info(key)
+
+
+class GatedDictStore(DictStore):
+    """A DictStore whose listings wait until ``go`` is set."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        super().__init__(objects)
+        self.go = threading.Event()
+
+    def list(self, prefix: str = ""):
+        self.go.wait(10)
+        return super().list(prefix)
 
 
 class Clock:
@@ -92,13 +105,6 @@ def test_a_first_listing_that_ends_while_a_reader_looks_is_not_listed_again(meta
     """The race behind a flaky test: a reader saw the tree unlisted, then the first listing ended before the
     reader asked for it, and the reader listed the whole tree a second time."""
 
-    class GatedDictStore(DictStore):
-        go = threading.Event()
-
-        def list(self, prefix: str = ""):
-            self.go.wait(10)
-            return super().list(prefix)
-
     store = GatedDictStore(TREE)
     first = Listings.first
 
@@ -113,6 +119,27 @@ def test_a_first_listing_that_ends_while_a_reader_looks_is_not_listed_again(meta
     ns = Namespace(store, meta, ttl=60)
     assert ns.listdir("") == ["README", "empty_dir", "train", "val"]
     assert store.lists == 1 and ns.stats()["lists"] == 1  # before: 2 (the tree listed again)
+
+
+def test_a_file_looked_up_as_the_first_listing_ends_is_found(meta, monkeypatch):
+    """The other side of that race (test_cache's pinned-blocks test, 2 reads in 100 under load): the lookup
+    missed while the listing ran, the listing ended before the freshness check, and the file was NotFound."""
+    store = GatedDictStore(TREE)
+    ns = Namespace(store, meta, ttl=60)
+    kind = NamespaceIndex.kind
+    first_look: list[str] = []
+
+    def kind_then_the_listing_ends(self, path):
+        found = kind(self, path)
+        if not first_look:
+            first_look.append(path)
+            store.go.set()
+            ns.listings.jobs[""].finished.wait(10)
+        return found
+
+    monkeypatch.setattr(NamespaceIndex, "kind", kind_then_the_listing_ends)
+    assert ns.stat("val/x.bin").size == 10 and first_look == ["val/x.bin"]  # before: NotFound
+    assert store.lists == 1
 
 
 def test_unrepresentable_keys_are_skipped_with_a_warning(meta, caplog):

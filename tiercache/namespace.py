@@ -172,10 +172,9 @@ class Namespace:
         if kind[0] is not None:
             return kind
         parent = parent_of(path)
-        if self._dir_fresh(parent):
-            return kind
-        self._settle(parent)
-        return self.index.kind(path)
+        if not self._dir_fresh(parent):
+            self._settle(parent)
+        return self.index.kind(path)  # again when fresh too: the listing may have ended since the first look
 
     def info(self, path: str, revalidate: bool = True) -> ObjectInfo:
         """ObjectInfo of the file at ``path`` (HEAD first if its metadata expired and ``revalidate``)."""
