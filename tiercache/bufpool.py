@@ -32,10 +32,12 @@ class BufferPool:
         self._lock = threading.Lock()
         self.created = self.reused = self.refused = 0
 
-    def acquire(self, nbytes: int) -> mmap.mmap | None:
+    def acquire(self, nbytes: int, grow: bool = True) -> mmap.mmap | None:
         """For ``nbytes`` bytes: a buffer no one references (the caller now owns it until it lets go of every
-        view of it), or a new one; None when ``limit`` buffers are all in use, or when ``nbytes`` is not
-        ``size`` (a short block in a whole block's buffer would hold memory the budget does not count)."""
+        view of it), or a new one (unless not ``grow``: a new buffer no block will give back soon costs
+        more than a new ``bytes``, measured); None when ``limit`` buffers are all in use, or when ``nbytes``
+        is not ``size`` (a short block in a whole block's buffer would hold memory the budget does not
+        count)."""
         if nbytes != self.size:
             return None
         with self._lock:
@@ -45,7 +47,7 @@ class BufferPool:
             if idle:
                 self.reused += 1
                 return self._slabs[idle[0]]
-            if len(self._slabs) >= self.limit:
+            if len(self._slabs) >= self.limit or not grow:
                 self.refused += 1
                 return None
             slab = mmap.mmap(-1, self.size)

@@ -41,13 +41,18 @@ class Fetcher:
         self.confirm, self.refresh = confirm, refresh
         self.rate = Rate()
         # whole blocks land in reused buffers (bufpool.py): as many as the budget holds blocks; a few kept
-        # while unused (a 16th of the budget, 1 to 4 blocks: outside the budget, as a block a reader holds)
+        # while unused (an 8th of the budget, 2 to 4 blocks: outside the budget, as a block a reader holds)
         bs = blocks.block_size
-        self.buffers = BufferPool(bs, memory.total // bs, max(1, min(4, memory.total // (16 * bs))))
+        self.buffers = BufferPool(bs, memory.total // bs, max(2, min(4, memory.total // (8 * bs))))
 
     def _buffered(self, method: Callable) -> dict:
         """``buffer=`` the pool's for a store method that reads into buffers (S3Store's), else nothing."""
-        return {"buffer": self.buffers.acquire} if _takes_buffer(getattr(method, "__func__", method)) else {}
+        return {"buffer": self._buffer} if _takes_buffer(getattr(method, "__func__", method)) else {}
+
+    def _buffer(self, nbytes: int):
+        """A pooled buffer for a body part: an unused one, or a new one while the memory budget is three
+        quarters full (blocks are let go as others come: their buffers come back soon)."""
+        return self.buffers.acquire(nbytes, 4 * (self.memory.used() + nbytes) > 3 * self.memory.total)
 
     def get(self, block: BlockId, info: ObjectInfo) -> bytes:
         """The bytes of ``block`` from the store; Stale if the object is not ``info`` any more."""
