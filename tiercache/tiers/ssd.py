@@ -159,7 +159,7 @@ class SsdTier(SsdReads):
     def contains(self, block: BlockId) -> bool:
         """Whether the block is resident (in this tier's own index) or queued (it may still fail its check
         on read); the eviction policy's bookkeeping is not asked."""
-        return block in self.queue or self.index.get(block_key(block)) is not None
+        return block in self.queue or self.index.get(block_key(block), remember=False) is not None
 
     def blocks(self, prefix: bytes = b"") -> list[BlockId]:
         """Resident block ids whose encoded id starts with ``prefix``: one index prefix scan for a key's
@@ -181,7 +181,7 @@ class SsdTier(SsdReads):
         key = block_key(block, ident)
         crcs = checksums(block, data, ident)
         with self._lock:
-            if block in self._writing or (block in self.queue and not queued) or self.index.get(key) is not None:
+            if block in self._writing or (block in self.queue and not queued) or self.index.get(key, remember=False) is not None:
                 return True
             if queued and block not in self.queue:
                 return False  # discarded while queued
@@ -229,7 +229,7 @@ class SsdTier(SsdReads):
             validated = self.validator.done.is_set()
             for block, head, data, crcs in todo:
                 length = len(head) + len(data)
-                if block in self._writing or block in self.queue or self.index.get(block_key(block)) is not None:
+                if block in self._writing or block in self.queue or self.index.get(block_key(block), remember=False) is not None:
                     continue
                 if length > self._quota or not (self._make_room(length) if validated else
                                                  self._fits_unevicted(length)):
@@ -281,7 +281,7 @@ class SsdTier(SsdReads):
         with self._lock:
             if block in self.queue or block in self._writing:
                 return True
-        if self.index.get(block_key(block)) is not None:
+        if self.index.get(block_key(block), remember=False) is not None:
             return True
         with self._lock:
             return self.queue.add(block, data, scan)
@@ -297,7 +297,7 @@ class SsdTier(SsdReads):
             queued = self.queue.remove(block)
             if queued:
                 return queued
-            raw = self.index.get(key)
+            raw = self.index.get(key, remember=False)
             if raw is None:
                 return 0
             return max(0, self.entries.drop(key, raw) - header_size(block.encode()))

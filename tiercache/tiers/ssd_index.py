@@ -94,8 +94,10 @@ class SsdIndex:
         raw = self.meta.get("misc", NEXT_SLOT)
         return 0 if raw is None else int(raw)
 
-    def get(self, key: bytes) -> bytes | None:
-        """The current value of ``key`` (a ``block_key``: buffered or committed), or None."""
+    def get(self, key: bytes, remember: bool = True) -> bytes | None:
+        """The current value of ``key`` (a ``block_key``: buffered or committed), or None. A committed value
+        read from LMDB goes into the read cache unless ``remember`` is False (a look that only asks whether
+        a block is resident, as a warm of a million blocks does, must not fill it)."""
         if len(key) != KEY_LEN:
             raise ValueError(f"an SSD index key is a {KEY_LEN}-byte block_key(block), not {len(key)} bytes")
         with self._lock:
@@ -106,7 +108,7 @@ class SsdIndex:
         if value is not _UNSET:
             return value
         value = self.meta.get(DB, key)
-        if value is not None:
+        if value is not None and remember:
             with self._lock:  # not if a change of key is buffered, or was committed after the look above
                 if flushes == self._flushes and key not in self._pending:
                     recent = self._recent

@@ -57,7 +57,7 @@ class SsdReads:
         through (each block read once, with no room in RAM for it) never earns whole blocks."""
         if page_count(block_len) <= 2:
             return None
-        if block not in self.queue and self.index.get(self._names(block)[1]) is None:
+        if block not in self.queue and self.index.get(self._names(block, remember=False)[1]) is None:
             return None
         if not stream and self._earns_whole(block, start, end):
             return None
@@ -92,7 +92,8 @@ class SsdReads:
         miss, a failed check (the entry is dropped) or a range past the block's end; ``out`` may then hold
         anything: never serve it."""
         end = start + len(out)
-        ident, key, head, seed = self._names(block)
+        names = self._names(block, remember=False)
+        ident, key, head, seed = names
         for _attempt in (0, 1):
             if block in self.queue:
                 with self._lock:
@@ -107,6 +108,7 @@ class SsdReads:
             raw = self.index.get(key)
             if raw is None:
                 return False
+            self._remember_names(block, names)
             loc = self._location(raw)
             length = loc.size - len(head)
             if length < 0 or len(loc.crcs) != 4 * page_count(length):
@@ -160,7 +162,7 @@ class SsdReads:
     def advise(self, block: BlockId) -> bool:
         """Whether the block lies in a region file (not just queued); if so the kernel is asked to read it into
         its page cache now (POSIX_FADV_WILLNEED), so that a stream's reads of it do not wait for the device."""
-        key = self._names(block)[1]
+        key = self._names(block, remember=False)[1]
         raw = self.index.get(key)
         if raw is None:
             return False
@@ -176,17 +178,24 @@ class SsdReads:
             self._done_reading(region)
         return True
 
-    def _names(self, block: BlockId) -> tuple[bytes, bytes, bytes, int]:
+    def _names(self, block: BlockId, remember: bool = True) -> tuple[bytes, bytes, bytes, int]:
         """The block's encoded id, index key, record head and page crc seed (remembered for ``NAMES_MAX``
-        blocks: a pure function of the id, so nothing to invalidate)."""
+        blocks: a pure function of the id, so nothing to invalidate). A look that may miss passes
+        ``remember=False`` and remembers with ``_remember_names`` once it hits: a warm's misses must not
+        fill the cache."""
         names = self._named.get(block)
         if names is None:
             ident = block.encode()
             names = (ident, block_key(block, ident), header(ident), page_seed(ident))
+            if remember:
+                self._remember_names(block, names)
+        return names
+
+    def _remember_names(self, block: BlockId, names: tuple[bytes, bytes, bytes, int]) -> None:
+        if block not in self._named:
             if len(self._named) >= self.NAMES_MAX:
                 self._named.clear()
             self._named[block] = names
-        return names
 
     def _location(self, raw: bytes) -> Location:
         """``Location.unpack(raw)``, remembered for ``NAMES_MAX`` index values (a pure function of the value:
@@ -230,7 +239,8 @@ class SsdReads:
                 os.close(region.fd)
 
     def _read(self, block: BlockId, count: bool, out: memoryview | None, start: int, end: int | None):
-        ident, key, head, seed = self._names(block)
+        names = self._names(block, remember=False)
+        ident, key, head, seed = names
         hs = len(head)
         for _attempt in (0, 1):
             with self._lock:
@@ -240,6 +250,7 @@ class SsdReads:
             raw = self.index.get(key)
             if raw is None:
                 break
+            self._remember_names(block, names)
             loc = self._location(raw)
             length = loc.length(ident)
             if length < 0:  # the entry cannot be this block's: another block's (a collision) or damaged
