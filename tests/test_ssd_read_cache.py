@@ -172,3 +172,23 @@ def test_a_block_evicted_from_the_ssd_tier_is_fetched_again_through_the_cache(bu
         for offset in (5 * MiB, 0):
             assert bytes(cache.read("big.bin", offset, 64 << 10)) == blob[offset:offset + (64 << 10)]
         assert len(bucket.gets()) >= 1  # refetched, not read at the evicted entries' places
+
+
+def test_asking_whether_blocks_are_resident_leaves_the_read_cache_empty(tmp_path, meta):
+    """A warm asks ``contains`` (and ``put`` looks) of every block: those looks must not fill the read cache
+    (at a million blocks it would hold thousands of entries nobody reads); a read fills it."""
+    ssd = SsdTier(tmp_path / "regions", 64 * MiB, meta)
+    try:
+        assert ssd.validated(30)
+        blocks = [BlockId(f"f{i}", "e", 0) for i in range(200)]
+        for block in blocks:
+            assert not ssd.contains(block)  # a miss
+            assert ssd.put(block, b"x" * PAGE_SIZE)
+        ssd.flush()
+        assert all(ssd.contains(block) for block in blocks)
+        assert all(ssd.put(block, b"x" * PAGE_SIZE) for block in blocks)  # already resident
+        assert ssd.index.cached() == 0
+        assert read_page(ssd, blocks[7], 0) == b"x" * PAGE_SIZE
+        assert ssd.index.cached() == 1
+    finally:
+        ssd.close()

@@ -159,7 +159,12 @@ class SsdTier(SsdReads):
     def contains(self, block: BlockId) -> bool:
         """Whether the block is resident (in this tier's own index) or queued (it may still fail its check
         on read); the eviction policy's bookkeeping is not asked."""
-        return block in self.queue or self.index.get(block_key(block), remember=False) is not None
+        return block in self.queue or self._indexed(block_key(block))
+
+    def _indexed(self, key: bytes) -> bool:
+        """Whether the index has ``key``; a look that does not fill the index's read cache (a warm of a
+        million blocks asks it of every block)."""
+        return self.index.get(key, remember=False) is not None
 
     def blocks(self, prefix: bytes = b"") -> list[BlockId]:
         """Resident block ids whose encoded id starts with ``prefix``: one index prefix scan for a key's
@@ -181,7 +186,7 @@ class SsdTier(SsdReads):
         key = block_key(block, ident)
         crcs = checksums(block, data, ident)
         with self._lock:
-            if block in self._writing or (block in self.queue and not queued) or self.index.get(key, remember=False) is not None:
+            if block in self._writing or (block in self.queue and not queued) or self._indexed(key):
                 return True
             if queued and block not in self.queue:
                 return False  # discarded while queued
@@ -229,7 +234,7 @@ class SsdTier(SsdReads):
             validated = self.validator.done.is_set()
             for block, head, data, crcs in todo:
                 length = len(head) + len(data)
-                if block in self._writing or block in self.queue or self.index.get(block_key(block), remember=False) is not None:
+                if block in self._writing or block in self.queue or self._indexed(block_key(block)):
                     continue
                 if length > self._quota or not (self._make_room(length) if validated else
                                                  self._fits_unevicted(length)):
@@ -281,7 +286,7 @@ class SsdTier(SsdReads):
         with self._lock:
             if block in self.queue or block in self._writing:
                 return True
-        if self.index.get(block_key(block), remember=False) is not None:
+        if self._indexed(block_key(block)):
             return True
         with self._lock:
             return self.queue.add(block, data, scan)
