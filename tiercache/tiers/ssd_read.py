@@ -57,7 +57,7 @@ class SsdReads:
         through (each block read once, with no room in RAM for it) never earns whole blocks."""
         if page_count(block_len) <= 2:
             return None
-        if block not in self.queue and self.index.get(self._names(block, remember=False)[1]) is None:
+        if block not in self.queue and self.index.get(self._names(block)[1]) is None:
             return None
         if not stream and self._earns_whole(block, start, end):
             return None
@@ -92,7 +92,7 @@ class SsdReads:
         miss, a failed check (the entry is dropped) or a range past the block's end; ``out`` may then hold
         anything: never serve it."""
         end = start + len(out)
-        names = self._names(block, remember=False)
+        names = self._names(block)
         ident, key, head, seed = names
         for _attempt in (0, 1):
             if block in self.queue:
@@ -162,7 +162,7 @@ class SsdReads:
     def advise(self, block: BlockId) -> bool:
         """Whether the block lies in a region file (not just queued); if so the kernel is asked to read it into
         its page cache now (POSIX_FADV_WILLNEED), so that a stream's reads of it do not wait for the device."""
-        key = self._names(block, remember=False)[1]
+        key = self._names(block)[1]
         raw = self.index.get(key)
         if raw is None:
             return False
@@ -178,17 +178,14 @@ class SsdReads:
             self._done_reading(region)
         return True
 
-    def _names(self, block: BlockId, remember: bool = True) -> tuple[bytes, bytes, bytes, int]:
-        """The block's encoded id, index key, record head and page crc seed (remembered for ``NAMES_MAX``
-        blocks: a pure function of the id, so nothing to invalidate). A look that may miss passes
-        ``remember=False`` and remembers with ``_remember_names`` once it hits: a warm's misses must not
-        fill the cache."""
+    def _names(self, block: BlockId) -> tuple[bytes, bytes, bytes, int]:
+        """The block's encoded id, index key, record head and page crc seed: a pure function of the id, so
+        nothing to invalidate. Remembered (``_remember_names``, ``NAMES_MAX`` blocks) only once a read finds
+        the block: a warm's misses must not fill the cache."""
         names = self._named.get(block)
         if names is None:
             ident = block.encode()
             names = (ident, block_key(block, ident), header(ident), page_seed(ident))
-            if remember:
-                self._remember_names(block, names)
         return names
 
     def _remember_names(self, block: BlockId, names: tuple[bytes, bytes, bytes, int]) -> None:
@@ -239,7 +236,7 @@ class SsdReads:
                 os.close(region.fd)
 
     def _read(self, block: BlockId, count: bool, out: memoryview | None, start: int, end: int | None):
-        names = self._names(block, remember=False)
+        names = self._names(block)
         ident, key, head, seed = names
         hs = len(head)
         for _attempt in (0, 1):
